@@ -1,0 +1,1 @@
+"""One module per ``qfleet`` verb: ``HELP``, ``configure(parser)``, ``run(args) -> dict``."""

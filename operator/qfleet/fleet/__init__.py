@@ -1,0 +1,1 @@
+"""Pure fleet planning: demand, replicas, gate decisions, names. Imports neither kopf nor kubernetes."""

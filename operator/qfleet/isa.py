@@ -1,0 +1,116 @@
+"""CPU instruction-set (ISA) tiers: host detection, Node Feature Discovery labels, node affinity.
+
+An INT8 model must be quantized, validated and benchmarked on the tier that will serve it. A
+host's (or node's) tier is the highest one whose features it has. "Same ISA" means the same
+tier, so affinity to a tier requires its label *and* the absence of every higher tier's label.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class IsaTier:
+    name: str
+    #: The /proc/cpuinfo flag that marks this tier.
+    cpuinfo_flag: str
+    #: The Node Feature Discovery label that marks this tier (value "true").
+    nfd_label: str
+
+
+NFD_PREFIX = "feature.node.kubernetes.io/cpu-cpuid."
+
+#: Highest first. The order matters: a host's tier is the first whose flag it has.
+TIERS: tuple[IsaTier, ...] = (
+    IsaTier("amx_int8", "amx_int8", NFD_PREFIX + "AMXINT8"),
+    IsaTier("avx512_vnni", "avx512_vnni", NFD_PREFIX + "AVX512VNNI"),
+    IsaTier("avx512", "avx512f", NFD_PREFIX + "AVX512F"),
+    IsaTier("avx_vnni", "avx_vnni", NFD_PREFIX + "AVXVNNI"),
+    IsaTier("avx2", "avx2", NFD_PREFIX + "AVX2"),
+)
+TIER_NAMES: tuple[str, ...] = tuple(tier.name for tier in TIERS)
+_BY_NAME: dict[str, IsaTier] = {tier.name: tier for tier in TIERS}
+
+#: Environment variable that overrides host detection (for tests and for hosts whose
+#: /proc/cpuinfo is hidden, e.g. some sandboxes). Never set by the operator.
+OVERRIDE_ENV = "QFLEET_HOST_ISA"
+
+
+def tier(name: str) -> IsaTier:
+    """Look up a tier by name, with an error that lists the valid names."""
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise ValueError(f"unknown ISA tier {name!r}; expected one of {', '.join(TIER_NAMES)}") from None
+
+
+def tier_from_flags(flags: Iterable[str]) -> str | None:
+    """The highest tier whose cpuinfo flag is in ``flags``; None below AVX2."""
+    present = set(flags)
+    for candidate in TIERS:
+        if candidate.cpuinfo_flag in present:
+            return candidate.name
+    return None
+
+
+def cpuinfo_flags(cpuinfo_text: str) -> set[str]:
+    """The feature flags of the first processor in a /proc/cpuinfo text."""
+    for line in cpuinfo_text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return set(value.split())
+    return set()
+
+
+def detect_host_tier(cpuinfo_path: str | os.PathLike[str] = "/proc/cpuinfo") -> str | None:
+    """The ISA tier of this host, from /proc/cpuinfo (or the QFLEET_HOST_ISA override)."""
+    override = os.environ.get(OVERRIDE_ENV)
+    if override:
+        return tier(override).name
+    try:
+        text = Path(cpuinfo_path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    return tier_from_flags(cpuinfo_flags(text))
+
+
+def tier_from_labels(labels: Mapping[str, str] | None) -> str | None:
+    """A node's tier from its Node Feature Discovery labels; None when it has none of them."""
+    if not labels:
+        return None
+    for candidate in TIERS:
+        if labels.get(candidate.nfd_label) == "true":
+            return candidate.name
+    return None
+
+
+def higher_tiers(name: str) -> tuple[IsaTier, ...]:
+    """The tiers above ``name`` (empty for the highest)."""
+    index = TIER_NAMES.index(tier(name).name)
+    return TIERS[:index]
+
+
+def node_affinity(name: str, extra_selector: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """A required node affinity that matches nodes of exactly tier ``name``.
+
+    The node must carry the tier's NFD label and none of the higher tiers' labels; extra
+    ``key: value`` pairs (a target's nodeSelector) are ANDed in.
+    """
+    expressions: list[dict[str, Any]] = [
+        {"key": tier(name).nfd_label, "operator": "In", "values": ["true"]},
+    ]
+    expressions += [{"key": higher.nfd_label, "operator": "DoesNotExist"} for higher in higher_tiers(name)]
+    for key, value in sorted((extra_selector or {}).items()):
+        expressions.append({"key": key, "operator": "In", "values": [value]})
+    return {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": expressions}],
+            }
+        }
+    }

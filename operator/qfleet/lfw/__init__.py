@@ -1,0 +1,1 @@
+"""Face-verification data (insightface lfw.bin, LFW pairs.txt) and the LFW protocol."""

@@ -1,0 +1,1 @@
+"""The model pipeline: convert to OpenVINO IR, quantize with NNCF, embed, benchmark."""
