@@ -31,7 +31,9 @@ def atomic_output_dir(out: str | os.PathLike[str], *, overwrite: bool = True) ->
     if target.exists() and not target.is_dir():
         raise InputError(f"output path {target} exists and is not a directory", hint="choose another --out")
     if target.exists() and not overwrite:
-        raise InputError(f"output directory {target} already exists", hint="remove it or choose another --out")
+        raise InputError(
+            f"output directory {target} already exists", hint="remove it or choose another --out"
+        )
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     try:

@@ -16,7 +16,9 @@ DESCRIPTION = (
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--fps-per-replica", type=float, required=True, help="measured faces/s of one replica")
+    parser.add_argument(
+        "--fps-per-replica", type=float, required=True, help="measured faces/s of one replica"
+    )
     parser.add_argument("--cameras", type=int, required=True, help="number of cameras")
     parser.add_argument("--camera-fps", type=float, required=True, help="frames per second each camera sends")
     parser.add_argument("--faces-per-frame", type=float, required=True, help="average faces per frame")
@@ -32,7 +34,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
-        demand = Demand(cameras=args.cameras, camera_fps=args.camera_fps, faces_per_frame=args.faces_per_frame)
+        demand = Demand(
+            cameras=args.cameras, camera_fps=args.camera_fps, faces_per_frame=args.faces_per_frame
+        )
         plan = plan_replicas(
             demand,
             args.fps_per_replica,

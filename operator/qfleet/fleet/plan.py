@@ -60,7 +60,9 @@ class ReplicaPlan:
         return data
 
 
-def needed_replicas(demand_fps: float, fps_per_replica: float, utilization: float = DEFAULT_UTILIZATION) -> int:
+def needed_replicas(
+    demand_fps: float, fps_per_replica: float, utilization: float = DEFAULT_UTILIZATION
+) -> int:
     """Replicas needed to carry ``demand_fps`` with each replica at ``utilization`` of its FPS."""
     _check_capacity_inputs(fps_per_replica, utilization)
     if demand_fps <= 0:

@@ -1,0 +1,114 @@
+"""``qfleet pipeline``: what one quantization Job runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from qfleet import isa
+from qfleet.pipeline import (
+    PipelineSpec,
+    default_termination_log,
+    run_pipeline,
+    termination_message,
+    write_termination_log,
+)
+
+HELP = "convert -> quantize -> validate FP32 and INT8 on LFW -> gate -> benchmark (one Job's work)"
+DESCRIPTION = (
+    HELP + "\n\n"
+    "Writes DIR/fp32/, DIR/int8/ (OpenVINO IR + qfleet.json), validation-*.json, benchmark-*.json and\n"
+    "result.json, prints the result, and writes it (<= 4096 bytes) to the termination-log file so the\n"
+    "operator can read it from the finished pod. A failed stage exits 1 with error.stage/message;\n"
+    "a failed accuracy gate exits 0 with gate.passed=false."
+)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--source", required=True, help="model: MXNet checkpoint prefix, .onnx file or IR .xml"
+    )
+    parser.add_argument("--format", dest="fmt", required=True, choices=("mxnet", "onnx", "openvino"))
+    parser.add_argument(
+        "--epoch", type=int, default=None, help="MXNet checkpoint epoch (default: 1 or the only one)"
+    )
+    parser.add_argument("--calibration", required=True, help="lfw.bin or folder of aligned face crops")
+    parser.add_argument("--lfw", required=True, help="insightface lfw.bin to validate FP32 and INT8 on")
+    parser.add_argument(
+        "--out", required=True, help="output directory (replaced only when every stage succeeds)"
+    )
+    parser.add_argument(
+        "--expect-isa", choices=isa.TIER_NAMES, default=None, help="refuse to run on another tier"
+    )
+    parser.add_argument("--preset", choices=("performance", "mixed"), default="performance")
+    parser.add_argument("--subset-size", type=int, default=300, help="calibration samples (default 300)")
+    parser.add_argument(
+        "--max-drop",
+        type=float,
+        default=0.01,
+        help="largest allowed LFW accuracy drop, absolute (default 0.01)",
+    )
+    parser.add_argument("--min-accuracy", type=float, default=None, help="lowest allowed INT8 LFW accuracy")
+    parser.add_argument(
+        "--accuracy-control",
+        action="store_true",
+        help="quantize with NNCF accuracy control: keep sensitive layers in FP32 until the drop <= --max-drop",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="CPU threads (the serving pod's CPU budget)"
+    )
+    parser.add_argument(
+        "--benchmark-seconds", type=float, default=10.0, help="seconds per benchmark (default 10)"
+    )
+    parser.add_argument("--no-flip", action="store_true", help="no horizontal-flip test-time augmentation")
+    parser.add_argument(
+        "--termination-log",
+        default=None,
+        help="file for the JSON result (default /dev/termination-log when it exists)",
+    )
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    spec = PipelineSpec(
+        source=args.source,
+        fmt=args.fmt,
+        epoch=args.epoch,
+        calibration=args.calibration,
+        lfw=args.lfw,
+        out=args.out,
+        expect_isa=args.expect_isa,
+        preset=args.preset,
+        subset_size=args.subset_size,
+        max_drop=args.max_drop,
+        min_accuracy=args.min_accuracy,
+        accuracy_control=args.accuracy_control,
+        threads=args.threads,
+        benchmark_seconds=args.benchmark_seconds,
+        flip=not args.no_flip,
+        progress=not args.quiet,
+    )
+    result = run_pipeline(spec)
+    message = termination_message(result)
+    write_termination_log(args.termination_log or default_termination_log(), message)
+    if "error" in result:
+        error = result["error"]
+        print(f"qfleet pipeline: error in stage {error['stage']}: {error['message']}", file=sys.stderr)
+        result["_exit_code"] = 1
+    return result
+
+
+def render(result: dict[str, Any]) -> str:
+    if "error" in result:
+        return json.dumps(result, indent=2, default=str)
+    gate = result["gate"]
+    lines = [
+        f"ISA tier       {result['isa']}",
+        f"FP32 LFW       {result['fp32']['accuracy']:.4f}   {result['fp32']['fps']:.1f} faces/s",
+        f"INT8 LFW       {result['int8']['accuracy']:.4f}   {result['int8']['fps']:.1f} faces/s",
+        f"INT8/FP32      {result['int8']['fps'] / result['fp32']['fps']:.2f}x",
+        f"gate           {'passed' if gate['passed'] else 'FAILED'} ({gate['reason']}, drop {gate['drop']:+.4f})",
+        f"artifact       {result['artifact']}",
+    ]
+    return "\n".join(lines)

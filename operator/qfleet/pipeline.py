@@ -1,0 +1,227 @@
+"""What one quantization Job runs: convert -> quantize -> validate FP32 and INT8 -> gate -> benchmark.
+
+The result is one JSON object small enough for a Kubernetes termination message (4096 bytes),
+which is how the operator learns what the Job found. A stage that fails yields the same shape
+with ``error: {stage, message}``; a failed accuracy gate is *not* a failure (the operator decides
+what to serve), so it exits 0 with ``gate.passed = false``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qfleet import isa
+from qfleet.errors import IsaMismatchError, QfleetError
+from qfleet.model.metadata import MODEL_XML, library_versions
+from qfleet.outputs import atomic_output_dir, write_json
+
+log = logging.getLogger(__name__)
+
+#: Kubernetes truncates termination messages beyond this many bytes.
+TERMINATION_MESSAGE_LIMIT = 4096
+DEFAULT_TERMINATION_LOG = "/dev/termination-log"
+RESULT_FILE = "result.json"
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    source: str
+    fmt: str
+    calibration: str
+    lfw: str
+    out: str
+    expect_isa: str | None = None
+    epoch: int | None = None
+    preset: str = "performance"
+    subset_size: int = 300
+    max_drop: float = 0.01
+    min_accuracy: float | None = None
+    accuracy_control: bool = False
+    threads: int | None = None
+    benchmark_seconds: float = 10.0
+    flip: bool = True
+    progress: bool = True
+
+
+class StageFailed(Exception):
+    """A pipeline stage failed; carries the stage name for the result's ``error``."""
+
+    def __init__(self, stage: str, message: str) -> None:
+        super().__init__(f"{stage}: {message}")
+        self.stage = stage
+        self.message = message
+
+
+@contextmanager
+def _stage(name: str, timings: dict[str, float]) -> Iterator[None]:
+    log.info("stage %s: started", name)
+    started = time.perf_counter()
+    try:
+        yield
+    except QfleetError as exc:
+        raise StageFailed(name, str(exc)) from exc
+    except Exception as exc:  # a bug or a library failure: still report which stage
+        log.debug("stage %s crashed", name, exc_info=True)
+        raise StageFailed(name, f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        timings[name] = round(time.perf_counter() - started, 3)
+    log.info("stage %s: done in %.1f s", name, timings[name])
+
+
+def run_pipeline(spec: PipelineSpec) -> dict[str, Any]:
+    """Run every stage; return the result (with ``error`` when a stage failed)."""
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    out = Path(spec.out)
+    host_tier = isa.detect_host_tier()
+    result: dict[str, Any] = {"isa": host_tier}
+    try:
+        with _stage("isa", timings):
+            if spec.expect_isa is not None and host_tier != spec.expect_isa:
+                raise IsaMismatchError(
+                    f"this node's ISA tier is {host_tier or 'below avx2'}, but the Job expects {spec.expect_isa}",
+                    hint="the Job's node affinity should prevent this; check the node's NFD labels",
+                )
+        with atomic_output_dir(out) as staging:
+            result.update(_run_stages(spec, staging, final=out, timings=timings))
+            write_json(staging / RESULT_FILE, result | {"seconds": round(time.perf_counter() - started, 3)})
+    except StageFailed as failure:
+        result["error"] = {"stage": failure.stage, "message": failure.message}
+    result["timings"] = timings
+    result["seconds"] = round(time.perf_counter() - started, 3)
+    result["versions"] = library_versions("nncf", "mxnet", "onnx")
+    return result
+
+
+def _run_stages(
+    spec: PipelineSpec, staging: Path, *, final: Path, timings: dict[str, float]
+) -> dict[str, Any]:
+    # Heavy imports here, so `qfleet pipeline --help` stays fast.
+    from qfleet.fleet.gate import gate
+    from qfleet.lfw.dataset import load_lfw_bin
+    from qfleet.model.benchmark import benchmark_model
+    from qfleet.model.convert import convert_model
+    from qfleet.model.embed import validate_model
+    from qfleet.model.quantize import quantize_model
+
+    fp32_dir, int8_dir = staging / "fp32", staging / "int8"
+    with _stage("load-lfw", timings):
+        pairset = load_lfw_bin(spec.lfw)
+    with _stage("convert", timings):
+        convert_model(spec.source, fmt=spec.fmt, out_dir=fp32_dir, epoch=spec.epoch)
+    with _stage("quantize", timings):
+        int8_meta = quantize_model(
+            fp32_dir / MODEL_XML,
+            calibration=spec.calibration,
+            out_dir=int8_dir,
+            subset_size=spec.subset_size,
+            preset=spec.preset,
+            expect_isa=spec.expect_isa,
+            max_drop=spec.max_drop if spec.accuracy_control else None,
+            lfw=spec.lfw if spec.accuracy_control else None,
+            progress=spec.progress,
+        )
+    validations: dict[str, dict[str, Any]] = {}
+    for precision, directory in (("fp32", fp32_dir), ("int8", int8_dir)):
+        with _stage(f"validate-{precision}", timings):
+            validations[precision] = validate_model(
+                directory / MODEL_XML, pairset, flip=spec.flip, threads=spec.threads, progress=spec.progress
+            )
+            write_json(staging / f"validation-{precision}.json", validations[precision])
+    with _stage("gate", timings):
+        decision = gate(
+            validations["fp32"], validations["int8"], max_drop=spec.max_drop, min_accuracy=spec.min_accuracy
+        )
+    benchmarks: dict[str, dict[str, Any]] = {}
+    for precision, directory in (("int8", int8_dir), ("fp32", fp32_dir)):
+        with _stage(f"benchmark-{precision}", timings):
+            benchmarks[precision] = benchmark_model(
+                directory / MODEL_XML,
+                seconds=spec.benchmark_seconds,
+                threads=spec.threads,
+                progress=spec.progress,
+            )
+            write_json(staging / f"benchmark-{precision}.json", benchmarks[precision])
+
+    def summary(precision: str) -> dict[str, Any]:
+        validation, bench = validations[precision], benchmarks[precision]
+        return {
+            "accuracy": round(float(validation["accuracy"]), 6),
+            "accuracy_std": round(float(validation["accuracy_std"]), 6),
+            "threshold": round(float(validation["threshold"]), 4),
+            "fps": round(float(bench["fps"]), 2),
+            "latency_ms_median": round(float(bench["latency_ms_median"]), 3),
+        }
+
+    reverted = int8_meta.get("quantization", {}).get("reverted_layers", [])
+    return {
+        "artifact": str(final / "int8" / MODEL_XML),
+        "fp32_artifact": str(final / "fp32" / MODEL_XML),
+        "fp32": summary("fp32"),
+        "int8": summary("int8") | {"reverted_layers": len(reverted)},
+        "gate": decision.as_dict(),
+        "pairs": int(validations["fp32"]["pairs"]),
+        "threads": spec.threads,
+    }
+
+
+def termination_message(result: dict[str, Any], limit: int = TERMINATION_MESSAGE_LIMIT) -> str:
+    """Compact JSON of ``result`` that fits in ``limit`` bytes (dropping detail if needed)."""
+    trimmed = dict(result)
+    for drop in ("timings", "versions"):
+        if _size(trimmed) <= limit:
+            return _dumps(trimmed)
+        trimmed.pop(drop, None)
+    if "error" in trimmed and _size(trimmed) > limit:
+        error = dict(trimmed["error"])
+        message = str(error["message"])
+        budget = limit - _size(trimmed | {"error": error | {"message": ""}})
+        # Escaping (quotes, control characters) can grow the text, so shrink until it fits.
+        while budget > 0 and _size(trimmed | {"error": error | {"message": message}}) > limit:
+            message = _truncate_utf8(message, budget)
+            budget -= max(16, budget // 4)
+        trimmed["error"] = error | {"message": message}
+    if _size(trimmed) > limit:  # still too big: keep only what the operator cannot do without
+        keep = ("isa", "artifact", "fp32_artifact", "fp32", "int8", "gate", "error")
+        trimmed = {key: trimmed[key] for key in keep if key in trimmed}
+    return _dumps(trimmed)
+
+
+def _dumps(data: dict[str, Any]) -> str:
+    return json.dumps(data, separators=(",", ":"), sort_keys=True, ensure_ascii=False, default=str)
+
+
+def _size(data: dict[str, Any]) -> int:
+    return len(_dumps(data).encode())
+
+
+def _truncate_utf8(text: str, max_bytes: int) -> str:
+    encoded = text.encode()
+    if len(encoded) <= max_bytes:
+        return text
+    return encoded[: max(0, max_bytes - 3)].decode(errors="ignore") + "..."
+
+
+def default_termination_log() -> str | None:
+    """Kubernetes' termination-message file when we run in a pod, else None."""
+    path = Path(DEFAULT_TERMINATION_LOG)
+    return str(path) if path.exists() and os.access(path, os.W_OK) else None
+
+
+def write_termination_log(
+    path: str | None, message: str, *, warn: Callable[[str], None] = log.warning
+) -> None:
+    if not path:
+        return
+    try:
+        Path(path).write_text(message, encoding="utf-8")
+    except OSError as exc:
+        warn(f"could not write the termination message to {path}: {exc}")
