@@ -84,8 +84,11 @@ def _plot(path: Path, result: dict[str, Any]) -> None:
                 va="bottom",
             )
         if title == "LFW accuracy":
-            low = min(values)
-            axis.set_ylim(max(0.0, low - 0.05), 1.0)
+            axis.set_ylim(max(0.0, min(values) - 0.05), 1.005)
+        else:  # headroom for the value labels
+            axis.set_ylim(0, max(values) * 1.15 or 1)
+        if title.startswith("replicas"):
+            axis.yaxis.get_major_locator().set_params(integer=True)
     fig.suptitle(
         f"qfleet demo on {result['isa']}: INT8 is {result['int8']['fps'] / result['fp32']['fps']:.2f}x FP32"
     )

@@ -1,0 +1,132 @@
+"""`qfleet pipeline` end to end on a tiny model: what a quantization Job runs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qfleet.cli import main
+from qfleet.lfw.dataset import encode_image, write_lfw_bin
+from qfleet.pipeline import TERMINATION_MESSAGE_LIMIT
+
+
+@pytest.fixture
+def face_data(tmp_path: Path) -> dict[str, Path]:
+    """A 20-pair lfw.bin and a 12-image calibration folder of random smooth crops."""
+    rng = np.random.default_rng(7)
+
+    def crop() -> np.ndarray:
+        coarse = rng.integers(0, 256, size=(8, 8, 3)).astype(np.float32)
+        return np.kron(coarse, np.ones((14, 14, 1))).astype(np.uint8)
+
+    images = [encode_image(crop(), "PNG") for _ in range(40)]
+    lfw = tmp_path / "lfw.bin"
+    write_lfw_bin(lfw, images, [i % 2 == 0 for i in range(20)])
+    calibration = tmp_path / "calibration"
+    calibration.mkdir()
+    for index in range(12):
+        (calibration / f"face_{index:02d}.png").write_bytes(encode_image(crop(), "PNG"))
+    return {"lfw": lfw, "calibration": calibration}
+
+
+def _pipeline_argv(source: Path, data: dict[str, Path], out: Path, log: Path, *extra: str) -> list[str]:
+    return [
+        "pipeline",
+        "--source",
+        str(source),
+        "--format",
+        "openvino",
+        "--calibration",
+        str(data["calibration"]),
+        "--lfw",
+        str(data["lfw"]),
+        "--out",
+        str(out),
+        "--subset-size",
+        "12",
+        "--benchmark-seconds",
+        "0.5",
+        "--termination-log",
+        str(log),
+        "--json",
+        "-q",
+        *extra,
+    ]
+
+
+def test_pipeline_writes_artifacts_and_a_valid_termination_message(
+    tiny_ir: Callable[..., Path],
+    face_data: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("QFLEET_HOST_ISA", "avx2")
+    out, log = tmp_path / "out", tmp_path / "termination-log"
+    argv = _pipeline_argv(tiny_ir(), face_data, out, log, "--expect-isa", "avx2", "--max-drop", "0.5")
+    assert main(argv) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    message = log.read_text()
+    assert len(message.encode()) <= TERMINATION_MESSAGE_LIMIT
+    result = json.loads(message)
+    assert result["isa"] == "avx2" and "error" not in result
+    assert result["artifact"] == str(out / "int8" / "model.xml") and Path(result["artifact"]).is_file()
+    assert Path(result["fp32_artifact"]).is_file()
+    for precision in ("fp32", "int8"):
+        assert 0.0 <= result[precision]["accuracy"] <= 1.0 and result[precision]["fps"] > 0
+    assert result["gate"]["passed"] is True and result["gate"]["reason"] == "Passed"
+    assert result["gate"]["drop"] == pytest.approx(
+        result["fp32"]["accuracy"] - result["int8"]["accuracy"], abs=1e-6
+    )
+    assert printed["artifact"] == result["artifact"]
+    int8_meta = json.loads((out / "int8" / "qfleet.json").read_text())
+    assert int8_meta["kind"] == "int8" and int8_meta["isa"] == "avx2"
+    for name in ("result.json", "validation-fp32.json", "validation-int8.json", "benchmark-int8.json"):
+        assert (out / name).is_file(), name
+
+
+def test_failed_gate_is_not_a_failed_job(
+    tiny_ir: Callable[..., Path], face_data: dict[str, Path], tmp_path: Path
+) -> None:
+    log = tmp_path / "log"
+    # No model reaches 1.0 on random pairs, so a minimum accuracy of 1.0 must fail the gate.
+    argv = _pipeline_argv(tiny_ir(), face_data, tmp_path / "out", log, "--min-accuracy", "1.0")
+    assert main(argv) == 0
+    gate = json.loads(log.read_text())["gate"]
+    assert gate["passed"] is False and gate["reason"] == "BelowMinimumAccuracy"
+
+
+def test_a_failing_stage_is_named_and_nothing_is_left_behind(
+    tiny_ir: Callable[..., Path],
+    face_data: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    empty = tmp_path / "empty-calibration"
+    empty.mkdir()
+    out, log = tmp_path / "out", tmp_path / "log"
+    argv = _pipeline_argv(tiny_ir(), face_data | {"calibration": empty}, out, log)
+    assert main(argv) == 1
+    result = json.loads(log.read_text())
+    assert result["error"]["stage"] == "quantize"
+    assert "empty-calibration" in result["error"]["message"]
+    assert "stage quantize" in capsys.readouterr().err
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["empty-calibration", "log", "lfw.bin", "calibration", "tiny"]
+    )
+
+
+def test_wrong_isa_is_refused_before_any_work(
+    tiny_ir: Callable[..., Path], face_data: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("QFLEET_HOST_ISA", "avx2")
+    log = tmp_path / "log"
+    assert main(_pipeline_argv(tiny_ir(), face_data, tmp_path / "out", log, "--expect-isa", "amx_int8")) == 1
+    error = json.loads(log.read_text())["error"]
+    assert error["stage"] == "isa" and "avx2" in error["message"] and "amx_int8" in error["message"]
+    assert json.loads(log.read_text())["timings"].keys() == {"isa"}
