@@ -1,0 +1,204 @@
+"""The Helm chart's files, checked without helm: metadata, CRD copies, values and their schema."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+from k8s_tools import ALL_FEATURES, CHART, CRDS
+
+import qfleet
+
+SCHEMA_PATH = CHART / "values.schema.json"
+VALUES_PATH = CHART / "values.yaml"
+
+
+def schema() -> dict[str, Any]:
+    return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+
+
+def default_values() -> dict[str, Any]:
+    return yaml.safe_load(VALUES_PATH.read_text(encoding="utf-8"))
+
+
+def merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Helm's coalescing of values: maps merge, everything else is replaced."""
+    result = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = merged(result[key], value)
+        else:
+            result[key] = copy.deepcopy(value)
+    return result
+
+
+def validator() -> jsonschema.Draft7Validator:
+    document = schema()
+    jsonschema.Draft7Validator.check_schema(document)
+    return jsonschema.Draft7Validator(document)
+
+
+# --- Chart.yaml ----------------------------------------------------------------------------------
+
+
+def test_chart_metadata() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text(encoding="utf-8"))
+    assert chart["apiVersion"] == "v2"
+    assert chart["name"] == "qfleet"
+    assert chart["type"] == "application"
+    assert re.fullmatch(r"\d+\.\d+\.\d+", chart["version"])
+    # The images default to appVersion, so it must be the release of this repository.
+    assert chart["appVersion"] == qfleet.__version__
+    assert chart["kubeVersion"].startswith(">=1.")
+
+
+# --- CRDs: the chart carries an exact copy of crds/ ----------------------------------------------
+
+
+def test_chart_crds_are_byte_identical_copies_of_crds() -> None:
+    originals = {path.name: path.read_bytes() for path in CRDS.glob("*.yaml")}
+    copies = {path.name: path.read_bytes() for path in (CHART / "crds").glob("*.yaml")}
+    assert originals, "crds/ holds no CRD"
+    assert copies.keys() == originals.keys(), "charts/qfleet/crds/ must hold exactly the files of crds/"
+    for name, content in originals.items():
+        assert copies[name] == content, (
+            f"charts/qfleet/crds/{name} differs from crds/{name}: cp crds/*.yaml charts/qfleet/crds/"
+        )
+
+
+def test_chart_crds_are_crds() -> None:
+    for path in (CHART / "crds").glob("*.yaml"):
+        for document in yaml.safe_load_all(path.read_text(encoding="utf-8")):
+            assert document["kind"] == "CustomResourceDefinition", path
+            assert document["apiVersion"] == "apiextensions.k8s.io/v1", path
+
+
+# --- values.schema.json --------------------------------------------------------------------------
+
+
+def walk_schema(node: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    yield path, node
+    for key, child in node.get("properties", {}).items():
+        yield from walk_schema(child, f"{path}.{key}" if path else key)
+
+
+def test_schema_is_a_valid_draft7_schema() -> None:
+    validator()
+
+
+def test_every_key_has_description_type_and_default() -> None:
+    for path, node in walk_schema(schema()):
+        if not path:
+            continue
+        for field in ("description", "type", "default"):
+            assert field in node, f"values.schema.json: {path} has no {field}"
+        assert node["description"].strip(), f"{path}: empty description"
+
+
+def test_every_object_is_closed_or_a_typed_map() -> None:
+    """Objects with fixed keys forbid others; free-form maps say what their values are."""
+    for path, node in walk_schema(schema()):
+        if node.get("type") != "object":
+            continue
+        if "properties" in node:
+            assert node.get("additionalProperties") is False, (
+                f"{path or 'root'}: set additionalProperties: false"
+            )
+        else:
+            assert isinstance(node.get("additionalProperties"), dict), f"{path}: a map must type its values"
+
+
+def test_schema_mirrors_values_yaml_key_for_key_with_equal_defaults() -> None:
+    def compare(values: Any, node: dict[str, Any], path: str) -> None:
+        assert node["default"] == values, (
+            f"{path}: schema default {node['default']!r} != values.yaml {values!r}"
+        )
+        if "properties" in node:
+            assert isinstance(values, dict)
+            assert set(values) == set(node["properties"]), (
+                f"{path}: keys differ between values.yaml and the schema"
+            )
+            for key, value in values.items():
+                compare(value, node["properties"][key], f"{path}.{key}" if path else key)
+
+    document = schema()
+    values = default_values()
+    assert set(values) == set(document["properties"])
+    for key, value in values.items():
+        compare(value, document["properties"][key], key)
+
+
+def test_every_key_in_values_yaml_has_a_comment() -> None:
+    """Each chart setting (a schema property) has a comment line right above it in values.yaml."""
+    settings = {path for path, _ in walk_schema(schema()) if path}
+    lines = VALUES_PATH.read_text(encoding="utf-8").splitlines()
+    stack: list[str] = []
+    checked = 0
+    for number, line in enumerate(lines):
+        match = re.match(r"^(\s*)([A-Za-z][A-Za-z0-9]*):", line)
+        if not match:
+            continue
+        depth = len(match.group(1)) // 2
+        stack = [*stack[:depth], match.group(2)]
+        if ".".join(stack) not in settings:
+            continue  # an entry of a map (e.g. resources.requests.cpu), not a setting
+        previous = lines[number - 1].strip() if number else ""
+        assert previous.startswith("#"), f"values.yaml:{number + 1}: {line.strip()} has no comment above it"
+        checked += 1
+    assert checked == len(settings)
+
+
+def test_default_values_and_all_features_are_valid() -> None:
+    check = validator()
+    check.validate(default_values())
+    check.validate(merged(default_values(), ALL_FEATURES))
+    check.validate(merged(default_values(), {"operator": {"watchNamespaces": ["faces", "lobby"]}}))
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        {"operator": {"watchNamespace": ["typo"]}},
+        {"operator": {"logLevel": "loud"}},
+        {"operator": {"metricsPort": 0}},
+        {"operator": {"watchNamespaces": ["Not_A_Namespace"]}},
+        {"leaderElection": {"replicas": 1}},
+        {"images": {"server": {"digest": "latest"}}},
+        {"images": {"operator": {"pullPolicy": "Sometimes"}}},
+        {"securityContext": {"runAsUser": 0}},
+        {"workloads": {"jobMemory": "lots"}},
+        {"workloads": {"benchmarkSeconds": 0}},
+        {"metrics": {"serviceMonitor": {"interval": "often"}}},
+        {"operator": {"extraEnv": [{"name": "X"}]}},
+        {"operator": {"tolerations": [{"operator": "Maybe"}]}},
+        {"unknownTopLevel": True},
+    ],
+)
+def test_schema_rejects_mistakes(override: dict[str, Any]) -> None:
+    errors = list(validator().iter_errors(merged(default_values(), override)))
+    assert errors, f"the schema accepted {override}"
+
+
+def test_all_features_values_touch_only_known_keys() -> None:
+    """ALL_FEATURES (used by the rendering tests) really turns optional features on."""
+    values = merged(default_values(), ALL_FEATURES)
+    assert values["leaderElection"]["enabled"]
+    assert values["metrics"]["serviceMonitor"]["enabled"] and values["metrics"]["podMonitor"]["enabled"]
+    assert values["rbac"]["aggregateToDefaultRoles"]
+
+
+def test_helmignore_keeps_templates_and_crds() -> None:
+    patterns = [
+        line.strip()
+        for line in (CHART / ".helmignore").read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    for kept in ("templates", "crds", "values.yaml", "values.schema.json", "Chart.yaml"):
+        assert not any(Path(kept).match(pattern.rstrip("/")) for pattern in patterns), kept
