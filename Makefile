@@ -25,6 +25,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 unit: $(STAMP)
+	bash scripts/install-k8s-tools.sh
 	$(BIN)/pytest -q
 
 test: lint typecheck unit

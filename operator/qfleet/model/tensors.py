@@ -8,11 +8,13 @@ source model expects was baked into the IR at conversion time.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 
-def images_to_batch(images: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
+def images_to_batch(images: Sequence[npt.NDArray[Any]] | npt.NDArray[Any]) -> npt.NDArray[np.float32]:
     """Stack RGB ``uint8`` (H, W, 3) crops into an NCHW float32 batch."""
     batch = np.asarray(images)
     if batch.ndim == 3:
@@ -22,6 +24,6 @@ def images_to_batch(images: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32)
 
 
-def flip_horizontal(batch: np.ndarray) -> np.ndarray:
+def flip_horizontal(batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     """Mirror an NCHW batch left-right (the LFW protocol's test-time augmentation)."""
     return np.ascontiguousarray(batch[..., ::-1])
