@@ -8,18 +8,20 @@ needs only lists, tuples, bytes and bools. Files written by Python 2 need ``enco
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import pickle
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from PIL import Image, UnidentifiedImageError
 
-from qfleet.errors import DatasetError
+from qfleet.errors import DatasetError, InputError
 
 NOT_LFW_BIN = "not an insightface lfw.bin"
 
@@ -55,9 +57,11 @@ class PairSet:
     """Encoded images and pair labels: pair ``i`` is ``images[2i]`` and ``images[2i + 1]``."""
 
     images: Sequence[bytes]
-    issame: np.ndarray
+    issame: npt.NDArray[np.bool_]
     #: Where it came from, for error messages.
     source: str
+    #: The file each image was read from (pairs.txt trees), for error messages; None for lfw.bin.
+    image_files: Sequence[str] | None = None
 
     def __post_init__(self) -> None:
         if len(self.images) != 2 * len(self.issame):
@@ -72,6 +76,8 @@ class PairSet:
 
     def image_label(self, index: int) -> str:
         """Human description of image ``index`` for error messages."""
+        if self.image_files is not None:
+            return f"{self.source}: image {index} (pair {index // 2}, {self.image_files[index]})"
         return f"{self.source}: image {index} (pair {index // 2})"
 
 
@@ -114,7 +120,9 @@ def write_lfw_bin(path: str | os.PathLike[str], images: Sequence[bytes], issame:
     os.replace(tmp, target)
 
 
-def decode_image(data: bytes, size: tuple[int, int] = (112, 112), *, what: str = "image") -> np.ndarray:
+def decode_image(
+    data: bytes, size: tuple[int, int] = (112, 112), *, what: str = "image"
+) -> npt.NDArray[np.uint8]:
     """Decode JPEG/PNG bytes to an RGB ``uint8`` array of shape (height, width, 3).
 
     ``size`` is (height, width); other sizes are resized bilinearly. ``what`` names the image in
@@ -131,7 +139,7 @@ def decode_image(data: bytes, size: tuple[int, int] = (112, 112), *, what: str =
         raise DatasetError(f"{what} is not a readable image ({exc})") from None
 
 
-def encode_image(array: np.ndarray, fmt: str = "JPEG", quality: int = 95) -> bytes:
+def encode_image(array: npt.NDArray[Any], fmt: str = "JPEG", quality: int = 95) -> bytes:
     """Encode an RGB ``uint8`` (H, W, 3) array as JPEG or PNG bytes."""
     buffer = io.BytesIO()
     image = Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8), mode="RGB")
@@ -140,3 +148,274 @@ def encode_image(array: np.ndarray, fmt: str = "JPEG", quality: int = 95) -> byt
     else:
         image.save(buffer, format=fmt.upper())
     return buffer.getvalue()
+
+
+# --- The original LFW protocol file: pairs.txt and a tree of aligned crops ----------------------
+
+#: Image file extensions tried, in order, for ``<root>/<name>/<name>_<NNNN>.<ext>``.
+IMAGE_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "png", "JPG", "JPEG", "PNG")
+
+
+class ImageFiles(Sequence[bytes]):
+    """Encoded images read from files on access, so a large tree is never held in memory at once.
+
+    Pairs reuse images; reading on demand also lets decoder threads read files in parallel.
+    """
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        self._paths = list(paths)
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [self._read(path) for path in self._paths[index]]
+        return self._read(self._paths[index])
+
+    @staticmethod
+    def _read(path: Path) -> bytes:
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise DatasetError(f"image {path} is not readable: {exc.strerror or exc}") from None
+
+    @property
+    def paths(self) -> list[Path]:
+        return list(self._paths)
+
+
+@dataclass(frozen=True)
+class _PairLine:
+    line: int
+    first: tuple[str, int]
+    second: tuple[str, int]
+    same: bool
+
+
+def _check_name(name: str, where: str) -> str:
+    # Names become path components: refuse anything that could leave the image root.
+    if name in (".", "..") or any(ch in name for ch in "/\\\0"):
+        raise DatasetError(f"{where}: {name!r} is not a valid identity name")
+    return name
+
+
+def _image_number(token: str, where: str) -> int:
+    if not token.isdigit():
+        raise DatasetError(f"{where}: image number {token!r} is not a non-negative integer")
+    return int(token)
+
+
+def _parse_header(tokens: list[str], where: str) -> tuple[int, int]:
+    """(folds, pairs per fold): ``"10 300"``, or ``"500"`` (one fold, as in pairsDevTest.txt)."""
+    if len(tokens) not in (1, 2) or not all(t.isdigit() and int(t) > 0 for t in tokens):
+        raise DatasetError(
+            f"{where}: expected a header 'FOLDS PAIRS_PER_FOLD' (or 'PAIRS'), got {' '.join(tokens)!r}"
+        )
+    if len(tokens) == 1:
+        return 1, int(tokens[0])
+    return int(tokens[0]), int(tokens[1])
+
+
+def _parse_pairs_txt(path: Path) -> tuple[int, list[_PairLine]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DatasetError(f"pairs file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"pairs file {path} is not a readable text file ({exc})") from None
+    numbered = [(number, line.split()) for number, line in enumerate(text.splitlines(), start=1)]
+    numbered = [(number, tokens) for number, tokens in numbered if tokens]
+    if not numbered:
+        raise DatasetError(f"pairs file {path} is empty")
+    header_line, header = numbered[0]
+    folds, per_fold = _parse_header(header, f"{path}, line {header_line}")
+    body = iter(numbered[1:])
+    expected = folds * 2 * per_fold
+    pairs: list[_PairLine] = []
+    for fold in range(folds):
+        for same in (True, False):
+            for _ in range(per_fold):
+                try:
+                    number, tokens = next(body)
+                except StopIteration:
+                    raise DatasetError(
+                        f"{path}: has {len(pairs)} pair lines but its header promises {expected} "
+                        f"({folds} folds x ({per_fold} matched + {per_fold} mismatched))"
+                    ) from None
+                where = f"{path}, line {number}"
+                if same and len(tokens) != 3:
+                    raise DatasetError(
+                        f"{where}: expected a matched pair 'name n1 n2' (fold {fold + 1}), got {' '.join(tokens)!r}"
+                    )
+                if not same and len(tokens) != 4:
+                    raise DatasetError(
+                        f"{where}: expected a mismatched pair 'name1 n1 name2 n2' (fold {fold + 1}), "
+                        f"got {' '.join(tokens)!r}"
+                    )
+                if same:
+                    name = _check_name(tokens[0], where)
+                    first = (name, _image_number(tokens[1], where))
+                    second = (name, _image_number(tokens[2], where))
+                else:
+                    first = (_check_name(tokens[0], where), _image_number(tokens[1], where))
+                    second = (_check_name(tokens[2], where), _image_number(tokens[3], where))
+                pairs.append(_PairLine(number, first, second, same))
+    extra = next(body, None)
+    if extra is not None:
+        raise DatasetError(f"{path}, line {extra[0]}: more pair lines than the header promises ({expected})")
+    return folds, pairs
+
+
+def image_file_name(name: str, number: int, ext: str = "jpg") -> str:
+    """``<name>_<NNNN>.<ext>``, LFW's file naming."""
+    return f"{name}_{number:04d}.{ext}"
+
+
+def load_pairs_txt(pairs_txt: str | os.PathLike[str], images_root: str | os.PathLike[str]) -> PairSet:
+    """Load the LFW protocol file and resolve its images under ``images_root``.
+
+    Pair order is the file's order (per fold: matched, then mismatched). Every image must exist
+    (checked up front, with the pairs.txt line that needs it); the bytes are read on access.
+    """
+    path = Path(pairs_txt)
+    root = Path(images_root)
+    _, lines = _parse_pairs_txt(path)
+    if not root.is_dir():
+        raise DatasetError(f"image directory {root} does not exist", hint="pass the folder of aligned crops")
+    listings: dict[str, set[str]] = {}
+    resolved: dict[tuple[str, int], Path] = {}
+
+    def find(name: str, number: int, line: int) -> Path:
+        key = (name, number)
+        if key in resolved:
+            return resolved[key]
+        if name not in listings:
+            try:
+                listings[name] = set(os.listdir(root / name))
+            except OSError:
+                listings[name] = set()
+        for ext in IMAGE_EXTENSIONS:
+            candidate = image_file_name(name, number, ext)
+            if candidate in listings[name]:
+                resolved[key] = root / name / candidate
+                return resolved[key]
+        missing = root / name / image_file_name(name, number, "jpg")
+        raise DatasetError(
+            f"{path}, line {line}: image {missing} does not exist (also tried .jpeg and .png)",
+            hint="--images must be the folder that holds one sub-folder per identity",
+        )
+
+    files: list[Path] = []
+    for pair in lines:
+        files.append(find(*pair.first, pair.line))
+        files.append(find(*pair.second, pair.line))
+    return PairSet(
+        images=ImageFiles(files),
+        issame=np.array([pair.same for pair in lines], dtype=bool),
+        source=str(path),
+        image_files=[str(file) for file in files],
+    )
+
+
+@dataclass(frozen=True)
+class PairsTree:
+    """Where :func:`write_pairs_tree` wrote a dataset, and its pairs in file order."""
+
+    pairs_txt: Path
+    images: Path
+    #: (name1, n1, name2, n2) in the order pairs.txt lists them (and :func:`load_pairs_txt` loads).
+    pairs: tuple[tuple[str, int, str, int], ...]
+
+
+def write_pairs_tree(
+    root: str | os.PathLike[str],
+    identities: Mapping[str, Sequence[bytes]],
+    pairs: Sequence[tuple[str, int, str, int]],
+    *,
+    folds: int = 10,
+    ext: str = "jpg",
+) -> PairsTree:
+    """Write ``root/pairs.txt`` and ``root/images/<name>/<name>_<NNNN>.<ext>``.
+
+    ``identities[name][k]`` is written as image number ``k + 1`` (LFW numbers from 1). A pair
+    ``(name1, n1, name2, n2)`` is matched when the names are equal. pairs.txt lists, per fold,
+    ``per_fold`` matched then ``per_fold`` mismatched pairs: the matched and the mismatched pairs
+    are each dealt to the folds in the order given, so both counts must be equal and divisible by
+    ``folds``.
+    """
+    if ext not in IMAGE_EXTENSIONS:
+        raise ValueError(f"extension {ext!r} is not one of {IMAGE_EXTENSIONS}")
+    matched = [(str(a), int(m), str(b), int(n)) for a, m, b, n in pairs if a == b]
+    mismatched = [(str(a), int(m), str(b), int(n)) for a, m, b, n in pairs if a != b]
+    if folds < 1 or len(matched) != len(mismatched) or len(matched) % folds:
+        raise ValueError(
+            f"{len(matched)} matched and {len(mismatched)} mismatched pairs cannot fill {folds} folds "
+            "(they must be equal and divisible by the number of folds)"
+        )
+    for name in identities:
+        _check_name(name, "identity")
+        if any(ch.isspace() for ch in name):
+            raise ValueError(f"identity name {name!r} contains whitespace")
+    for name1, n1, name2, n2 in pairs:
+        for name, number in ((name1, n1), (name2, n2)):
+            if name not in identities or not 1 <= number <= len(identities[name]):
+                raise ValueError(f"pair refers to image {name} #{number}, which is not among the identities")
+    target = Path(root)
+    images_dir = target / "images"
+    for name, images in identities.items():
+        folder = images_dir / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for number, data in enumerate(images, start=1):
+            (folder / image_file_name(name, number, ext)).write_bytes(bytes(data))
+    per_fold = len(matched) // folds
+    ordered: list[tuple[str, int, str, int]] = []
+    lines = [f"{folds}\t{per_fold}"]
+    for fold in range(folds):
+        chunk = slice(fold * per_fold, (fold + 1) * per_fold)
+        for name1, n1, _, n2 in matched[chunk]:
+            lines.append(f"{name1}\t{n1}\t{n2}")
+            ordered.append((name1, n1, name1, n2))
+        for name1, n1, name2, n2 in mismatched[chunk]:
+            lines.append(f"{name1}\t{n1}\t{name2}\t{n2}")
+            ordered.append((name1, n1, name2, n2))
+    pairs_txt = target / "pairs.txt"
+    tmp = pairs_txt.with_name(f".{pairs_txt.name}.tmp")
+    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    os.replace(tmp, pairs_txt)
+    return PairsTree(pairs_txt=pairs_txt, images=images_dir, pairs=tuple(ordered))
+
+
+def load_pairset(
+    lfw: str | os.PathLike[str] | None = None,
+    pairs: str | os.PathLike[str] | None = None,
+    images: str | os.PathLike[str] | None = None,
+) -> PairSet:
+    """The dataset the command line names: an ``lfw.bin``, or a ``pairs.txt`` with its image folder."""
+    if lfw is not None and (pairs is not None or images is not None):
+        raise InputError("give either --lfw PATH or --pairs pairs.txt with --images DIR, not both")
+    if lfw is not None:
+        return load_lfw_bin(lfw)
+    if pairs is not None and images is not None:
+        return load_pairs_txt(pairs, images)
+    if pairs is not None:
+        raise InputError("--pairs needs --images DIR (the folder of aligned face crops)")
+    if images is not None:
+        raise InputError("--images needs --pairs pairs.txt (the LFW protocol file)")
+    raise InputError("no dataset given", hint="pass --lfw lfw.bin, or --pairs pairs.txt with --images DIR")
+
+
+def pairset_sha256(pairset: PairSet) -> str:
+    """A digest of the pairs' content (every image's bytes and every label), whatever the container.
+
+    Two validation results are comparable only when measured on the same pairs; an ``lfw.bin``
+    and a pairs.txt tree holding the same images in the same order have the same digest.
+    """
+    digest = hashlib.sha256()
+    digest.update(f"qfleet-pairs-v1 {pairset.pairs}\n".encode())
+    digest.update(np.asarray(pairset.issame, dtype=np.uint8).tobytes())
+    for index in range(len(pairset.images)):
+        data = pairset.images[index]
+        digest.update(len(data).to_bytes(8, "little"))
+        digest.update(data)
+    return digest.hexdigest()
