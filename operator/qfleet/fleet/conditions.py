@@ -1,0 +1,121 @@
+"""Status vocabulary: phases, condition types, reasons and event reasons, in one place.
+
+Conditions follow the Kubernetes convention (type, status, reason, message, lastTransitionTime,
+observedGeneration). ``lastTransitionTime`` changes only when ``status`` changes, so writing the
+same conditions again is a no-op and the status patch can be skipped.
+
+Phases, from the user's point of view:
+
+- ``Pending``: accepted and waiting for the cluster: no node of a tier yet (nothing served, no
+  Job running), or the replicas of a new rollout or scale-up are not ready yet.
+- ``Quantizing``: a quantization Job of the current spec is running.
+- ``Ready``: every target serves a model of the current spec and its replicas are ready.
+- ``Degraded``: serving, but not everything is right (a Job or the gate failed for a tier, a
+  tier has no nodes or serves an older or FP32 model, or capacity is short of the demand).
+- ``Blocked``: nothing can be served until the user acts (every target's gate failed with
+  ``onGateFailure: keep`` and no earlier model passed).
+- ``Failed``: the spec is invalid, or every target's Job failed with nothing to serve.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+PENDING = "Pending"
+QUANTIZING = "Quantizing"
+READY = "Ready"
+DEGRADED = "Degraded"
+BLOCKED = "Blocked"
+FAILED = "Failed"
+PHASES = (PENDING, QUANTIZING, READY, DEGRADED, BLOCKED, FAILED)
+
+# Condition types.
+TYPE_READY = "Ready"
+TYPE_PROGRESSING = "Progressing"
+TYPE_DEGRADED = "Degraded"
+TYPE_ACCURACY_GATE = "AccuracyGate"
+TYPE_NODES_AVAILABLE = "NodesAvailable"
+TYPE_CAPACITY_INSUFFICIENT = "CapacityInsufficient"
+CONDITION_TYPES = (
+    TYPE_READY,
+    TYPE_PROGRESSING,
+    TYPE_DEGRADED,
+    TYPE_ACCURACY_GATE,
+    TYPE_NODES_AVAILABLE,
+    TYPE_CAPACITY_INSUFFICIENT,
+)
+
+TRUE = "True"
+FALSE = "False"
+UNKNOWN = "Unknown"
+
+# Reasons (CamelCase, as Kubernetes expects). The gate's own reasons ("Passed",
+# "AccuracyDropExceeded", "BelowMinimumAccuracy") come from the pipeline result as they are.
+REASON_INVALID_SPEC = "InvalidSpec"
+REASON_ALL_SERVING = "AllTargetsServing"
+REASON_NOTHING_SERVED = "NothingServed"
+REASON_ROLLING_OUT = "RollingOut"
+REASON_QUANTIZING = "Quantizing"
+REASON_IDLE = "Idle"
+REASON_AS_EXPECTED = "AsExpected"
+REASON_JOB_FAILED = "JobFailed"
+REASON_GATE_FAILED = "GateFailed"
+REASON_NODES_MISSING = "NoNodesOfTier"
+REASON_NODES_FOUND = "NodesFound"
+REASON_GATE_PASSED = "Passed"
+REASON_GATE_PENDING = "AwaitingResults"
+REASON_DEMAND_COVERED = "DemandCovered"
+REASON_MAX_REPLICAS = "MaxReplicasReached"
+REASON_NO_CAPACITY = "NoServingCapacity"
+REASON_TARGET_INCOMPLETE = "TargetsIncomplete"
+
+# Event reasons.
+EVENT_JOB_CREATED = "QuantizationStarted"
+EVENT_JOB_SUCCEEDED = "QuantizationSucceeded"
+EVENT_JOB_FAILED = "QuantizationFailed"
+EVENT_JOB_DELETED = "ObsoleteJobDeleted"
+EVENT_GATE_FAILED = "AccuracyGateFailed"
+EVENT_ROLLED_OUT = "RolledOut"
+EVENT_SCALED = "Scaled"
+EVENT_NODES_MISSING = "NoNodesOfTier"
+EVENT_INVALID_SPEC = "InvalidSpec"
+EVENT_CAPACITY = "CapacityInsufficient"
+EVENT_PHASE = "PhaseChanged"
+
+
+def condition(
+    conditions: Sequence[Mapping[str, Any]],
+    type_: str,
+    status: str,
+    reason: str,
+    message: str,
+    *,
+    generation: int | None,
+    now: str,
+) -> dict[str, Any]:
+    """A condition; keeps the earlier ``lastTransitionTime`` when ``status`` did not change."""
+    previous = find(conditions, type_)
+    changed = previous is None or previous.get("status") != status
+    result: dict[str, Any] = {
+        "type": type_,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": now if changed or previous is None else previous.get("lastTransitionTime", now),
+    }
+    if generation is not None:
+        result["observedGeneration"] = generation
+    return result
+
+
+def find(conditions: Sequence[Mapping[str, Any]] | None, type_: str) -> Mapping[str, Any] | None:
+    for item in conditions or ():
+        if item.get("type") == type_:
+            return item
+    return None
+
+
+def is_true(conditions: Sequence[Mapping[str, Any]] | None, type_: str) -> bool:
+    found = find(conditions, type_)
+    return found is not None and found.get("status") == TRUE

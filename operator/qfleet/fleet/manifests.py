@@ -1,0 +1,370 @@
+"""Builders of the children a QuantizedModel owns: quantization Jobs and serving Deployments.
+
+Pure functions from the spec to plain dicts, ready to send to the API server. Every pod they
+describe meets the "restricted" Pod Security Standard: non-root, no privilege escalation, all
+capabilities dropped, RuntimeDefault seccomp, a read-only root filesystem (``/tmp`` is an
+emptyDir) and no service-account token (neither the pipeline nor the server talks to the API).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from qfleet.fleet import names
+from qfleet.fleet.config import FleetConfig
+from qfleet.fleet.nodes import parse_cpu
+from qfleet.fleet.spec import ModelSpec
+from qfleet.fleet.uris import PvcUri
+from qfleet.isa import node_affinity
+
+TERMINATION_LOG = "/dev/termination-log"
+#: Exit codes of ``qfleet`` for user errors (bad input, wrong ISA): retrying cannot help.
+USER_ERROR_EXIT_CODES = (2, 3)
+PIPELINE_CONTAINER = "pipeline"
+SERVER_CONTAINER = "server"
+TMP_VOLUME = "tmp"
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The QuantizedModel that owns the children (for names, labels and ownerReferences)."""
+
+    name: str
+    namespace: str
+    uid: str
+
+    def reference(self) -> dict[str, Any]:
+        return {
+            "apiVersion": names.API_VERSION,
+            "kind": names.KIND,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+
+def cpu_budget(spec: ModelSpec, config: FleetConfig) -> str:
+    """The CPU of one replica: its limit, else its request, else the operator's default."""
+    return (
+        spec.resources.get("limits", {}).get("cpu")
+        or spec.resources.get("requests", {}).get("cpu")
+        or (config.default_cpu)
+    )
+
+
+def threads_for(spec: ModelSpec, config: FleetConfig) -> int:
+    """Inference threads: as many as whole CPUs in the budget (at least one)."""
+    if spec.serving_threads is not None:
+        return spec.serving_threads
+    try:
+        return max(1, math.floor(parse_cpu(cpu_budget(spec, config))))
+    except ValueError:
+        return 1
+
+
+def artifacts_dir(owner: Owner, spec: ModelSpec, tier: str, key: str) -> PvcUri:
+    """Where a pipeline writes: ``<artifacts>/<model>/<pipeline key>/<tier>``."""
+    return spec.artifacts.join(owner.name, key, tier)
+
+
+def pipeline_inputs(spec: ModelSpec, config: FleetConfig, *, rerun: str | None = None) -> dict[str, Any]:
+    """Everything that changes a pipeline's artifacts or measured FPS: the pipeline key's input."""
+    return {
+        "source": {"format": spec.source_format, "uri": str(spec.source), "epoch": spec.epoch},
+        "quantization": {
+            "preset": spec.preset,
+            "subsetSize": spec.subset_size,
+            "calibration": str(spec.calibration),
+        },
+        "validation": {"lfw": str(spec.lfw), "maxDrop": spec.max_drop, "minAccuracy": spec.min_accuracy},
+        "image": config.toolkit_image,
+        # The benchmark runs with the serving CPU budget: another budget, another FPS per replica.
+        "cpu": cpu_budget(spec, config),
+        "threads": threads_for(spec, config),
+        "rerun": rerun,
+    }
+
+
+def _claim_volumes(
+    uris: list[PvcUri], *, writable: set[str]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    volumes: list[dict[str, Any]] = [{"name": TMP_VOLUME, "emptyDir": {}}]
+    mounts: list[dict[str, Any]] = [{"name": TMP_VOLUME, "mountPath": "/tmp"}]
+    for claim in sorted({uri.claim for uri in uris}):
+        read_only = claim not in writable
+        volume = f"pvc-{names.short_hash(claim)}"
+        volumes.append(
+            {"name": volume, "persistentVolumeClaim": {"claimName": claim, "readOnly": read_only}},
+        )
+        mounts.append({"name": volume, "mountPath": PvcUri(claim, "").mount_path, "readOnly": read_only})
+    return volumes, mounts
+
+
+def _pod_security(config: FleetConfig) -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": config.run_as_user,
+        "runAsGroup": config.run_as_user,
+        # Files written to the artifacts claim belong to this group, so the server can read them.
+        "fsGroup": config.run_as_user,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _container_security() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def _env(threads: int) -> list[dict[str, str]]:
+    return [
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "TQDM_DISABLE", "value": "1"},
+        {"name": "OMP_NUM_THREADS", "value": str(threads)},
+    ]
+
+
+def _resources(spec: ModelSpec, config: FleetConfig, *, memory: str | None) -> dict[str, dict[str, str]]:
+    """Requests equal to limits for CPU: a Guaranteed pod measures (and serves) stable FPS."""
+    cpu = cpu_budget(spec, config)
+    requests = dict(spec.resources.get("requests", {}))
+    limits = dict(spec.resources.get("limits", {}))
+    requests["cpu"] = limits["cpu"] = cpu
+    if memory is not None:
+        requests["memory"] = limits["memory"] = memory
+    return {"requests": requests, "limits": limits}
+
+
+def job_for(owner: Owner, spec: ModelSpec, tier: str, key: str, config: FleetConfig) -> dict[str, Any]:
+    """The quantization Job of ``owner`` for ``tier`` and pipeline ``key``."""
+    name = names.job_name(owner.name, tier, key)
+    labels = {
+        **names.model_labels(owner.name),
+        names.LABEL_ISA: names.tier_slug(tier),
+        names.LABEL_PIPELINE_KEY: key,
+        names.LABEL_COMPONENT: names.COMPONENT_QUANTIZER,
+        names.LABEL_NAME: "qfleet-pipeline",
+    }
+    annotations = {names.ANNOTATION_MODEL_NAME: owner.name}
+    out = artifacts_dir(owner, spec, tier, key)
+    threads = threads_for(spec, config)
+    args = ["--source", spec.source.pod_path, "--format", spec.source_format]
+    if spec.epoch is not None:
+        args += ["--epoch", str(spec.epoch)]
+    args += [
+        "--calibration",
+        spec.calibration.pod_path,
+        "--lfw",
+        spec.lfw.pod_path,
+        "--out",
+        out.pod_path,
+        "--expect-isa",
+        tier,
+        "--preset",
+        spec.preset,
+        "--subset-size",
+        str(spec.subset_size),
+        "--max-drop",
+        _number(spec.max_drop),
+    ]
+    if spec.min_accuracy is not None:
+        args += ["--min-accuracy", _number(spec.min_accuracy)]
+    args += [
+        "--threads",
+        str(threads),
+        "--benchmark-seconds",
+        _number(config.benchmark_seconds),
+        "--termination-log",
+        TERMINATION_LOG,
+        "--json",
+    ]
+    volumes, mounts = _claim_volumes(list(spec.claims), writable={spec.artifacts.claim})
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "affinity": node_affinity(tier, spec.target(tier).node_selector),
+        "securityContext": _pod_security(config),
+        "volumes": volumes,
+        "containers": [
+            {
+                "name": PIPELINE_CONTAINER,
+                "image": config.toolkit_image,
+                "imagePullPolicy": config.image_pull_policy,
+                "command": ["qfleet", "pipeline"],
+                "args": args,
+                "env": _env(threads),
+                "resources": _resources(spec, config, memory=config.job_memory),
+                "securityContext": _container_security(),
+                "terminationMessagePath": TERMINATION_LOG,
+                "terminationMessagePolicy": "File",
+                "volumeMounts": mounts,
+            }
+        ],
+    }
+    if config.job_service_account:
+        pod_spec["serviceAccountName"] = config.job_service_account
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "namespace": owner.namespace,
+            "labels": labels,
+            "annotations": annotations,
+            "ownerReferences": [owner.reference()],
+        },
+        "spec": {
+            "backoffLimit": config.job_backoff_limit,
+            "activeDeadlineSeconds": config.job_deadline_seconds,
+            "ttlSecondsAfterFinished": config.job_ttl_seconds,
+            # User errors (bad input, wrong ISA) fail the Job at once instead of being retried.
+            "podFailurePolicy": {
+                "rules": [
+                    {
+                        "action": "FailJob",
+                        "onExitCodes": {
+                            "containerName": PIPELINE_CONTAINER,
+                            "operator": "In",
+                            "values": list(USER_ERROR_EXIT_CODES),
+                        },
+                    }
+                ]
+            },
+            "template": {
+                "metadata": {"labels": labels, "annotations": annotations},
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
+def serving_labels(owner: Owner, tier: str) -> dict[str, str]:
+    """The labels that select one tier's serving pods."""
+    return {names.LABEL_MODEL: names.label_value(owner.name), names.LABEL_ISA: names.tier_slug(tier)}
+
+
+def model_selector(owner: Owner) -> dict[str, str]:
+    """The labels that select every serving pod of a model (all tiers)."""
+    return {
+        names.LABEL_MODEL: names.label_value(owner.name),
+        names.LABEL_COMPONENT: names.COMPONENT_SERVER,
+    }
+
+
+def deployment_for(
+    owner: Owner,
+    spec: ModelSpec,
+    tier: str,
+    *,
+    artifact: PvcUri,
+    pipeline_key: str,
+    replicas: int,
+    config: FleetConfig,
+) -> dict[str, Any]:
+    """The Deployment that serves ``artifact`` on ``tier`` with ``replicas`` replicas.
+
+    Only the artifact (and the serving settings) shape the pod template, so a camera change
+    alters ``spec.replicas`` alone and restarts nothing; a new artifact rolls out with
+    maxUnavailable 0.
+    """
+    port = config.server_port
+    threads = threads_for(spec, config)
+    selector = serving_labels(owner, tier)
+    labels = {
+        **names.model_labels(owner.name),
+        **selector,
+        names.LABEL_COMPONENT: names.COMPONENT_SERVER,
+        names.LABEL_NAME: "qfleet-server",
+    }
+    volumes, mounts = _claim_volumes([artifact], writable=set())
+    args = ["--model", artifact.pod_path, "--host", "0.0.0.0", "--port", str(port), "--threads", str(threads)]
+    template: dict[str, Any] = {
+        "metadata": {
+            "labels": labels,
+            "annotations": {
+                names.ANNOTATION_MODEL_NAME: owner.name,
+                names.ANNOTATION_ARTIFACT: str(artifact),
+                names.LABEL_PIPELINE_KEY: pipeline_key,
+                "prometheus.io/scrape": "true",
+                "prometheus.io/port": str(port),
+                "prometheus.io/path": "/metrics",
+            },
+        },
+        "spec": {
+            "automountServiceAccountToken": False,
+            "affinity": node_affinity(tier, spec.target(tier).node_selector),
+            "securityContext": _pod_security(config),
+            "volumes": volumes,
+            "containers": [
+                {
+                    "name": SERVER_CONTAINER,
+                    "image": spec.serving_image or config.server_image,
+                    "imagePullPolicy": config.image_pull_policy,
+                    "command": ["qfleet", "serve"],
+                    "args": args,
+                    "env": _env(threads),
+                    "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
+                    "resources": _resources(spec, config, memory=None),
+                    "securityContext": _container_security(),
+                    "volumeMounts": mounts,
+                    # Loading and compiling a large IR can take a while: the startup probe
+                    # holds off liveness checks until the server answers at all.
+                    "startupProbe": _probe("/v2/health/live", port, period=5, failures=60),
+                    "livenessProbe": _probe("/v2/health/live", port, period=10, failures=3),
+                    "readinessProbe": _probe("/v2/health/ready", port, period=5, failures=2),
+                }
+            ],
+        },
+    }
+    template_hash = names.short_hash(json.dumps(template, sort_keys=True), 16)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": names.deployment_name(owner.name, tier),
+            "namespace": owner.namespace,
+            "labels": labels,
+            "annotations": {
+                names.ANNOTATION_MODEL_NAME: owner.name,
+                names.ANNOTATION_ARTIFACT: str(artifact),
+                names.ANNOTATION_TEMPLATE_HASH: template_hash,
+            },
+            "ownerReferences": [owner.reference()],
+        },
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": selector},
+            "revisionHistoryLimit": 3,
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": template,
+        },
+    }
+
+
+def _probe(path: str, port: int, *, period: int, failures: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": port},
+        "periodSeconds": period,
+        "failureThreshold": failures,
+        "timeoutSeconds": 2,
+    }
+
+
+def _number(value: float) -> str:
+    """A float for a command line, exact and without noise: 0.001 -> '0.001', 30.0 -> '30'."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def template_hash(deployment: Mapping[str, Any]) -> str | None:
+    annotations = (deployment.get("metadata") or {}).get("annotations") or {}
+    value = annotations.get(names.ANNOTATION_TEMPLATE_HASH)
+    return str(value) if value is not None else None

@@ -1,0 +1,207 @@
+"""What a finished quantization Job says: its state, and the pipeline's JSON result.
+
+``qfleet pipeline`` writes one JSON object (<= 4096 bytes) to the container's termination
+message file; the kubelet copies it into the pod's
+``status.containerStatuses[0].state.terminated.message``. A passed or failed accuracy gate is a
+*successful* run (exit 0, ``gate.passed`` true or false); a failed run exits non-zero with
+``{"error": {"stage": ..., "message": ...}}`` when it got far enough to write one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from qfleet.fleet.uris import pod_path_to_uri
+
+JobState = Literal["running", "succeeded", "failed"]
+
+#: How long a Job may be complete without its pod showing up before the result counts as lost.
+RESULT_GRACE_SECONDS = 300.0
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    isa: str
+    #: pvc:// URIs of the INT8 and FP32 models.
+    artifact: str
+    fp32_artifact: str
+    fp32_accuracy: float
+    int8_accuracy: float
+    fp32_fps: float
+    int8_fps: float
+    gate_passed: bool
+    gate_reason: str
+    gate_message: str
+    drop: float
+    versions: Mapping[str, str] = field(default_factory=dict)
+    seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    state: JobState
+    result: PipelineResult | None = None
+    #: Why it failed: the pipeline's stage, or the Job's reason (BackoffLimitExceeded, ...).
+    reason: str = ""
+    message: str = ""
+    stage: str = ""
+    exit_code: int | None = None
+    finished_at: str | None = None
+    #: Complete, but the pod that holds the result is not visible (yet).
+    awaiting_result: bool = False
+
+
+class ResultError(ValueError):
+    """A termination message that is not a usable pipeline result."""
+
+
+def parse_result(message: str) -> PipelineResult:
+    """Parse a successful pipeline's termination message."""
+    try:
+        data = json.loads(message)
+    except (TypeError, ValueError):
+        raise ResultError(f"the termination message is not JSON: {message[:200]!r}") from None
+    if not isinstance(data, dict):
+        raise ResultError("the termination message is not a JSON object")
+    try:
+        fp32 = data["fp32"]
+        int8 = data["int8"]
+        gate = data["gate"]
+        artifact = _uri_of(data["artifact"], "artifact")
+        fp32_artifact = _uri_of(data["fp32_artifact"], "fp32_artifact")
+        fp32_accuracy = _number(fp32["accuracy"], "fp32.accuracy")
+        int8_accuracy = _number(int8["accuracy"], "int8.accuracy")
+        drop = gate.get("drop")
+        return PipelineResult(
+            isa=str(data["isa"]),
+            artifact=artifact,
+            fp32_artifact=fp32_artifact,
+            fp32_accuracy=fp32_accuracy,
+            int8_accuracy=int8_accuracy,
+            fp32_fps=_number(fp32["fps"], "fp32.fps"),
+            int8_fps=_number(int8["fps"], "int8.fps"),
+            gate_passed=bool(gate["passed"]),
+            gate_reason=str(gate.get("reason") or ("Passed" if gate["passed"] else "GateFailed")),
+            gate_message=str(gate.get("message") or ""),
+            drop=_number(drop, "gate.drop") if drop is not None else fp32_accuracy - int8_accuracy,
+            versions={str(key): str(value) for key, value in (data.get("versions") or {}).items()},
+            seconds=_number(data["seconds"], "seconds") if data.get("seconds") is not None else None,
+        )
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ResultError(f"the pipeline result lacks {exc}") from None
+
+
+def _number(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ResultError(f"the pipeline result's {what} is not a number: {value!r}")
+    return float(value)
+
+
+def _uri_of(pod_path: object, what: str) -> str:
+    uri = pod_path_to_uri(str(pod_path))
+    if uri is None:
+        raise ResultError(f"the pipeline result's {what} {pod_path!r} is not on a mounted claim")
+    return str(uri)
+
+
+def _failure_details(message: str) -> tuple[str, str]:
+    """(stage, message) of a failed pipeline's termination message; raw text when not JSON."""
+    try:
+        data = json.loads(message)
+    except (TypeError, ValueError):
+        return "", message.strip()[-500:]
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, dict):
+        return str(error.get("stage") or ""), str(error.get("message") or "")
+    return "", message.strip()[-500:]
+
+
+def _job_condition(job: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
+    for item in (job.get("status") or {}).get("conditions") or ():
+        if item.get("type") == type_ and item.get("status") == "True":
+            return item  # type: ignore[no-any-return]
+    return None
+
+
+def pods_of_job(job_name: str, pods: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    keys = ("batch.kubernetes.io/job-name", "job-name")
+    return [
+        pod
+        for pod in pods
+        if any(((pod.get("metadata") or {}).get("labels") or {}).get(key) == job_name for key in keys)
+    ]
+
+
+def _terminated(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    if not statuses:
+        return None
+    state = statuses[0].get("state") or {}
+    terminated = state.get("terminated")
+    return terminated if isinstance(terminated, Mapping) else None
+
+
+def job_outcome(job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]], *, now: str) -> JobOutcome:
+    """The state of ``job`` and, once it finished, its result or why it failed."""
+    name = str((job.get("metadata") or {}).get("name", ""))
+    status = job.get("status") or {}
+    finished = [(term, pod) for pod in pods_of_job(name, pods) if (term := _terminated(pod)) is not None]
+    finished.sort(key=lambda item: str(item[0].get("finishedAt") or ""))
+    complete = _job_condition(job, "Complete") or _job_condition(job, "SuccessCriteriaMet")
+    failed = _job_condition(job, "Failed")
+
+    if complete is not None or ((status.get("succeeded") or 0) >= 1 and failed is None):
+        finished_at = status.get("completionTime") or (complete or {}).get("lastTransitionTime")
+        succeeded_pods = [term for term, _ in finished if term.get("exitCode") == 0]
+        if not succeeded_pods:
+            lost = _seconds_between(finished_at, now) > RESULT_GRACE_SECONDS
+            if not lost:
+                return JobOutcome(state="succeeded", awaiting_result=True, finished_at=finished_at)
+            return JobOutcome(
+                state="failed",
+                reason="ResultLost",
+                message=f"Job {name} completed but its pod (and the result it held) is gone",
+                finished_at=finished_at,
+            )
+        message = str(succeeded_pods[-1].get("message") or "")
+        try:
+            result = parse_result(message)
+        except ResultError as exc:
+            return JobOutcome(state="failed", reason="ResultUnreadable", message=str(exc), exit_code=0)
+        return JobOutcome(state="succeeded", result=result, exit_code=0, finished_at=finished_at)
+
+    if failed is not None:
+        reason = str(failed.get("reason") or "Failed")
+        job_message = str(failed.get("message") or "")
+        finished_at = failed.get("lastTransitionTime")
+        if finished:
+            term = finished[-1][0]
+            stage, detail = _failure_details(str(term.get("message") or ""))
+            exit_code = term.get("exitCode")
+            text = detail or job_message or str(term.get("reason") or "")
+            if exit_code is not None:
+                text = f"{text} (exit code {exit_code})" if text else f"exit code {exit_code}"
+            return JobOutcome(
+                state="failed",
+                reason=reason,
+                stage=stage,
+                message=text,
+                exit_code=int(exit_code) if isinstance(exit_code, int) else None,
+                finished_at=finished_at,
+            )
+        return JobOutcome(state="failed", reason=reason, message=job_message, finished_at=finished_at)
+    return JobOutcome(state="running")
+
+
+def _seconds_between(earlier: object, later: str) -> float:
+    try:
+        start = datetime.fromisoformat(str(earlier).replace("Z", "+00:00"))
+        end = datetime.fromisoformat(later.replace("Z", "+00:00"))
+    except ValueError:
+        return 0.0
+    return (end - start).total_seconds()

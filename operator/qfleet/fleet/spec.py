@@ -1,0 +1,259 @@
+"""A QuantizedModel's spec, checked and with defaults applied.
+
+The CRD's schema already rejects most mistakes and applies defaults on a real API server; the
+operator checks again (it must not crash on what a schema-less server or an older CRD lets
+through) and applies the same defaults, which a unit test compares with the CRD's. Every
+problem is reported with the field's path and what to write instead.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from qfleet.fleet.uris import PvcUri, UriError, parse_pvc_uri
+from qfleet.isa import TIER_NAMES
+
+FORMATS = ("mxnet", "onnx", "openvino")
+PRESETS = ("performance", "mixed")
+PLACEMENTS = ("fill", "spread")
+GATE_FAILURE_POLICIES = ("keep", "fp32")
+
+#: The defaults the CRD's schema declares (tests/unit/test_crd_schema.py checks they agree).
+DEFAULTS: dict[str, Any] = {
+    "quantization.preset": "performance",
+    "quantization.subsetSize": 300,
+    "validation.maxDrop": 0.001,
+    "serving.minReplicas": 1,
+    "serving.maxReplicas": 64,
+    "demand.cameras": 0,
+    "demand.cameraFps": 6,
+    "demand.facesPerFrame": 1,
+    "demand.targetUtilization": 0.8,
+    "demand.placement": "fill",
+    "rollout.onGateFailure": "keep",
+}
+
+
+class SpecError(ValueError):
+    """The spec cannot be acted on; the message names the field and what to do."""
+
+
+@dataclass(frozen=True)
+class Target:
+    isa: str
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    source_format: str
+    source: PvcUri
+    epoch: int | None
+    preset: str
+    subset_size: int
+    calibration: PvcUri
+    lfw: PvcUri
+    max_drop: float
+    min_accuracy: float | None
+    targets: tuple[Target, ...]
+    serving_image: str | None
+    serving_threads: int | None
+    resources: Mapping[str, Mapping[str, str]]
+    min_replicas: int
+    max_replicas: int
+    cameras: int
+    camera_fps: float
+    faces_per_frame: float
+    target_utilization: float
+    placement: str
+    artifacts: PvcUri
+    on_gate_failure: str
+
+    @property
+    def tiers(self) -> tuple[str, ...]:
+        return tuple(target.isa for target in self.targets)
+
+    def target(self, isa: str) -> Target:
+        for candidate in self.targets:
+            if candidate.isa == isa:
+                return candidate
+        raise KeyError(isa)
+
+    @property
+    def claims(self) -> tuple[PvcUri, ...]:
+        """Every URI a quantization Job reads or writes."""
+        return (self.source, self.calibration, self.lfw, self.artifacts)
+
+
+def parse_spec(spec: Mapping[str, Any] | None) -> ModelSpec:
+    """Check ``spec`` and apply defaults; raises :class:`SpecError` naming the bad field."""
+    if not isinstance(spec, Mapping):
+        raise SpecError("spec is missing; see crds/samples/ for a complete QuantizedModel")
+    source = _section(spec, "source", required=True)
+    quantization = _section(spec, "quantization", required=True)
+    validation = _section(spec, "validation", required=True)
+    serving = _section(spec, "serving")
+    demand = _section(spec, "demand")
+    rollout = _section(spec, "rollout")
+    artifacts = _section(spec, "artifacts", required=True)
+
+    min_replicas = _integer(serving, "serving.minReplicas", minimum=0)
+    max_replicas = _integer(serving, "serving.maxReplicas", minimum=1)
+    if max_replicas < min_replicas:
+        raise SpecError(
+            f"serving.maxReplicas ({max_replicas}) is below serving.minReplicas ({min_replicas}); "
+            "raise maxReplicas or lower minReplicas"
+        )
+    epoch = source.get("epoch")
+    if epoch is not None and (not _is_int(epoch) or epoch < 0):
+        raise SpecError(f"spec.source.epoch must be an integer >= 0, got {epoch!r}")
+    source_format = _choice(source, "source.format", FORMATS, required=True)
+    min_accuracy = validation.get("minAccuracy")
+    if min_accuracy is not None:
+        min_accuracy = _fraction(validation, "validation.minAccuracy")
+    threads = serving.get("threads")
+    if threads is not None and (not _is_int(threads) or threads < 1):
+        raise SpecError(f"spec.serving.threads must be an integer >= 1, got {threads!r}")
+    image = serving.get("image")
+    if image is not None and (not isinstance(image, str) or not image.strip()):
+        raise SpecError(f"spec.serving.image must be an image reference, got {image!r}")
+
+    return ModelSpec(
+        source_format=source_format,
+        source=_uri(source.get("uri"), "spec.source.uri"),
+        epoch=int(epoch) if epoch is not None else None,
+        preset=_choice(quantization, "quantization.preset", PRESETS),
+        subset_size=_integer(quantization, "quantization.subsetSize", minimum=1),
+        calibration=_uri(quantization.get("calibration"), "spec.quantization.calibration"),
+        lfw=_uri(validation.get("lfw"), "spec.validation.lfw"),
+        max_drop=_fraction(validation, "validation.maxDrop"),
+        min_accuracy=min_accuracy,
+        targets=_targets(spec.get("targets")),
+        serving_image=image.strip() if isinstance(image, str) else None,
+        serving_threads=int(threads) if threads is not None else None,
+        resources=_resources(serving.get("resources")),
+        min_replicas=min_replicas,
+        max_replicas=max_replicas,
+        cameras=_integer(demand, "demand.cameras", minimum=0),
+        camera_fps=_positive(demand, "demand.cameraFps"),
+        faces_per_frame=_positive(demand, "demand.facesPerFrame"),
+        target_utilization=_utilization(demand),
+        placement=_choice(demand, "demand.placement", PLACEMENTS),
+        artifacts=_uri(artifacts.get("uri"), "spec.artifacts.uri"),
+        on_gate_failure=_choice(rollout, "rollout.onGateFailure", GATE_FAILURE_POLICIES),
+    )
+
+
+def _section(spec: Mapping[str, Any], name: str, *, required: bool = False) -> Mapping[str, Any]:
+    value = spec.get(name)
+    if value is None:
+        if required:
+            raise SpecError(f"spec.{name} is required; see crds/samples/ for an example")
+        return {}
+    if not isinstance(value, Mapping):
+        raise SpecError(f"spec.{name} must be an object, got {type(value).__name__}")
+    return value
+
+
+def _value(section: Mapping[str, Any], path: str) -> Any:
+    key = path.rsplit(".", 1)[-1]
+    value = section.get(key)
+    return DEFAULTS.get(path) if value is None else value
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _integer(section: Mapping[str, Any], path: str, *, minimum: int) -> int:
+    value = _value(section, path)
+    if not _is_int(value) or value < minimum:
+        raise SpecError(f"spec.{path} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _positive(section: Mapping[str, Any], path: str) -> float:
+    value = _value(section, path)
+    if not _is_number(value) or value <= 0:
+        raise SpecError(f"spec.{path} must be a number > 0, got {value!r}")
+    return float(value)
+
+
+def _fraction(section: Mapping[str, Any], path: str) -> float:
+    value = _value(section, path)
+    if not _is_number(value) or not 0 <= value <= 1:
+        raise SpecError(f"spec.{path} must be a fraction in [0, 1] (0.001 = 0.1 points), got {value!r}")
+    return float(value)
+
+
+def _utilization(section: Mapping[str, Any]) -> float:
+    value = _value(section, "demand.targetUtilization")
+    if not _is_number(value) or not 0 < value <= 1:
+        raise SpecError(f"spec.demand.targetUtilization must be in (0, 1], got {value!r}")
+    return float(value)
+
+
+def _choice(
+    section: Mapping[str, Any], path: str, choices: tuple[str, ...], *, required: bool = False
+) -> str:
+    value = section.get(path.rsplit(".", 1)[-1])
+    if value is None:
+        if required:
+            raise SpecError(f"spec.{path} is required; one of {', '.join(choices)}")
+        value = DEFAULTS[path]
+    if value not in choices:
+        raise SpecError(f"spec.{path} must be one of {', '.join(choices)}, got {value!r}")
+    return str(value)
+
+
+def _uri(value: object, path: str) -> PvcUri:
+    try:
+        return parse_pvc_uri(value, field=path)
+    except UriError as exc:
+        raise SpecError(str(exc)) from None
+
+
+def _targets(value: object) -> tuple[Target, ...]:
+    if not isinstance(value, list) or not value:
+        raise SpecError(f"spec.targets must list at least one ISA tier ({', '.join(TIER_NAMES)})")
+    targets: list[Target] = []
+    for index, item in enumerate(value):
+        where = f"spec.targets[{index}]"
+        if not isinstance(item, Mapping):
+            raise SpecError(f"{where} must be an object with an 'isa' field")
+        isa = item.get("isa")
+        if isa not in TIER_NAMES:
+            raise SpecError(f"{where}.isa must be one of {', '.join(TIER_NAMES)}, got {isa!r}")
+        if any(target.isa == isa for target in targets):
+            raise SpecError(f"{where}.isa {isa!r} is listed twice; list each tier once")
+        selector = item.get("nodeSelector") or {}
+        if not isinstance(selector, Mapping) or not all(
+            isinstance(key, str) and isinstance(val, str) for key, val in selector.items()
+        ):
+            raise SpecError(f"{where}.nodeSelector must map label names to string values")
+        targets.append(Target(isa=str(isa), node_selector=dict(selector)))
+    return tuple(targets)
+
+
+def _resources(value: object) -> dict[str, dict[str, str]]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise SpecError("spec.serving.resources must be an object with requests and limits")
+    result: dict[str, dict[str, str]] = {}
+    for kind in ("requests", "limits"):
+        section = value.get(kind) or {}
+        if not isinstance(section, Mapping):
+            raise SpecError(f"spec.serving.resources.{kind} must map resource names to quantities")
+        for name, quantity in section.items():
+            if not isinstance(quantity, str | int) or isinstance(quantity, bool):
+                raise SpecError(f"spec.serving.resources.{kind}.{name} must be a quantity, got {quantity!r}")
+        result[kind] = {str(name): str(quantity) for name, quantity in section.items()}
+    return result

@@ -1,0 +1,214 @@
+"""A small asynchronous Kubernetes API client for the operator's writes (and a few reads).
+
+kopf watches and caches what the operator reads (indices); the operator's own writes -- create a
+Job, patch a Deployment or a status, delete an obsolete Job -- go through this client, on the
+same event loop, as plain JSON (no model classes to build or parse). Credentials come from the
+same places kopf's default login looks: the in-cluster service account, else the kubeconfig
+(``$KUBECONFIG`` or ``~/.kube/config``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+log = logging.getLogger(__name__)
+
+MERGE_PATCH = "application/merge-patch+json"
+
+
+class ApiError(Exception):
+    """An API request failed; ``status`` is the HTTP status (0 when the server was unreachable)."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+    @property
+    def transient(self) -> bool:
+        """Worth retrying as it is: the server was busy, down or timed out."""
+        return self.status == 0 or self.status == 429 or self.status >= 500
+
+
+@dataclass(frozen=True)
+class Credentials:
+    server: str
+    token: str | None = None
+    ca_path: str | None = None
+    insecure: bool = False
+    certificate_path: str | None = None
+    private_key_path: str | None = None
+    username: str | None = None
+    password: str | None = None
+
+
+def load_credentials() -> Credentials:
+    """In-cluster service account, else kubeconfig -- the order kopf's default login uses."""
+    import kubernetes.client
+    import kubernetes.config
+
+    configuration = kubernetes.client.Configuration()
+    try:
+        kubernetes.config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    except kubernetes.config.ConfigException:
+        try:
+            # The library reads $KUBECONFIG once, at import; read it now.
+            kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
+                config_file=os.environ.get("KUBECONFIG") or None, client_configuration=configuration
+            )
+        except (kubernetes.config.ConfigException, FileNotFoundError, TypeError) as exc:
+            raise RuntimeError(
+                "no Kubernetes credentials: not in a cluster and no usable kubeconfig "
+                "(set KUBECONFIG or run inside a pod with a service account)"
+            ) from exc
+    header = configuration.get_api_key_with_prefix("BearerToken") or configuration.get_api_key_with_prefix(
+        "authorization"
+    )
+    token = header.split(" ", 1)[-1] if header else None
+    return Credentials(
+        server=str(configuration.host).rstrip("/"),
+        token=token,
+        ca_path=configuration.ssl_ca_cert,
+        insecure=not configuration.verify_ssl,
+        certificate_path=configuration.cert_file,
+        private_key_path=configuration.key_file,
+        username=configuration.username or None,
+        password=configuration.password or None,
+    )
+
+
+class KubeApi:
+    """JSON over HTTP to the API server; ``create`` treats 409 as "already there"."""
+
+    def __init__(self, credentials: Credentials, *, timeout: float = 30.0, connections: int = 32) -> None:
+        self.credentials = credentials
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._connections = connections
+        self._session: aiohttp.ClientSession | None = None
+
+    def _ssl(self) -> ssl.SSLContext | bool:
+        creds = self.credentials
+        if not creds.server.startswith("https"):
+            return False
+        if creds.insecure:
+            return False
+        context = ssl.create_default_context(cafile=creds.ca_path)
+        if creds.certificate_path and creds.private_key_path:
+            context.load_cert_chain(creds.certificate_path, creds.private_key_path)
+        return context
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Accept": "application/json", "User-Agent": "qfleet-operator"}
+        if self.credentials.token:
+            headers["Authorization"] = f"Bearer {self.credentials.token}"
+        return headers
+
+    async def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            auth = None
+            if self.credentials.username and self.credentials.password:
+                auth = aiohttp.BasicAuth(self.credentials.username, self.credentials.password)
+            self._session = aiohttp.ClientSession(
+                base_url=self.credentials.server,
+                headers=self._headers(),
+                auth=auth,
+                timeout=self._timeout,
+                connector=aiohttp.TCPConnector(ssl=self._ssl(), limit=self._connections),
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        content_type: str = "application/json",
+        params: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        session = await self.session()
+        headers = {"Content-Type": content_type} if body is not None else {}
+        try:
+            async with session.request(method, path, json=body, headers=headers, params=params) as response:
+                if response.status >= 400:
+                    raise await _error(response)
+                data = await response.json(content_type=None)
+        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+            raise ApiError(0, type(exc).__name__, str(exc) or "connection failed") from exc
+        return data if isinstance(data, dict) else {}
+
+    async def get(self, path: str) -> dict[str, Any] | None:
+        """The object at ``path``; None when it does not exist."""
+        try:
+            return await self.request("GET", path)
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def create(self, path: str, body: dict[str, Any]) -> bool:
+        """Create ``body`` in the collection ``path``; False when it already exists (409)."""
+        try:
+            await self.request("POST", path, body=body)
+        except ApiError as exc:
+            if exc.status == 409:
+                return False
+            raise
+        return True
+
+    async def merge_patch(self, path: str, patch: dict[str, Any]) -> dict[str, Any] | None:
+        """JSON-merge-patch the object at ``path``; None when it is gone (404)."""
+        try:
+            return await self.request("PATCH", path, body=patch, content_type=MERGE_PATCH)
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def delete(self, path: str, *, propagation: str = "Background") -> bool:
+        """Delete the object at ``path`` (and, in the background, what it owns); False when gone."""
+        body = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": propagation}
+        try:
+            await self.request("DELETE", path, body=body)
+        except ApiError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+
+async def _error(response: aiohttp.ClientResponse) -> ApiError:
+    try:
+        data = await response.json(content_type=None)
+    except (ValueError, aiohttp.ContentTypeError):
+        data = None
+    if isinstance(data, dict):
+        return ApiError(
+            response.status, str(data.get("reason") or response.reason), str(data.get("message") or "")
+        )
+    return ApiError(response.status, str(response.reason), (await response.text())[:500])
+
+
+def namespaced(
+    group_version: str, plural: str, namespace: str, name: str | None = None, sub: str | None = None
+) -> str:
+    """The API path of a namespaced collection or object: ``/apis/batch/v1/namespaces/ns/jobs/x``."""
+    base = "/api/v1" if group_version == "v1" else f"/apis/{group_version}"
+    path = f"{base}/namespaces/{namespace}/{plural}"
+    if name is not None:
+        path += f"/{name}"
+        if sub is not None:
+            path += f"/{sub}"
+    return path

@@ -1,0 +1,138 @@
+"""Prometheus metrics of the operator, served on ``/metrics`` (``--metrics-port``).
+
+Counters count what this operator process saw (they restart at zero with it, as Prometheus
+expects); gauges describe each model's current state and are dropped when the model goes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+_DURATION_BUCKETS = (30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.reconciles = Counter(
+            "qfleet_reconciles", "Reconciles of QuantizedModels by result", ["result"], registry=r
+        )
+        self.reconcile_seconds = Histogram(
+            "qfleet_reconcile_duration_seconds", "Time to plan and apply one reconcile", registry=r
+        )
+        self.pipeline_seconds = Histogram(
+            "qfleet_pipeline_duration_seconds",
+            "Duration of finished quantization pipelines (convert to benchmark) by ISA tier",
+            ["isa"],
+            buckets=_DURATION_BUCKETS,
+            registry=r,
+        )
+        self.pipelines = Counter(
+            "qfleet_pipelines",
+            "Finished quantization Jobs by ISA tier and outcome",
+            ["isa", "outcome"],
+            registry=r,
+        )
+        self.gate_outcomes = Counter(
+            "qfleet_gate_outcomes",
+            "Accuracy gate decisions by ISA tier and reason",
+            ["isa", "passed", "reason"],
+            registry=r,
+        )
+        model_labels = ["namespace", "model"]
+        self.desired_replicas = Gauge(
+            "qfleet_desired_replicas",
+            "Replicas the operator asks for, per tier",
+            [*model_labels, "isa"],
+            registry=r,
+        )
+        self.fps_per_replica = Gauge(
+            "qfleet_fps_per_replica",
+            "Measured faces/s per replica of the served model, per tier",
+            [*model_labels, "isa", "precision"],
+            registry=r,
+        )
+        self.accuracy = Gauge(
+            "qfleet_lfw_accuracy", "LFW accuracy of the latest result, per tier and precision",
+            [*model_labels, "isa", "precision"], registry=r,
+        )  # fmt: skip
+        self.cameras = Gauge("qfleet_camera_demand", "Cameras a model is sized for", model_labels, registry=r)
+        self.demand_fps = Gauge(
+            "qfleet_demand_faces_per_second", "Faces/s the cameras send", model_labels, registry=r
+        )
+        self.shortfall_fps = Gauge(
+            "qfleet_capacity_shortfall_faces_per_second",
+            "Demand not covered because maxReplicas was reached",
+            model_labels,
+            registry=r,
+        )
+        self._series: dict[tuple[str, str], set[tuple[Gauge, tuple[str, ...]]]] = {}
+
+    def serve(self, port: int, address: str = "0.0.0.0") -> None:
+        start_http_server(port, addr=address, registry=self.registry)
+
+    def reconciled(self, result: str, seconds: float) -> None:
+        self.reconciles.labels(result=result).inc()
+        self.reconcile_seconds.observe(seconds)
+
+    def new_result(self, isa: str, result: Mapping[str, Any]) -> None:
+        """Count a Job's result the first time the operator records it."""
+        if not result.get("succeeded"):
+            self.pipelines.labels(isa=isa, outcome="failed").inc()
+            return
+        self.pipelines.labels(isa=isa, outcome="succeeded").inc()
+        if result.get("seconds") is not None:
+            self.pipeline_seconds.labels(isa=isa).observe(float(result["seconds"]))
+        gate = result.get("gate") or {}
+        passed = bool(gate.get("passed"))
+        self.gate_outcomes.labels(
+            isa=isa, passed=str(passed).lower(), reason=str(gate.get("reason", ""))
+        ).inc()
+
+    def model_status(self, namespace: str, model: str, status: Mapping[str, Any]) -> None:
+        """Set the gauges of one model from its new status (and drop series that went away)."""
+        key = (namespace, model)
+        old = self._series.get(key, set())
+        new: set[tuple[Gauge, tuple[str, ...]]] = set()
+
+        def put(gauge: Gauge, labels: tuple[str, ...], value: float) -> None:
+            gauge.labels(*labels).set(value)
+            new.add((gauge, labels))
+
+        demand = status.get("demand") or {}
+        capacity = status.get("capacity") or {}
+        put(self.cameras, key, float(demand.get("cameras") or 0))
+        put(self.demand_fps, key, float(demand.get("facesPerSecond") or 0))
+        put(self.shortfall_fps, key, float(capacity.get("shortfallFacesPerSecond") or 0))
+        for variant in status.get("variants") or []:
+            isa = str(variant.get("isa"))
+            if "replicas" in variant:
+                put(self.desired_replicas, (*key, isa), float(variant["replicas"]))
+            served = variant.get("served") or {}
+            if served:
+                put(
+                    self.fps_per_replica,
+                    (*key, isa, str(served["precision"])),
+                    float(served["fpsPerReplica"]),
+                )
+            result = variant.get("result") or {}
+            if result.get("succeeded"):
+                put(self.accuracy, (*key, isa, "fp32"), float(result["fp32Accuracy"]))
+                put(self.accuracy, (*key, isa, "int8"), float(result["int8Accuracy"]))
+        for gauge, labels in old - new:
+            _remove(gauge, labels)
+        self._series[key] = new
+
+    def forget(self, namespace: str, model: str) -> None:
+        for gauge, labels in self._series.pop((namespace, model), set()):
+            _remove(gauge, labels)
+
+
+def _remove(gauge: Gauge, labels: tuple[str, ...]) -> None:
+    with contextlib.suppress(KeyError):
+        gauge.remove(*labels)

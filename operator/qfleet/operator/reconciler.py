@@ -1,0 +1,278 @@
+"""Gather what the cluster holds, run the pure planner, apply its plan.
+
+One reconcile of a model at a time (a lock per model); triggers that arrive while one is
+queued are folded into it, so a burst of Job, pod and Deployment events costs one pass. Reads
+come from kopf's indices (kept current by its watches) plus one fresh GET of the model (its
+status is the operator's memory), writes go through :class:`~qfleet.operator.kube.KubeApi`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from qfleet.fleet import conditions as c
+from qfleet.fleet import names
+from qfleet.fleet.nodes import Inventory, NodeInfo
+from qfleet.fleet.reconcile import Event, Observed, Plan, plan
+from qfleet.operator.kube import ApiError, KubeApi, namespaced
+from qfleet.operator.metrics import Metrics
+from qfleet.operator.settings import OperatorSettings
+
+log = logging.getLogger("qfleet.operator")
+
+ModelKey = tuple[str, str]
+EventPoster = Callable[[Mapping[str, Any], Event], None]
+
+#: Names of the kopf indices (the handlers' keyword arguments).
+INDEX_MODELS = "qfleet_models"
+INDEX_JOBS = "qfleet_jobs"
+INDEX_PODS = "qfleet_pods"
+INDEX_DEPLOYMENTS = "qfleet_deployments"
+INDEX_NODES = "qfleet_nodes"
+NODES_KEY = "nodes"
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class Caches:
+    """kopf's indices: live, read-only mappings from a key to the objects indexed under it."""
+
+    models: Mapping[Any, Iterable[Any]]
+    jobs: Mapping[Any, Iterable[dict[str, Any]]]
+    pods: Mapping[Any, Iterable[dict[str, Any]]]
+    deployments: Mapping[Any, Iterable[dict[str, Any]]]
+    nodes: Mapping[Any, Iterable[NodeInfo]]
+
+    @classmethod
+    def from_kwargs(cls, kwargs: Mapping[str, Any]) -> Caches:
+        return cls(
+            models=kwargs[INDEX_MODELS],
+            jobs=kwargs[INDEX_JOBS],
+            pods=kwargs[INDEX_PODS],
+            deployments=kwargs[INDEX_DEPLOYMENTS],
+            nodes=kwargs[INDEX_NODES],
+        )
+
+
+class _ModelLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        return f"[{self.extra['key']}] {msg}", kwargs  # type: ignore[index]
+
+
+class Reconciler:
+    def __init__(
+        self,
+        api: KubeApi,
+        settings: OperatorSettings,
+        metrics: Metrics,
+        *,
+        post_event: EventPoster,
+        clock: Callable[[], str] = utc_now,
+    ) -> None:
+        self.api = api
+        self.settings = settings
+        self.metrics = metrics
+        self.post_event = post_event
+        self.clock = clock
+        self.caches: Caches | None = None
+        self._locks: dict[ModelKey, asyncio.Lock] = {}
+        self._pending: set[ModelKey] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._inventory: Inventory | None = None
+        self._inventory_signature: object = None
+        self._sweep_scheduled = False
+
+    # -- triggers ------------------------------------------------------------------------------
+
+    def bind(self, kwargs: Mapping[str, Any]) -> None:
+        """Pick up kopf's indices from a handler's keyword arguments."""
+        if self.caches is None:
+            self.caches = Caches.from_kwargs(kwargs)
+
+    def trigger(self, namespace: str, name: str, *, delay: float = 0.05) -> None:
+        """Reconcile soon; triggers that arrive before that run starts are folded into it."""
+        key = (namespace, name)
+        if key in self._pending:
+            return
+        self._pending.add(key)
+        self._spawn(self._run_later(key, delay))
+
+    def trigger_all(self, *, delay: float = 0.05) -> None:
+        for namespace, name in self.known_models():
+            self.trigger(namespace, name, delay=delay)
+
+    def known_models(self) -> list[ModelKey]:
+        if self.caches is None:
+            return []
+        return [key for key in self.caches.models if isinstance(key, tuple)]
+
+    def nodes_changed(self, *, delay: float = 0.5) -> None:
+        """A node changed: rebuild the inventory and, if planning sees a difference, revisit all."""
+        self._inventory = None
+        if not self._sweep_scheduled:
+            self._sweep_scheduled = True
+            self._spawn(self._sweep_after(delay))
+
+    def forget(self, namespace: str, name: str) -> None:
+        key = (namespace, name)
+        lock = self._locks.get(key)
+        if lock is not None and not lock.locked():
+            del self._locks[key]
+        self.metrics.forget(namespace, name)
+
+    async def resync_forever(self) -> None:
+        """Revisit every model now and then: a safety net for missed events."""
+        while True:
+            await asyncio.sleep(self.settings.resync_seconds)
+            self.trigger_all()
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.api.close()
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_later(self, key: ModelKey, delay: float) -> None:
+        await asyncio.sleep(delay)
+        try:
+            await self.reconcile(*key, _from_trigger=True)
+        except ApiError as exc:
+            logger = _ModelLogger(log, {"key": f"{key[0]}/{key[1]}"})
+            if exc.transient:
+                logger.warning("API unavailable (%s); retrying in 5 s", exc)
+                self.trigger(*key, delay=5.0)
+            else:
+                logger.error("reconcile failed: %s", exc)
+        except Exception:
+            log.exception("[%s/%s] reconcile crashed", *key)
+
+    async def _sweep_after(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        self._sweep_scheduled = False
+        before = self._inventory_signature
+        signature = self.inventory().signature()
+        if before is not None and signature != before:
+            self._inventory_signature = signature
+            self.trigger_all()
+
+    # -- one reconcile -------------------------------------------------------------------------
+
+    def inventory(self) -> Inventory:
+        if self._inventory is None:
+            nodes = self.caches.nodes.get(NODES_KEY, ()) if self.caches is not None else ()
+            self._inventory = Inventory.of(nodes)
+            if self._inventory_signature is None:
+                # The first look (at start-up): every model is resumed anyway, no sweep needed.
+                self._inventory_signature = self._inventory.signature()
+        return self._inventory
+
+    def observed(self, namespace: str, name: str) -> Observed:
+        if self.caches is None:
+            return Observed(inventory=self.inventory())
+        key = (namespace, name)
+        return Observed(
+            jobs=list(self.caches.jobs.get(key, ())),
+            pods=list(self.caches.pods.get(key, ())),
+            deployments=list(self.caches.deployments.get(key, ())),
+            inventory=self.inventory(),
+        )
+
+    async def reconcile(self, namespace: str, name: str, *, _from_trigger: bool = False) -> Plan | None:
+        """Plan and apply one reconcile of a model; None when the model is gone."""
+        key = (namespace, name)
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            if _from_trigger:
+                # From here on, a new trigger needs a new run: this one may have read too early.
+                self._pending.discard(key)
+            started = time.perf_counter()
+            try:
+                result = await self._reconcile_locked(namespace, name)
+            except Exception:
+                self.metrics.reconciled("error", time.perf_counter() - started)
+                raise
+            outcome = "gone" if result is None else "invalid" if result.invalid_spec else "ok"
+            self.metrics.reconciled(outcome, time.perf_counter() - started)
+            return result
+
+    async def _reconcile_locked(self, namespace: str, name: str) -> Plan | None:
+        logger = _ModelLogger(log, {"key": f"{namespace}/{name}"})
+        model = await self.api.get(namespaced(names.API_VERSION, names.PLURAL, namespace, name))
+        if model is None or (model.get("metadata") or {}).get("deletionTimestamp"):
+            return None
+        result = plan(model, self.observed(namespace, name), self.settings.fleet, now=self.clock())
+        await self._apply(model, result, logger)
+        return result
+
+    async def _apply(self, model: Mapping[str, Any], result: Plan, logger: logging.LoggerAdapter) -> None:  # type: ignore[type-arg]
+        metadata = model.get("metadata") or {}
+        namespace, name = str(metadata["namespace"]), str(metadata["name"])
+        jobs = namespaced("batch/v1", "jobs", namespace)
+        deployments = namespaced("apps/v1", "deployments", namespace)
+
+        for job_name in result.delete_jobs:
+            if await self.api.delete(f"{jobs}/{job_name}"):
+                logger.info("deleted obsolete Job %s", job_name)
+                self.post_event(
+                    model, Event("Normal", c.EVENT_JOB_DELETED, f"deleted obsolete Job {job_name}")
+                )
+        for job in result.create_jobs:
+            job_name = job["metadata"]["name"]
+            if await self.api.create(jobs, job):
+                tier = job["metadata"]["labels"][names.LABEL_ISA]
+                logger.info("created quantization Job %s", job_name)
+                self.post_event(
+                    model,
+                    Event("Normal", c.EVENT_JOB_CREATED, f"{tier}: started quantization Job {job_name}"),
+                )
+        for change in result.deployments:
+            path = f"{deployments}/{change.name}"
+            if change.action == "create" and await self.api.create(deployments, change.body):
+                logger.info("created Deployment %s with %d replica(s)", change.name, change.replicas)
+            elif change.action == "scale":
+                await self.api.merge_patch(path, {"spec": {"replicas": change.replicas}})
+                logger.info("scaled Deployment %s to %d replica(s)", change.name, change.replicas)
+            else:  # an update, or a create that found the Deployment already there
+                body = change.body
+                patch = {
+                    "metadata": {
+                        "labels": body["metadata"]["labels"],
+                        "annotations": body["metadata"]["annotations"],
+                    },
+                    "spec": body["spec"],
+                }
+                await self.api.merge_patch(path, patch)
+                logger.info("updated Deployment %s", change.name)
+        for deployment_name in result.delete_deployments:
+            if await self.api.delete(f"{deployments}/{deployment_name}"):
+                logger.info("deleted Deployment %s of a removed target", deployment_name)
+
+        for tier, record in result.new_results.items():
+            self.metrics.new_result(tier, record)
+        old_status = model.get("status") or {}
+        new_status = json.loads(json.dumps(result.status))
+        if new_status != old_status:
+            patch = {key: None for key in old_status if key not in new_status}
+            patch.update(new_status)
+            path = namespaced(names.API_VERSION, names.PLURAL, namespace, name, "status")
+            await self.api.merge_patch(path, {"status": patch})
+            if new_status.get("phase") != old_status.get("phase"):
+                logger.info("phase %s -> %s", old_status.get("phase") or "New", new_status.get("phase"))
+        for event in result.events:
+            self.post_event(model, event)
+        self.metrics.model_status(namespace, name, new_status)

@@ -1,0 +1,102 @@
+"""Operator settings from environment variables (the Helm chart sets them).
+
+=============================  ===========================================================
+``QFLEET_TOOLKIT_IMAGE``        image of the quantization Jobs (``qfleet pipeline``)
+``QFLEET_SERVER_IMAGE``         image of the serving Deployments (``qfleet serve``)
+``QFLEET_IMAGE_PULL_POLICY``    imagePullPolicy of both (IfNotPresent)
+``QFLEET_BENCHMARK_SECONDS``    seconds per benchmark in a Job (30)
+``QFLEET_JOB_BACKOFF_LIMIT``    pod retries of a Job (1)
+``QFLEET_JOB_DEADLINE_SECONDS`` activeDeadlineSeconds of a Job (10800)
+``QFLEET_JOB_TTL_SECONDS``      ttlSecondsAfterFinished of a Job (86400)
+``QFLEET_JOB_MEMORY``           memory of a Job (8Gi)
+``QFLEET_JOB_SERVICE_ACCOUNT``  service account of the Jobs (the namespace's default)
+``QFLEET_DEFAULT_CPU``          CPU per replica when serving.resources names none (4)
+``QFLEET_RUN_AS_USER``          uid/gid of the pods (65532, the images' user)
+``QFLEET_RESYNC_SECONDS``       how often every model is reconciled regardless of events (300)
+``QFLEET_PEERING``              kopf peering name for leader election (none: standalone)
+``QFLEET_METRICS_PORT``         port of /metrics (the --metrics-port option wins)
+=============================  ===========================================================
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from qfleet.errors import InputError
+from qfleet.fleet.config import FleetConfig
+
+PREFIX = "QFLEET_"
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    fleet: FleetConfig = field(default_factory=FleetConfig)
+    resync_seconds: float = 300.0
+    peering: str | None = None
+    metrics_port: int | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> OperatorSettings:
+        defaults = FleetConfig()
+        reader = _Reader(env)
+        fleet = FleetConfig(
+            toolkit_image=reader.text("TOOLKIT_IMAGE", defaults.toolkit_image),
+            server_image=reader.text("SERVER_IMAGE", defaults.server_image),
+            image_pull_policy=reader.choice(
+                "IMAGE_PULL_POLICY", defaults.image_pull_policy, ("Always", "IfNotPresent", "Never")
+            ),
+            benchmark_seconds=reader.number("BENCHMARK_SECONDS", defaults.benchmark_seconds, minimum=0.1),
+            job_backoff_limit=reader.integer("JOB_BACKOFF_LIMIT", defaults.job_backoff_limit, minimum=0),
+            job_deadline_seconds=reader.integer(
+                "JOB_DEADLINE_SECONDS", defaults.job_deadline_seconds, minimum=60
+            ),
+            job_ttl_seconds=reader.integer("JOB_TTL_SECONDS", defaults.job_ttl_seconds, minimum=0),
+            job_memory=reader.text("JOB_MEMORY", defaults.job_memory),
+            default_cpu=reader.text("DEFAULT_CPU", defaults.default_cpu),
+            run_as_user=reader.integer("RUN_AS_USER", defaults.run_as_user, minimum=1),
+            job_service_account=reader.text("JOB_SERVICE_ACCOUNT", "") or None,
+        )
+        port = reader.text("METRICS_PORT", "")
+        return cls(
+            fleet=fleet,
+            resync_seconds=reader.number("RESYNC_SECONDS", 300.0, minimum=1.0),
+            peering=reader.text("PEERING", "") or None,
+            metrics_port=reader.integer("METRICS_PORT", 0, minimum=0) if port else None,
+        )
+
+
+class _Reader:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+
+    def text(self, name: str, default: str) -> str:
+        value = self.env.get(PREFIX + name, "").strip()
+        return value or default
+
+    def integer(self, name: str, default: int, *, minimum: int) -> int:
+        raw = self.text(name, str(default))
+        try:
+            value = int(raw)
+        except ValueError:
+            raise InputError(f"{PREFIX}{name}={raw!r} is not an integer") from None
+        if value < minimum:
+            raise InputError(f"{PREFIX}{name}={value} must be >= {minimum}")
+        return value
+
+    def number(self, name: str, default: float, *, minimum: float) -> float:
+        raw = self.text(name, str(default))
+        try:
+            value = float(raw)
+        except ValueError:
+            raise InputError(f"{PREFIX}{name}={raw!r} is not a number") from None
+        if not math.isfinite(value) or value < minimum:
+            raise InputError(f"{PREFIX}{name}={raw} must be a number >= {minimum}")
+        return value
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.text(name, default)
+        if value not in choices:
+            raise InputError(f"{PREFIX}{name}={value!r} must be one of {', '.join(choices)}")
+        return value

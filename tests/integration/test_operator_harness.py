@@ -1,0 +1,80 @@
+"""The test cluster itself: what the emulated API server adds, and how pods become processes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from cluster import Cluster, only_paths_rewritten, running_cluster
+from operator_fixtures import NAMESPACE, model_body
+
+from qfleet.fleet.config import FleetConfig
+from qfleet.fleet.manifests import Owner, job_for
+from qfleet.fleet.spec import parse_spec
+from qfleet.fleet.uris import MOUNT_ROOT
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+    async with running_cluster(tmp_path) as cluster:
+        await cluster.add_namespace(NAMESPACE)
+        yield cluster
+
+
+async def test_server_side_metadata_and_generation(cluster: Cluster) -> None:
+    created = await cluster.apply_model(model_body("m"))
+    meta = created["metadata"]
+    assert meta["uid"] and meta["creationTimestamp"] and meta["generation"] == 1
+    first = int(meta["resourceVersion"])
+    path = cluster.model_path(NAMESPACE, "m")
+    status = await cluster.patch(path + "/status", {"status": {"phase": "Pending"}, "spec": {"ignored": 1}})
+    assert status["metadata"]["generation"] == 1 and int(status["metadata"]["resourceVersion"]) > first
+    assert "ignored" not in status["spec"]  # the status subresource changes the status only
+    same = await cluster.patch(path, {"spec": {"demand": {"cameras": 8}}})  # already 8: no new generation
+    assert same["metadata"]["generation"] == 1
+    changed = await cluster.patch(path, {"spec": {"demand": {"cameras": 9}}})
+    assert changed["metadata"]["generation"] == 2
+
+
+async def test_scale_subresource_maps_to_the_cameras(cluster: Cluster) -> None:
+    await cluster.apply_model(model_body("m", cameras=3))
+    path = cluster.model_path(NAMESPACE, "m") + "/scale"
+    assert (await cluster.request("GET", path))["spec"]["replicas"] == 3
+    await cluster.patch(path, {"spec": {"replicas": 12}})
+    assert cluster.model(NAMESPACE, "m")["spec"]["demand"]["cameras"] == 12  # type: ignore[index]
+
+
+def test_pods_run_their_own_command_with_mounts_mapped(tmp_path: Path) -> None:
+    cluster = Cluster.__new__(Cluster)  # only the kubelet part, no server needed
+    cluster.claims = {"data": tmp_path / "data", "models": tmp_path / "models"}
+    spec = parse_spec(model_body("m")["spec"])
+    job = job_for(Owner("m", NAMESPACE, "uid"), spec, "avx2", "key", FleetConfig())
+    node = {"metadata": {"labels": {"feature.node.kubernetes.io/cpu-cpuid.AVX2": "true"}}}
+    pod_dir = tmp_path / "pod"
+    argv, env, termination = cluster.pod_process(job["spec"]["template"], pod_dir, node)
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert Path(argv[0]).name == "qfleet" and argv[1] == "pipeline" and len(argv) == len(args) + 2
+    assert argv[argv.index("--lfw") + 1] == str(tmp_path / "data" / "lfw.bin")
+    assert argv[argv.index("--out") + 1].startswith(str(tmp_path / "models" / "qfleet" / "m" / "key"))
+    assert argv[argv.index("--termination-log") + 1] == str(termination)
+    assert not any(arg.startswith(MOUNT_ROOT) for arg in argv)
+    assert env["QFLEET_HOST_ISA"] == "avx2" and env["HOME"] == str(pod_dir / "volumes" / "tmp")
+    message = f'{{"artifact": "{tmp_path / "models"}/qfleet/m/int8/model.xml"}}'
+    assert MOUNT_ROOT + "/models/qfleet/m/int8/model.xml" in cluster.pod_paths_in(
+        message, job["spec"]["template"], pod_dir
+    )
+
+
+def test_rewrites_may_move_paths_only() -> None:
+    argv, env = ["/venv/bin/qfleet", "pipeline", "--lfw", "/a/lfw.bin", "--threads", "1"], {"HOME": "/tmp/x"}
+    moved = (["/venv/bin/qfleet", "pipeline", "--lfw", "/b/lfw.bin", "--threads", "1"], {"HOME": "/tmp/y"})
+    assert only_paths_rewritten((argv, env), moved) == moved
+    for bad in (
+        (argv[:-2], env),  # dropped an argument
+        (["/venv/bin/qfleet", "pipeline", "--lfw", "/a/lfw.bin", "--threads", "4"], env),  # not a path
+        (["/bin/true", *argv[1:]], env),  # another program
+        (argv, {"HOME": "/tmp/x", "EXTRA": "1"}),
+    ):
+        with pytest.raises(AssertionError):
+            only_paths_rewritten((argv, env), bad)

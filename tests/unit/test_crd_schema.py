@@ -1,0 +1,235 @@
+"""The QuantizedModel CRD: structural, samples valid, invalid resources rejected, defaults agreed."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from qfleet.fleet import names
+from qfleet.fleet.spec import DEFAULTS, parse_spec
+from qfleet.isa import TIER_NAMES
+
+REPO = Path(__file__).resolve().parents[2]
+CRD = REPO / "crds" / "qfleet.dev_quantizedmodels.yaml"
+SAMPLES = sorted((REPO / "crds" / "samples").glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def crd() -> dict[str, Any]:
+    return yaml.safe_load(CRD.read_text())
+
+
+@pytest.fixture(scope="module")
+def version(crd: dict[str, Any]) -> dict[str, Any]:
+    (only,) = crd["spec"]["versions"]
+    return only  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def schema(version: dict[str, Any]) -> dict[str, Any]:
+    return version["schema"]["openAPIV3Schema"]  # type: ignore[no-any-return]
+
+
+def to_json_schema(node: Any) -> Any:
+    """Translate Kubernetes' OpenAPI v3 dialect into JSON Schema (draft 7).
+
+    - ``exclusiveMinimum: true`` + ``minimum: X`` (OpenAPI 3.0) -> ``exclusiveMinimum: X``;
+    - ``x-kubernetes-*`` extensions are dropped (int-or-string already carries its anyOf);
+    - structural schemas prune unknown fields, but an unknown field is worth failing here, so
+      objects with ``properties`` and no ``additionalProperties`` get ``additionalProperties:
+      false`` (except ``metadata``, which the API server owns).
+    """
+    if isinstance(node, list):
+        return [to_json_schema(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    result = {
+        key: to_json_schema(value) for key, value in node.items() if not key.startswith("x-kubernetes-")
+    }
+    for key in ("exclusiveMinimum", "exclusiveMaximum"):
+        if result.get(key) is True:
+            bound = "minimum" if key == "exclusiveMinimum" else "maximum"
+            result[key] = result.pop(bound)
+        elif result.get(key) is False:
+            del result[key]
+    if result.get("type") == "object" and "properties" in result and "additionalProperties" not in result:
+        result["additionalProperties"] = False
+    if "properties" in result and "metadata" in result["properties"]:
+        result["properties"]["metadata"] = {"type": "object"}
+    return result
+
+
+@pytest.fixture(scope="module")
+def validator(schema: dict[str, Any]) -> jsonschema.Draft7Validator:
+    translated = to_json_schema(schema)
+    jsonschema.Draft7Validator.check_schema(translated)
+    return jsonschema.Draft7Validator(translated, format_checker=jsonschema.Draft7Validator.FORMAT_CHECKER)
+
+
+def walk(node: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    yield path, node
+    for key, child in (node.get("properties") or {}).items():
+        yield from walk(child, f"{path}.{key}")
+    if isinstance(node.get("items"), dict):
+        yield from walk(node["items"], f"{path}[]")
+    if isinstance(node.get("additionalProperties"), dict):
+        yield from walk(node["additionalProperties"], f"{path}{{}}")
+
+
+def test_names_and_scope(crd: dict[str, Any], version: dict[str, Any]) -> None:
+    spec = crd["spec"]
+    assert crd["metadata"]["name"] == f"{names.PLURAL}.{names.GROUP}"
+    assert spec["group"] == names.GROUP and spec["scope"] == "Namespaced"
+    assert spec["names"]["kind"] == names.KIND and spec["names"]["plural"] == names.PLURAL
+    assert "qm" in spec["names"]["shortNames"]
+    assert version["name"] == names.VERSION and version["served"] and version["storage"]
+
+
+def test_schema_is_structural(schema: dict[str, Any]) -> None:
+    """Every node names its type; every object lists its properties (or what its values are)."""
+    problems = []
+    for path, node in walk(schema):
+        if node.get("x-kubernetes-int-or-string") or node.get("x-kubernetes-preserve-unknown-fields"):
+            continue
+        if "type" not in node:
+            problems.append(f"{path or '<root>'}: no type")
+        described = "properties" in node or "additionalProperties" in node
+        if node.get("type") == "object" and path != ".metadata" and not described:
+            problems.append(f"{path}: object without properties")
+        for keyword in ("anyOf", "oneOf", "allOf"):
+            for branch in node.get(keyword) or []:
+                if "properties" in branch or "default" in branch:
+                    problems.append(f"{path}: {keyword} branches may not declare properties or defaults")
+    assert not problems, problems
+
+
+def test_subresources_and_scale_paths(version: dict[str, Any], schema: dict[str, Any]) -> None:
+    subresources = version["subresources"]
+    assert subresources["status"] == {}
+    scale = subresources["scale"]
+    assert scale["specReplicasPath"] == ".spec.demand.cameras"
+    assert scale["statusReplicasPath"] == ".status.demand.cameras"
+    nodes = dict(walk(schema))
+    assert nodes[".spec.demand.cameras"]["type"] == "integer"
+    assert nodes[".status.demand.cameras"]["type"] == "integer"
+    assert nodes[scale["labelSelectorPath"]]["type"] == "string"
+
+
+def test_printer_columns_point_into_the_schema(version: dict[str, Any], schema: dict[str, Any]) -> None:
+    columns = {column["name"]: column for column in version["additionalPrinterColumns"]}
+    assert set(columns) == {"Phase", "Cameras", "Replicas", "INT8 FPS", "Drop", "Age"}
+    nodes = dict(walk(schema))
+    for column in columns.values():
+        if column["jsonPath"] == ".metadata.creationTimestamp":
+            continue
+        assert column["jsonPath"] in nodes, column
+
+
+def test_enums_match_the_code(schema: dict[str, Any]) -> None:
+    nodes = dict(walk(schema))
+    assert nodes[".spec.targets[].isa"]["enum"] == list(TIER_NAMES)
+    assert nodes[".spec.source.format"]["enum"] == ["mxnet", "onnx", "openvino"]
+    assert nodes[".spec.quantization.preset"]["enum"] == ["performance", "mixed"]
+    assert nodes[".spec.demand.placement"]["enum"] == ["fill", "spread"]
+    assert nodes[".spec.rollout.onGateFailure"]["enum"] == ["keep", "fp32"]
+    assert set(nodes[".status.phase"]["enum"]) == {
+        "Pending",
+        "Quantizing",
+        "Ready",
+        "Degraded",
+        "Blocked",
+        "Failed",
+    }
+
+
+def test_schema_defaults_are_the_operators_defaults(schema: dict[str, Any]) -> None:
+    declared = {
+        path.removeprefix(".spec."): node["default"]
+        for path, node in walk(schema)
+        if path.startswith(".spec.") and "default" in node and node["default"] != {}
+    }
+    assert declared == DEFAULTS
+
+
+@pytest.mark.parametrize("sample", SAMPLES, ids=[path.name for path in SAMPLES])
+def test_samples_are_valid(sample: Path, validator: jsonschema.Draft7Validator) -> None:
+    body = yaml.safe_load(sample.read_text())
+    errors = sorted(validator.iter_errors(body), key=str)
+    assert not errors, [f"{list(e.path)}: {e.message}" for e in errors]
+    assert body["apiVersion"] == names.API_VERSION and body["kind"] == names.KIND
+    parse_spec(body["spec"])  # and the operator accepts them
+
+
+def test_samples_cover_one_and_several_tiers() -> None:
+    names_ = [path.name for path in SAMPLES]
+    assert "qfleet.dev_v1alpha1_quantizedmodel.yaml" in names_
+    tier_counts = {len(yaml.safe_load(path.read_text())["spec"]["targets"]) for path in SAMPLES}
+    assert 1 in tier_counts and max(tier_counts) >= 2
+
+
+def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    def mutate(body: dict[str, Any]) -> None:
+        node = body
+        parts = path.split(".")
+        for part in parts[:-1]:
+            node = node[int(part)] if part.isdigit() else node.setdefault(part, {})
+        if value is _DELETE:
+            del node[parts[-1]]
+        else:
+            node[parts[-1]] = value
+
+    return mutate
+
+
+_DELETE = object()
+INVALID = {
+    "no source": _set("spec.source", _DELETE),
+    "unknown format": _set("spec.source.format", "tensorflow"),
+    "no uri": _set("spec.source.uri", _DELETE),
+    "negative epoch": _set("spec.source.epoch", -1),
+    "unknown preset": _set("spec.quantization.preset", "fast"),
+    "subset of zero": _set("spec.quantization.subsetSize", 0),
+    "no calibration": _set("spec.quantization.calibration", _DELETE),
+    "drop above one": _set("spec.validation.maxDrop", 1.5),
+    "negative drop": _set("spec.validation.maxDrop", -0.01),
+    "accuracy above one": _set("spec.validation.minAccuracy", 1.01),
+    "no targets": _set("spec.targets", []),
+    "unknown tier": _set("spec.targets.0.isa", "sse4"),
+    "target without isa": _set("spec.targets", [{"nodeSelector": {"pool": "a"}}]),
+    "non-string selector": _set("spec.targets.0.nodeSelector", {"pool": 3}),
+    "negative min replicas": _set("spec.serving.minReplicas", -1),
+    "zero max replicas": _set("spec.serving.maxReplicas", 0),
+    "fractional cpu number": _set("spec.serving.resources.limits.cpu", 0.5),
+    "negative cameras": _set("spec.demand.cameras", -1),
+    "fractional cameras": _set("spec.demand.cameras", 2.5),
+    "zero camera fps": _set("spec.demand.cameraFps", 0),
+    "zero utilization": _set("spec.demand.targetUtilization", 0),
+    "utilization above one": _set("spec.demand.targetUtilization", 1.2),
+    "unknown placement": _set("spec.demand.placement", "random"),
+    "no artifacts": _set("spec.artifacts", _DELETE),
+    "unknown policy": _set("spec.rollout.onGateFailure", "ignore"),
+    "unknown field": _set("spec.demand.camera", 3),
+    "no spec": _set("spec", _DELETE),
+}
+
+
+@pytest.mark.parametrize("mutation", list(INVALID), ids=list(INVALID))
+def test_invalid_resources_are_rejected(mutation: str, validator: jsonschema.Draft7Validator) -> None:
+    body = yaml.safe_load(SAMPLES[0].read_text())
+    assert validator.is_valid(body)
+    broken = copy.deepcopy(body)
+    INVALID[mutation](broken)
+    assert not validator.is_valid(broken), mutation
+
+
+def test_validation_does_not_reject_unsupported_uri_schemes(validator: jsonschema.Draft7Validator) -> None:
+    """The operator, not the schema, refuses s3:// etc., so users get a condition that explains."""
+    body = yaml.safe_load(SAMPLES[0].read_text())
+    body["spec"]["source"]["uri"] = "s3://bucket/model"
+    assert validator.is_valid(body)

@@ -1,0 +1,205 @@
+"""Job and Deployment builders: the pipeline contract, tier affinity, restricted pods."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import pytest
+
+from qfleet.commands import pipeline as pipeline_command
+from qfleet.fleet import names
+from qfleet.fleet.config import FleetConfig
+from qfleet.fleet.manifests import (
+    TERMINATION_LOG,
+    Owner,
+    deployment_for,
+    job_for,
+    pipeline_inputs,
+    template_hash,
+    threads_for,
+)
+from qfleet.fleet.spec import parse_spec
+from qfleet.fleet.uris import MOUNT_ROOT, PvcUri
+
+OWNER = Owner(name="arcface", namespace="faces", uid="uid-1")
+CONFIG = FleetConfig(toolkit_image="reg/toolkit:1", server_image="reg/server:1", benchmark_seconds=20)
+
+
+def make_spec(**overrides: Any) -> Any:
+    spec: dict[str, Any] = {
+        "source": {"format": "mxnet", "uri": "pvc://models/r100/model", "epoch": 1},
+        "quantization": {"calibration": "pvc://data/calib", "subsetSize": 100},
+        "validation": {"lfw": "pvc://data/lfw.bin", "maxDrop": 0.001, "minAccuracy": 0.99},
+        "targets": [{"isa": "avx512_vnni", "nodeSelector": {"pool": "gpu-free"}}, {"isa": "avx2"}],
+        "serving": {"resources": {"requests": {"cpu": "8", "memory": "4Gi"}, "limits": {"cpu": "8"}}},
+        "artifacts": {"uri": "pvc://models/qfleet"},
+    }
+    spec.update(overrides)
+    return parse_spec(spec)
+
+
+def pipeline_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--quiet", action="store_true")
+    pipeline_command.configure(parser)
+    return parser
+
+
+def test_job_runs_the_pipeline_contract() -> None:
+    job = job_for(OWNER, make_spec(), "avx512_vnni", "0123456789", CONFIG)
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["qfleet", "pipeline"]
+    args = pipeline_parser().parse_args(container["args"])  # the real `qfleet pipeline` accepts them
+    assert args.source == f"{MOUNT_ROOT}/models/r100/model" and args.fmt == "mxnet" and args.epoch == 1
+    assert args.calibration == f"{MOUNT_ROOT}/data/calib" and args.lfw == f"{MOUNT_ROOT}/data/lfw.bin"
+    assert args.out == f"{MOUNT_ROOT}/models/qfleet/arcface/0123456789/avx512_vnni"
+    assert args.expect_isa == "avx512_vnni" and args.subset_size == 100
+    assert (args.max_drop, args.min_accuracy) == (0.001, 0.99)
+    assert args.threads == 8 and args.benchmark_seconds == 20
+    assert args.termination_log == TERMINATION_LOG == container["terminationMessagePath"]
+    assert container["terminationMessagePolicy"] == "File" and args.json
+    assert container["image"] == "reg/toolkit:1"
+
+
+def test_job_measures_with_the_serving_cpu_budget() -> None:
+    job = job_for(OWNER, make_spec(), "avx2", "k", CONFIG)
+    resources = job["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert resources["requests"]["cpu"] == resources["limits"]["cpu"] == "8"
+    assert resources["limits"]["memory"] == CONFIG.job_memory
+
+
+def test_job_mounts_each_claim_once_inputs_read_only() -> None:
+    pod = job_for(OWNER, make_spec(), "avx2", "k", CONFIG)["spec"]["template"]["spec"]
+    claims = {
+        v["persistentVolumeClaim"]["claimName"]: v for v in pod["volumes"] if "persistentVolumeClaim" in v
+    }
+    assert set(claims) == {"models", "data"}  # source and artifacts share the "models" claim
+    mounts = {m["mountPath"]: m for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts[f"{MOUNT_ROOT}/data"]["readOnly"] is True
+    assert mounts[f"{MOUNT_ROOT}/models"]["readOnly"] is False  # artifacts are written there
+    assert mounts["/tmp"]["name"] == "tmp"
+
+
+def expressions(pod_spec: dict[str, Any]) -> list[dict[str, Any]]:
+    terms = pod_spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    (term,) = terms["nodeSelectorTerms"]
+    return term["matchExpressions"]  # type: ignore[no-any-return]
+
+
+def test_job_requires_exactly_its_tier_and_the_targets_selector() -> None:
+    pod = job_for(OWNER, make_spec(), "avx512_vnni", "k", CONFIG)["spec"]["template"]["spec"]
+    found = {(e["key"].rsplit(".", 1)[-1], e["operator"]) for e in expressions(pod)}
+    assert ("AVX512VNNI", "In") in found and ("AMXINT8", "DoesNotExist") in found
+    assert ("pool", "In") in found or any(e["key"] == "pool" for e in expressions(pod))
+    assert ("AVX512F", "DoesNotExist") not in found  # lower tiers' features are present on VNNI nodes
+
+
+@pytest.mark.parametrize("kind", ["job", "deployment"])
+def test_pods_are_restricted(kind: str) -> None:
+    if kind == "job":
+        pod = job_for(OWNER, make_spec(), "avx2", "k", CONFIG)["spec"]["template"]["spec"]
+    else:
+        artifact = PvcUri("models", "qfleet/arcface/k/avx2/int8/model.xml")
+        pod = deployment_for(OWNER, make_spec(), "avx2", artifact=artifact, pipeline_key="k", replicas=2,
+                             config=CONFIG)["spec"]["template"]["spec"]  # fmt: skip
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    for container in pod["containers"]:
+        context = container["securityContext"]
+        assert context["allowPrivilegeEscalation"] is False and context["readOnlyRootFilesystem"] is True
+        assert context["capabilities"] == {"drop": ["ALL"]}
+
+
+def test_job_metadata_owner_and_limits() -> None:
+    job = job_for(OWNER, make_spec(), "avx2", "0123456789", CONFIG)
+    metadata, spec = job["metadata"], job["spec"]
+    assert metadata["name"] == "arcface-avx2-0123456789"
+    assert metadata["ownerReferences"] == [OWNER.reference()]
+    assert OWNER.reference()["controller"] is True and OWNER.reference()["kind"] == "QuantizedModel"
+    assert metadata["labels"][names.LABEL_PIPELINE_KEY] == "0123456789"
+    assert metadata["annotations"][names.ANNOTATION_MODEL_NAME] == "arcface"
+    assert spec["template"]["metadata"]["annotations"][names.ANNOTATION_MODEL_NAME] == "arcface"
+    assert spec["backoffLimit"] == CONFIG.job_backoff_limit
+    assert spec["activeDeadlineSeconds"] == CONFIG.job_deadline_seconds
+    assert spec["ttlSecondsAfterFinished"] == CONFIG.job_ttl_seconds
+    assert spec["template"]["spec"]["restartPolicy"] == "Never"
+    rule = spec["podFailurePolicy"]["rules"][0]
+    assert rule["action"] == "FailJob" and rule["onExitCodes"]["values"] == [2, 3]
+
+
+def test_job_is_deterministic() -> None:
+    assert job_for(OWNER, make_spec(), "avx2", "k", CONFIG) == job_for(
+        OWNER, make_spec(), "avx2", "k", CONFIG
+    )
+
+
+def test_deployment_serves_the_artifact_with_probes() -> None:
+    artifact = PvcUri("models", "qfleet/arcface/k/avx512_vnni/int8/model.xml")
+    deployment = deployment_for(OWNER, make_spec(), "avx512_vnni", artifact=artifact, pipeline_key="k",
+                                replicas=3, config=CONFIG)  # fmt: skip
+    assert deployment["metadata"]["name"] == "arcface-avx512-vnni"
+    spec = deployment["spec"]
+    assert spec["replicas"] == 3
+    assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    pod = spec["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["command"] == ["qfleet", "serve"]
+    assert container["args"][:2] == [
+        "--model",
+        f"{MOUNT_ROOT}/models/qfleet/arcface/k/avx512_vnni/int8/model.xml",
+    ]
+    assert (
+        "--threads" in container["args"]
+        and container["args"][container["args"].index("--threads") + 1] == "8"
+    )
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert container["ports"][0]["containerPort"] == CONFIG.server_port
+    assert {m["mountPath"]: m.get("readOnly") for m in container["volumeMounts"]}[
+        f"{MOUNT_ROOT}/models"
+    ] is True
+    assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
+    assert any(e["key"].endswith("AVX512VNNI") for e in expressions(pod))
+
+
+def test_replicas_do_not_change_the_template() -> None:
+    artifact = PvcUri("models", "a/int8/model.xml")
+    one = deployment_for(
+        OWNER, make_spec(), "avx2", artifact=artifact, pipeline_key="k", replicas=1, config=CONFIG
+    )
+    ten = deployment_for(
+        OWNER, make_spec(), "avx2", artifact=artifact, pipeline_key="k", replicas=10, config=CONFIG
+    )
+    assert template_hash(one) == template_hash(ten) and one["spec"]["template"] == ten["spec"]["template"]
+    other = deployment_for(OWNER, make_spec(), "avx2", artifact=PvcUri("models", "b/int8/model.xml"),
+                           pipeline_key="k2", replicas=1, config=CONFIG)  # fmt: skip
+    assert template_hash(other) != template_hash(one)
+
+
+def test_serving_image_override_and_threads() -> None:
+    spec = make_spec(
+        serving={"image": "custom/server:2", "threads": 3, "resources": {"limits": {"cpu": "500m"}}}
+    )
+    assert threads_for(spec, CONFIG) == 3
+    artifact = PvcUri("models", "a/int8/model.xml")
+    deployment = deployment_for(
+        OWNER, spec, "avx2", artifact=artifact, pipeline_key="k", replicas=1, config=CONFIG
+    )
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == "custom/server:2"
+    half = make_spec(serving={"resources": {"limits": {"cpu": "500m"}}})
+    assert threads_for(half, CONFIG) == 1
+
+
+def test_pipeline_inputs_cover_what_changes_the_model() -> None:
+    base = pipeline_inputs(make_spec(), CONFIG)
+    assert base == pipeline_inputs(make_spec(demand={"cameras": 99}), CONFIG)  # cameras: no new model
+    assert base != pipeline_inputs(make_spec(source={"format": "onnx", "uri": "pvc://models/x.onnx"}), CONFIG)
+    assert base != pipeline_inputs(
+        make_spec(validation={"lfw": "pvc://data/lfw.bin", "maxDrop": 0.002}), CONFIG
+    )
+    assert base != pipeline_inputs(make_spec(), FleetConfig(toolkit_image="reg/toolkit:2"))
+    assert base != pipeline_inputs(make_spec(serving={"resources": {"limits": {"cpu": "4"}}}), CONFIG)
+    assert base != pipeline_inputs(make_spec(), CONFIG, rerun="1")

@@ -1,0 +1,396 @@
+"""The pure planner, step by step through a model's life, with no cluster at all."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+
+from qfleet.fleet import conditions as c
+from qfleet.fleet.config import FleetConfig
+from qfleet.fleet.nodes import Inventory, node_info
+from qfleet.fleet.reconcile import Observed, Plan, plan
+from qfleet.isa import TIER_NAMES, TIERS
+
+CONFIG = FleetConfig(toolkit_image="toolkit:1", server_image="server:1")
+T0 = "2030-01-01T00:00:00Z"
+T1 = "2030-01-01T00:05:00Z"
+T2 = "2030-01-01T00:10:00Z"
+
+
+def node(name: str, tier: str, cpu: str = "32", **labels: str) -> dict[str, Any]:
+    nfd = {t.nfd_label: "true" for t in TIERS[TIER_NAMES.index(tier) :]}
+    return {"metadata": {"name": name, "labels": {**nfd, **labels}}, "status": {"allocatable": {"cpu": cpu}}}
+
+
+def inventory(*nodes: dict[str, Any]) -> Inventory:
+    return Inventory.of(node_info(n) for n in nodes)
+
+
+def model(**spec_overrides: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "source": {"format": "onnx", "uri": "pvc://models/r100.onnx"},
+        "quantization": {"calibration": "pvc://data/calib"},
+        "validation": {"lfw": "pvc://data/lfw.bin", "maxDrop": 0.001},
+        "targets": [{"isa": "avx512_vnni"}],
+        "serving": {"minReplicas": 1, "maxReplicas": 10},
+        "demand": {"cameras": 64, "cameraFps": 6, "facesPerFrame": 1, "targetUtilization": 0.8},
+        "artifacts": {"uri": "pvc://models/qfleet"},
+    }
+    spec.update(spec_overrides)
+    return {
+        "apiVersion": "qfleet.dev/v1alpha1",
+        "kind": "QuantizedModel",
+        "metadata": {"name": "arcface", "namespace": "faces", "uid": "uid-1", "generation": 1},
+        "spec": spec,
+    }
+
+
+def with_status(body: dict[str, Any], result: Plan) -> dict[str, Any]:
+    updated = copy.deepcopy(body)
+    updated["status"] = json.loads(json.dumps(result.status))
+    return updated
+
+
+def finished(
+    job: dict[str, Any], message: str, *, exit_code: int = 0
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The Job as the Job controller leaves it, and its pod as the kubelet leaves it."""
+    job = copy.deepcopy(job)
+    name = job["metadata"]["name"]
+    if exit_code == 0:
+        job["status"] = {"succeeded": 1, "completionTime": T1,
+                         "conditions": [{"type": "Complete", "status": "True", "lastTransitionTime": T1}]}  # fmt: skip
+    else:
+        job["status"] = {"failed": 1, "conditions": [
+            {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "lastTransitionTime": T1}]}  # fmt: skip
+    pod = {
+        "metadata": {"name": f"{name}-abc", "labels": {"batch.kubernetes.io/job-name": name}},
+        "status": {
+            "containerStatuses": [{"state": {"terminated": {"exitCode": exit_code, "message": message}}}]
+        },
+    }
+    return job, pod
+
+
+def result_of(job: dict[str, Any], *, int8_fps: float = 579.0, fp32_fps: float = 326.0, passed: bool = True,
+              reason: str = "Passed") -> str:  # fmt: skip
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    out = args[args.index("--out") + 1]
+    assert out.startswith("/var/lib/qfleet/pvc/")
+    return json.dumps({
+        "isa": args[args.index("--expect-isa") + 1],
+        "artifact": f"{out}/int8/model.xml",
+        "fp32_artifact": f"{out}/fp32/model.xml",
+        "fp32": {"accuracy": 0.9963, "fps": fp32_fps},
+        "int8": {"accuracy": 0.9960 if passed else 0.97, "fps": int8_fps},
+        "gate": {"passed": passed, "drop": 0.0003 if passed else 0.0263, "reason": reason,
+                 "message": "drop within 0.1 points" if passed else "drop 2.63 points exceeds 0.1"},
+        "versions": {"openvino": "2026.4"},
+        "seconds": 300.0,
+    })  # fmt: skip
+
+
+def ready(deployment: dict[str, Any]) -> dict[str, Any]:
+    deployment = copy.deepcopy(deployment)
+    replicas = deployment["spec"]["replicas"]
+    deployment["metadata"]["generation"] = 1
+    deployment["status"] = {"observedGeneration": 1, "readyReplicas": replicas, "updatedReplicas": replicas}
+    return deployment
+
+
+def condition(result: Plan, type_: str) -> dict[str, Any]:
+    found = c.find(result.status["conditions"], type_)
+    assert found is not None
+    return dict(found)
+
+
+def event_reasons(result: Plan) -> list[str]:
+    return [event.reason for event in result.events]
+
+
+VNNI = inventory(node("n1", "avx512_vnni"))
+
+
+def first_pass_to_ready(
+    body: dict[str, Any] | None = None,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Create -> Job succeeds -> Deployment ready. Returns (model with status, job, deployment)."""
+    body = body or model()
+    start = plan(body, Observed(inventory=VNNI), CONFIG, now=T0)
+    (job,) = start.create_jobs
+    body = with_status(body, start)
+    done_job, pod = finished(job, result_of(job))
+    served = plan(body, Observed(jobs=[done_job], pods=[pod], inventory=VNNI), CONFIG, now=T1)
+    (change,) = served.deployments
+    body = with_status(body, served)
+    deployment = ready(change.body)
+    final = plan(
+        body, Observed(jobs=[done_job], pods=[pod], deployments=[deployment], inventory=VNNI), CONFIG, now=T2
+    )
+    return with_status(body, final), done_job, deployment
+
+
+def test_new_model_starts_one_job_per_tier_with_nodes() -> None:
+    body = model(targets=[{"isa": "avx512_vnni"}, {"isa": "amx_int8"}])
+    result = plan(body, Observed(inventory=VNNI), CONFIG, now=T0)
+    assert [job["metadata"]["labels"]["qfleet.dev/isa"] for job in result.create_jobs] == ["avx512-vnni"]
+    assert result.status["phase"] == c.QUANTIZING
+    states = {v["isa"]: v["state"] for v in result.status["variants"]}
+    assert states == {"avx512_vnni": "Running", "amx_int8": "WaitingForNodes"}
+    nodes = condition(result, c.TYPE_NODES_AVAILABLE)
+    assert nodes["status"] == c.FALSE and "amx_int8" in nodes["message"]
+    assert nodes["observedGeneration"] == 1 and nodes["lastTransitionTime"] == T0
+    assert c.EVENT_NODES_MISSING in event_reasons(result)
+    assert result.status["demand"] == {"cameras": 64, "facesPerSecond": 384.0}
+
+
+def test_no_node_of_any_tier_is_pending_without_jobs() -> None:
+    result = plan(model(), Observed(inventory=inventory(node("old", "avx2"))), CONFIG, now=T0)
+    assert result.create_jobs == [] and result.status["phase"] == c.PENDING
+    assert condition(result, c.TYPE_NODES_AVAILABLE)["reason"] == c.REASON_NODES_MISSING
+
+
+def test_a_vnni_job_never_counts_an_amx_node() -> None:
+    result = plan(model(), Observed(inventory=inventory(node("amx", "amx_int8"))), CONFIG, now=T0)
+    assert result.create_jobs == []
+
+
+def test_target_node_selector_must_match_too() -> None:
+    body = model(targets=[{"isa": "avx512_vnni", "nodeSelector": {"pool": "edge"}}])
+    assert plan(body, Observed(inventory=VNNI), CONFIG, now=T0).create_jobs == []
+    edge = inventory(node("n2", "avx512_vnni", pool="edge"))
+    assert len(plan(body, Observed(inventory=edge), CONFIG, now=T0).create_jobs) == 1
+
+
+def test_a_running_job_is_not_created_again() -> None:
+    body = model()
+    (job,) = plan(body, Observed(inventory=VNNI), CONFIG, now=T0).create_jobs
+    again = plan(body, Observed(jobs=[job], inventory=VNNI), CONFIG, now=T0)
+    assert again.create_jobs == [] and again.status["variants"][0]["state"] == "Running"
+
+
+def test_passed_gate_serves_int8_scaled_to_the_cameras() -> None:
+    body = model()
+    start = plan(body, Observed(inventory=VNNI), CONFIG, now=T0)
+    (job,) = start.create_jobs
+    body = with_status(body, start)
+    done_job, pod = finished(job, result_of(job))
+    result = plan(body, Observed(jobs=[done_job], pods=[pod], inventory=VNNI), CONFIG, now=T1)
+    (variant,) = result.status["variants"]
+    assert variant["state"] == "Succeeded"
+    assert variant["served"]["precision"] == "int8" and variant["served"]["fpsPerReplica"] == 579.0
+    assert variant["served"]["artifact"].startswith("pvc://models/qfleet/arcface/")
+    assert variant["lastGood"] == variant["served"]
+    assert variant["result"]["gate"]["passed"] and variant["result"]["finishedAt"] == T1
+    (change,) = result.deployments
+    assert change.action == "create" and change.replicas == 1  # 384 faces/s / (579 x 0.8)
+    assert condition(result, c.TYPE_ACCURACY_GATE)["status"] == c.TRUE
+    assert result.status["phase"] == c.PENDING  # replicas not ready yet
+    assert {"QuantizationSucceeded", "RolledOut", "Scaled"} <= set(event_reasons(result))
+    assert set(result.new_results) == {"avx512_vnni"}
+
+
+def test_ready_is_a_fixed_point() -> None:
+    body, job, deployment = first_pass_to_ready()
+    assert body["status"]["phase"] == c.READY
+    assert condition_of(body, c.TYPE_READY)["status"] == c.TRUE
+    again = plan(
+        body, Observed(jobs=[job], pods=[], deployments=[deployment], inventory=VNNI), CONFIG, now=T2
+    )
+    assert json.loads(json.dumps(again.status)) == body["status"]
+    assert again.events == [] and again.create_jobs == [] and again.deployments == []
+
+
+def condition_of(body: dict[str, Any], type_: str) -> dict[str, Any]:
+    found = c.find(body["status"]["conditions"], type_)
+    assert found is not None
+    return dict(found)
+
+
+def test_camera_change_only_rescales() -> None:
+    body, job, deployment = first_pass_to_ready()
+    body["spec"]["demand"]["cameras"] = 640
+    body["metadata"]["generation"] = 2
+    result = plan(body, Observed(jobs=[job], deployments=[deployment], inventory=VNNI), CONFIG, now=T2)
+    assert result.create_jobs == [] and result.delete_jobs == []
+    (change,) = result.deployments
+    assert change.action == "scale" and change.replicas == 9  # 3840 / 463.2 = 8.3 -> 9
+    assert result.status["demand"]["cameras"] == 640
+    assert result.status["observedGeneration"] == 2
+    assert event_reasons(result) == ["Scaled", "PhaseChanged"]  # Ready -> Pending until replicas are ready
+
+
+def test_demand_beyond_max_replicas_is_reported() -> None:
+    body, job, deployment = first_pass_to_ready()
+    body["spec"]["demand"]["cameras"] = 6400
+    result = plan(body, Observed(jobs=[job], deployments=[deployment], inventory=VNNI), CONFIG, now=T2)
+    assert result.deployments[0].replicas == 10
+    capacity = condition(result, c.TYPE_CAPACITY_INSUFFICIENT)
+    assert capacity["status"] == c.TRUE and "short by 33768.0 faces/s" in capacity["message"]
+    assert result.status["phase"] == c.DEGRADED
+    assert c.EVENT_CAPACITY in event_reasons(result)
+
+
+def new_source_job(body: dict[str, Any], observed: Observed) -> tuple[Plan, dict[str, Any]]:
+    body["spec"]["source"] = {"format": "onnx", "uri": "pvc://models/r100-v2.onnx"}
+    body["metadata"]["generation"] = 2
+    result = plan(body, observed, CONFIG, now=T2)
+    (job,) = result.create_jobs
+    return result, job
+
+
+def test_source_change_requantizes_while_the_old_model_serves() -> None:
+    body, old_job, deployment = first_pass_to_ready()
+    old_artifact = body["status"]["variants"][0]["served"]["artifact"]
+    result, new_job = new_source_job(body, Observed(jobs=[old_job], deployments=[deployment], inventory=VNNI))
+    assert result.delete_jobs == [old_job["metadata"]["name"]]
+    assert new_job["metadata"]["name"] != old_job["metadata"]["name"]
+    assert result.deployments == []  # the old model keeps serving, untouched
+    assert result.status["variants"][0]["served"]["artifact"] == old_artifact
+    assert result.status["phase"] == c.QUANTIZING
+    # The new Job passes: the new artifact rolls out by a template change.
+    body = with_status(body, result)
+    done, pod = finished(new_job, result_of(new_job, int8_fps=600.0))
+    rolled = plan(
+        body, Observed(jobs=[done], pods=[pod], deployments=[deployment], inventory=VNNI), CONFIG, now=T2
+    )
+    (change,) = rolled.deployments
+    assert change.action == "update"
+    assert rolled.status["variants"][0]["served"]["artifact"] != old_artifact
+
+
+def test_failed_gate_keeps_the_last_good_model_then_fp32_on_request() -> None:
+    body, old_job, deployment = first_pass_to_ready()
+    served_before = body["status"]["variants"][0]["served"]
+    result, job = new_source_job(body, Observed(jobs=[old_job], deployments=[deployment], inventory=VNNI))
+    body = with_status(body, result)
+    done, pod = finished(job, result_of(job, passed=False, reason="AccuracyDropExceeded"))
+    observed = Observed(jobs=[done], pods=[pod], deployments=[deployment], inventory=VNNI)
+    kept = plan(body, observed, CONFIG, now=T2)
+    (variant,) = kept.status["variants"]
+    assert variant["state"] == "GateFailed" and variant["served"] == served_before
+    assert kept.deployments == []
+    gate = condition(kept, c.TYPE_ACCURACY_GATE)
+    assert gate["status"] == c.FALSE and gate["reason"] == "AccuracyDropExceeded"
+    assert kept.status["phase"] == c.DEGRADED
+    warnings = [e for e in kept.events if e.reason == c.EVENT_GATE_FAILED]
+    assert warnings and warnings[0].type == "Warning" and "keeping" in warnings[0].message
+    # onGateFailure: fp32 -> the new FP32 model, planned with the FP32 FPS; no new Job.
+    body = with_status(body, kept)
+    body["spec"]["rollout"] = {"onGateFailure": "fp32"}
+    fp32 = plan(body, observed, CONFIG, now=T2)
+    (variant,) = fp32.status["variants"]
+    assert fp32.create_jobs == []
+    assert variant["served"]["precision"] == "fp32" and variant["served"]["fpsPerReplica"] == 326.0
+    assert variant["served"]["artifact"].endswith("/fp32/model.xml")
+    (change,) = fp32.deployments
+    assert change.action == "update" and change.replicas == 2  # 384 / (326 x 0.8) = 1.47 -> 2
+    # And back to keep: the last model that passed returns.
+    body = with_status(body, fp32)
+    body["spec"]["rollout"] = {"onGateFailure": "keep"}
+    back = plan(body, observed, CONFIG, now=T2)
+    assert back.status["variants"][0]["served"]["artifact"] == served_before["artifact"]
+
+
+def test_failed_gate_with_nothing_to_keep_is_blocked() -> None:
+    body = model()
+    start = plan(body, Observed(inventory=VNNI), CONFIG, now=T0)
+    (job,) = start.create_jobs
+    body = with_status(body, start)
+    done, pod = finished(job, result_of(job, passed=False, reason="BelowMinimumAccuracy"))
+    result = plan(body, Observed(jobs=[done], pods=[pod], inventory=VNNI), CONFIG, now=T1)
+    assert result.status["phase"] == c.BLOCKED and result.deployments == []
+    assert condition(result, c.TYPE_ACCURACY_GATE)["reason"] == "BelowMinimumAccuracy"
+    assert "served" not in result.status["variants"][0]
+
+
+def test_failed_job_is_reported_with_its_reason_and_not_retried() -> None:
+    body = model()
+    start = plan(body, Observed(inventory=VNNI), CONFIG, now=T0)
+    (job,) = start.create_jobs
+    body = with_status(body, start)
+    message = json.dumps({"error": {"stage": "convert", "message": "r100.onnx does not exist"}})
+    done, pod = finished(job, message, exit_code=1)
+    result = plan(body, Observed(jobs=[done], pods=[pod], inventory=VNNI), CONFIG, now=T1)
+    (variant,) = result.status["variants"]
+    assert variant["state"] == "Failed"
+    assert variant["result"]["error"] == {
+        "reason": "BackoffLimitExceeded", "stage": "convert", "exitCode": 1,
+        "message": "r100.onnx does not exist (exit code 1)",
+    }  # fmt: skip
+    assert result.status["phase"] == c.FAILED
+    degraded = condition(result, c.TYPE_DEGRADED)
+    assert degraded["reason"] == c.REASON_JOB_FAILED and "r100.onnx does not exist" in degraded["message"]
+    assert c.EVENT_JOB_FAILED in event_reasons(result)
+    # The Job ages out (TTL): the recorded failure stays and nothing is re-run for the same spec.
+    later = plan(with_status(body, result), Observed(inventory=VNNI), CONFIG, now=T2)
+    assert later.create_jobs == [] and later.status["variants"][0]["state"] == "Failed"
+
+
+def test_rerun_annotation_runs_the_pipeline_again() -> None:
+    body, job, deployment = first_pass_to_ready()
+    body["metadata"]["annotations"] = {"qfleet.dev/rerun": "2030-01-02"}
+    result = plan(body, Observed(jobs=[job], deployments=[deployment], inventory=VNNI), CONFIG, now=T2)
+    assert len(result.create_jobs) == 1 and result.delete_jobs == [job["metadata"]["name"]]
+
+
+def test_removed_target_loses_its_deployment_and_jobs() -> None:
+    body, job, deployment = first_pass_to_ready()
+    body["spec"]["targets"] = [{"isa": "avx2"}]
+    result = plan(body, Observed(jobs=[job], deployments=[deployment], inventory=VNNI), CONFIG, now=T2)
+    assert result.delete_deployments == [deployment["metadata"]["name"]]
+    assert result.delete_jobs == [job["metadata"]["name"]]
+
+
+def test_two_tiers_fill_in_target_order() -> None:
+    body = model(
+        targets=[{"isa": "amx_int8"}, {"isa": "avx512_vnni"}],
+        serving={"minReplicas": 1, "maxReplicas": 2},
+        demand={"cameras": 400, "cameraFps": 6, "facesPerFrame": 1},
+    )
+    nodes = inventory(node("a", "amx_int8"), node("v", "avx512_vnni"))
+    start = plan(body, Observed(inventory=nodes), CONFIG, now=T0)
+    assert len(start.create_jobs) == 2
+    body = with_status(body, start)
+    jobs, pods = [], []
+    for job, fps in zip(start.create_jobs, (1000.0, 579.0), strict=True):
+        done, pod = finished(job, result_of(job, int8_fps=fps))
+        jobs.append(done)
+        pods.append(pod)
+    result = plan(body, Observed(jobs=jobs, pods=pods, inventory=nodes), CONFIG, now=T1)
+    replicas = {change.name: change.replicas for change in result.deployments}
+    # 2400 faces/s: AMX takes 2 x 800; VNNI carries the remaining 800 with 2 x 463.2.
+    assert replicas == {"arcface-amx-int8": 2, "arcface-avx512-vnni": 2}
+    assert result.status["summary"] == {"fps": "1000/579", "drop": "0.03/0.03"}
+    assert result.status["capacity"]["replicas"] == 4
+
+
+def test_invalid_spec_is_a_condition_and_touches_nothing() -> None:
+    body, job, deployment = first_pass_to_ready()
+    body["spec"]["source"]["uri"] = "s3://bucket/r100.onnx"
+    result = plan(body, Observed(jobs=[job], deployments=[deployment], inventory=VNNI), CONFIG, now=T2)
+    assert result.invalid_spec is not None and "unsupported scheme 's3'" in result.invalid_spec
+    assert (result.create_jobs, result.delete_jobs, result.deployments, result.delete_deployments) == (
+        [],
+        [],
+        [],
+        [],
+    )
+    assert result.status["phase"] == c.FAILED
+    ready_ = condition(result, c.TYPE_READY)
+    assert ready_["reason"] == c.REASON_INVALID_SPEC and "spec.source.uri" in ready_["message"]
+    assert result.status["variants"] == body["status"]["variants"]  # the memory is kept
+    assert event_reasons(result) == [c.EVENT_INVALID_SPEC]
+    again = plan(with_status(body, result), Observed(inventory=VNNI), CONFIG, now=T2)
+    assert again.events == []  # said once
+
+
+@pytest.mark.parametrize("broken", [None, {}, {"targets": "avx2"}])
+def test_garbage_specs_do_not_crash(broken: Any) -> None:
+    body = model()
+    body["spec"] = broken
+    result = plan(body, Observed(), CONFIG, now=T0)
+    assert result.invalid_spec and result.status["phase"] == c.FAILED

@@ -1,0 +1,99 @@
+"""The spec parser: defaults applied, every mistake named with its field."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from qfleet.fleet.spec import DEFAULTS, SpecError, parse_spec
+
+MINIMAL: dict[str, Any] = {
+    "source": {"format": "onnx", "uri": "pvc://models/r100.onnx"},
+    "quantization": {"calibration": "pvc://data/calib"},
+    "validation": {"lfw": "pvc://data/lfw.bin"},
+    "targets": [{"isa": "avx512_vnni"}],
+    "artifacts": {"uri": "pvc://models/qfleet"},
+}
+
+
+def with_(path: str, value: Any) -> dict[str, Any]:
+    spec = copy.deepcopy(MINIMAL)
+    node = spec
+    parts = path.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return spec
+
+
+def test_minimal_spec_gets_the_defaults() -> None:
+    spec = parse_spec(MINIMAL)
+    assert spec.preset == DEFAULTS["quantization.preset"]
+    assert spec.subset_size == DEFAULTS["quantization.subsetSize"]
+    assert spec.max_drop == DEFAULTS["validation.maxDrop"]
+    assert spec.min_accuracy is None
+    assert (spec.min_replicas, spec.max_replicas) == (1, 64)
+    assert (spec.cameras, spec.camera_fps, spec.faces_per_frame) == (0, 6.0, 1.0)
+    assert spec.target_utilization == 0.8 and spec.placement == "fill"
+    assert spec.on_gate_failure == "keep"
+    assert spec.tiers == ("avx512_vnni",)
+    assert spec.source.claim == "models" and spec.artifacts.path == "qfleet"
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "words"),
+    [
+        ("source.format", "caffe", ["spec.source.format", "mxnet, onnx, openvino"]),
+        ("source.uri", "s3://bucket/m.onnx", ["spec.source.uri", "unsupported scheme 's3'"]),
+        ("source.epoch", -2, ["spec.source.epoch"]),
+        ("quantization.calibration", "pvc://data/../x", ["spec.quantization.calibration", "'..'"]),
+        ("quantization.subsetSize", 0, ["spec.quantization.subsetSize", ">= 1"]),
+        ("validation.maxDrop", 2, ["spec.validation.maxDrop", "fraction"]),
+        ("validation.minAccuracy", "high", ["spec.validation.minAccuracy"]),
+        ("targets", [], ["spec.targets", "at least one"]),
+        ("targets", [{"isa": "avx2"}, {"isa": "avx2"}], ["spec.targets[1].isa", "twice"]),
+        ("targets", [{"isa": "neon"}], ["spec.targets[0].isa", "avx512_vnni"]),
+        ("serving.minReplicas", 5, ["maxReplicas (64)"]),  # fine alone...
+        ("demand.cameras", -1, ["spec.demand.cameras", ">= 0"]),
+        ("demand.cameras", True, ["spec.demand.cameras"]),
+        ("demand.targetUtilization", 0, ["spec.demand.targetUtilization", "(0, 1]"]),
+        ("demand.placement", "random", ["spec.demand.placement", "fill, spread"]),
+        ("rollout.onGateFailure", "serve", ["spec.rollout.onGateFailure", "keep, fp32"]),
+        ("artifacts", "pvc://models", ["spec.artifacts must be an object"]),
+        ("serving.resources", {"limits": {"cpu": [1]}}, ["spec.serving.resources.limits.cpu"]),
+    ],
+)
+def test_mistakes_are_named(path: str, value: Any, words: list[str]) -> None:
+    spec = with_(path, value)
+    if path == "serving.minReplicas":
+        parse_spec(spec)  # 5 <= 64 is valid; below checks the reverse
+        spec = with_("serving", {"minReplicas": 5, "maxReplicas": 2})
+        words = ["serving.maxReplicas (2)", "serving.minReplicas (5)"]
+    with pytest.raises(SpecError) as caught:
+        parse_spec(spec)
+    for word in words:
+        assert word in str(caught.value)
+
+
+@pytest.mark.parametrize("section", ["source", "quantization", "validation", "artifacts"])
+def test_required_sections(section: str) -> None:
+    spec = copy.deepcopy(MINIMAL)
+    del spec[section]
+    with pytest.raises(SpecError, match=f"spec.{section} is required"):
+        parse_spec(spec)
+
+
+def test_missing_spec() -> None:
+    with pytest.raises(SpecError, match="spec is missing"):
+        parse_spec(None)
+
+
+def test_target_node_selector_and_resources_are_kept() -> None:
+    spec = parse_spec(
+        with_("targets", [{"isa": "avx2", "nodeSelector": {"pool": "edge"}}])
+        | {"serving": {"resources": {"limits": {"cpu": 4, "memory": "2Gi"}}}}
+    )
+    assert spec.target("avx2").node_selector == {"pool": "edge"}
+    assert spec.resources["limits"] == {"cpu": "4", "memory": "2Gi"}

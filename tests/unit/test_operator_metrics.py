@@ -1,0 +1,71 @@
+"""Prometheus metrics: results counted once, gauges follow the status and go with the model."""
+
+from __future__ import annotations
+
+from prometheus_client import generate_latest
+
+from qfleet.operator.metrics import Metrics
+
+STATUS = {
+    "demand": {"cameras": 64, "facesPerSecond": 384.0},
+    "capacity": {"replicas": 1, "facesPerSecond": 463.2, "shortfallFacesPerSecond": 0.0},
+    "variants": [
+        {
+            "isa": "avx512_vnni",
+            "replicas": 1,
+            "served": {"precision": "int8", "fpsPerReplica": 579.0},
+            "result": {"succeeded": True, "fp32Accuracy": 0.9963, "int8Accuracy": 0.996},
+        }
+    ],
+}
+
+
+def sample(metrics: Metrics, name: str, **labels: str) -> float | None:
+    return metrics.registry.get_sample_value(name, labels)
+
+
+def test_model_gauges_follow_the_status_and_are_removed_with_it() -> None:
+    metrics = Metrics()
+    metrics.model_status("faces", "arcface", STATUS)
+    key = {"namespace": "faces", "model": "arcface"}
+    assert sample(metrics, "qfleet_camera_demand", **key) == 64
+    assert sample(metrics, "qfleet_demand_faces_per_second", **key) == 384
+    assert sample(metrics, "qfleet_desired_replicas", **key, isa="avx512_vnni") == 1
+    assert sample(metrics, "qfleet_fps_per_replica", **key, isa="avx512_vnni", precision="int8") == 579
+    assert sample(metrics, "qfleet_lfw_accuracy", **key, isa="avx512_vnni", precision="fp32") == 0.9963
+    # The served model changes precision: the old series goes away.
+    fp32 = {
+        **STATUS,
+        "variants": [{**STATUS["variants"][0], "served": {"precision": "fp32", "fpsPerReplica": 326.0}}],
+    }
+    metrics.model_status("faces", "arcface", fp32)
+    assert sample(metrics, "qfleet_fps_per_replica", **key, isa="avx512_vnni", precision="int8") is None
+    assert sample(metrics, "qfleet_fps_per_replica", **key, isa="avx512_vnni", precision="fp32") == 326
+    metrics.forget("faces", "arcface")
+    assert sample(metrics, "qfleet_camera_demand", **key) is None
+    assert b"qfleet_fps_per_replica{" not in generate_latest(metrics.registry)
+
+
+def test_results_and_reconciles_are_counted() -> None:
+    metrics = Metrics()
+    metrics.new_result(
+        "avx2",
+        {"succeeded": True, "seconds": 95.0, "gate": {"passed": False, "reason": "BelowMinimumAccuracy"}},
+    )
+    metrics.new_result("avx2", {"succeeded": False})
+    metrics.reconciled("ok", 0.01)
+    assert sample(metrics, "qfleet_pipelines_total", isa="avx2", outcome="succeeded") == 1
+    assert sample(metrics, "qfleet_pipelines_total", isa="avx2", outcome="failed") == 1
+    assert (
+        sample(
+            metrics, "qfleet_gate_outcomes_total", isa="avx2", passed="false", reason="BelowMinimumAccuracy"
+        )
+        == 1
+    )
+    assert sample(metrics, "qfleet_pipeline_duration_seconds_sum", isa="avx2") == 95
+    assert sample(metrics, "qfleet_reconciles_total", result="ok") == 1
+
+
+def test_two_instances_do_not_collide() -> None:
+    Metrics()
+    Metrics()  # separate registries: tests and restarts can build them freely
