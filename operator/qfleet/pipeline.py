@@ -54,10 +54,12 @@ class PipelineSpec:
 class StageFailed(Exception):
     """A pipeline stage failed; carries the stage name for the result's ``error``."""
 
-    def __init__(self, stage: str, message: str) -> None:
+    def __init__(self, stage: str, message: str, *, exit_code: int = 1) -> None:
         super().__init__(f"{stage}: {message}")
         self.stage = stage
         self.message = message
+        #: 2 for bad input, 3 for the wrong ISA tier (retrying cannot help), 1 for anything else.
+        self.exit_code = exit_code
 
 
 @contextmanager
@@ -67,7 +69,7 @@ def _stage(name: str, timings: dict[str, float]) -> Iterator[None]:
     try:
         yield
     except QfleetError as exc:
-        raise StageFailed(name, str(exc)) from exc
+        raise StageFailed(name, str(exc), exit_code=exc.exit_code) from exc
     except Exception as exc:  # a bug or a library failure: still report which stage
         log.debug("stage %s crashed", name, exc_info=True)
         raise StageFailed(name, f"{type(exc).__name__}: {exc}") from exc
@@ -94,7 +96,7 @@ def run_pipeline(spec: PipelineSpec) -> dict[str, Any]:
             result.update(_run_stages(spec, staging, final=out, timings=timings))
             write_json(staging / RESULT_FILE, result | {"seconds": round(time.perf_counter() - started, 3)})
     except StageFailed as failure:
-        result["error"] = {"stage": failure.stage, "message": failure.message}
+        result["error"] = {"stage": failure.stage, "message": failure.message, "exit_code": failure.exit_code}
     result["timings"] = timings
     result["seconds"] = round(time.perf_counter() - started, 3)
     result["versions"] = library_versions("nncf", "mxnet", "onnx")

@@ -110,9 +110,9 @@ def test_a_failing_stage_is_named_and_nothing_is_left_behind(
     empty.mkdir()
     out, log = tmp_path / "out", tmp_path / "log"
     argv = _pipeline_argv(tiny_ir(), face_data | {"calibration": empty}, out, log)
-    assert main(argv) == 1
+    assert main(argv) == 2  # bad input: the Job must not retry
     result = json.loads(log.read_text())
-    assert result["error"]["stage"] == "quantize"
+    assert result["error"]["stage"] == "quantize" and result["error"]["exit_code"] == 2
     assert "empty-calibration" in result["error"]["message"]
     assert "stage quantize" in capsys.readouterr().err
     assert not out.exists()
@@ -126,7 +126,7 @@ def test_wrong_isa_is_refused_before_any_work(
 ) -> None:
     monkeypatch.setenv("QFLEET_HOST_ISA", "avx2")
     log = tmp_path / "log"
-    assert main(_pipeline_argv(tiny_ir(), face_data, tmp_path / "out", log, "--expect-isa", "amx_int8")) == 1
+    assert main(_pipeline_argv(tiny_ir(), face_data, tmp_path / "out", log, "--expect-isa", "amx_int8")) == 3
     error = json.loads(log.read_text())["error"]
     assert error["stage"] == "isa" and "avx2" in error["message"] and "amx_int8" in error["message"]
     assert json.loads(log.read_text())["timings"].keys() == {"isa"}

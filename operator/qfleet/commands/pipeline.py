@@ -21,7 +21,8 @@ DESCRIPTION = (
     HELP + "\n\n"
     "Writes DIR/fp32/, DIR/int8/ (OpenVINO IR + qfleet.json), validation-*.json, benchmark-*.json and\n"
     "result.json, prints the result, and writes it (<= 4096 bytes) to the termination-log file so the\n"
-    "operator can read it from the finished pod. A failed stage exits 1 with error.stage/message;\n"
+    "operator can read it from the finished pod. A failed stage exits non-zero with error.stage and\n"
+    "error.message: 2 for bad input, 3 for the wrong ISA tier (retrying cannot help), 1 otherwise;\n"
     "a failed accuracy gate exits 0 with gate.passed=false."
 )
 
@@ -95,7 +96,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if "error" in result:
         error = result["error"]
         print(f"qfleet pipeline: error in stage {error['stage']}: {error['message']}", file=sys.stderr)
-        result["_exit_code"] = 1
+        result["_exit_code"] = error["exit_code"]
     return result
 
 
