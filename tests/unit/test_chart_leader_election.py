@@ -35,11 +35,6 @@ def replica_env(objects: list[dict[str, Any]], pod_name: str) -> dict[str, str]:
     return env
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the operator sets no peering priority: equal-priority replicas both pause "
-    "(needs settings.peering.priority unique per replica and settings.peering.mandatory)",
-)
 async def test_two_replicas_one_works(tmp_path: Path) -> None:
     objects = render({"leaderElection": {"enabled": True, "replicas": 2}})
     async with running_cluster(tmp_path) as cluster:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 from typing import Any
 
 import kopf
@@ -56,6 +57,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: ko
     settings.peering.standalone = options.peering is None
     if options.peering is not None:
         settings.peering.name = options.peering
+        # kopf pauses a replica that sees a live peer of higher *or equal* priority, so replicas
+        # of one Deployment need distinct priorities, or every one of them pauses.
+        settings.peering.priority = random.SystemRandom().randint(1, 2**31 - 1)
+        settings.peering.mandatory = True
     settings.peering.clusterwide = bool(memo.get("clusterwide", False))
     # Re-open watches now and then, so a silently dropped connection does not go unnoticed.
     settings.watching.server_timeout = 300
