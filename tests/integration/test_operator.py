@@ -342,11 +342,13 @@ async def test_job_failure_is_reported_with_its_reason(cluster: Cluster) -> None
     await wait_phase(cluster, "gone", "Failed")
 
     (job,) = cluster.created(JOBS)
-    assert cluster.runs[job].exit_codes == [1, 1]  # retried once (backoffLimit 1), then failed
+    # A missing source is bad input (exit 2): the Job's podFailurePolicy fails it at once, since
+    # retrying cannot help, although backoffLimit would allow one more try.
+    assert cluster.runs[job].exit_codes == [2]
     failed = variant(cluster, "gone", "avx2")
     error = failed["result"]["error"]
-    assert failed["state"] == "Failed" and error["reason"] == "BackoffLimitExceeded"
-    assert error["stage"] == "convert" and "missing" in error["message"] and error["exitCode"] == 1
+    assert failed["state"] == "Failed" and error["reason"] == "PodFailurePolicy"
+    assert error["stage"] == "convert" and "missing" in error["message"] and error["exitCode"] == 2
     degraded = condition(cluster, "gone", "Degraded")
     assert (
         degraded["status"] == "True"
