@@ -1,0 +1,37 @@
+"""``qfleet benchmark``: throughput of an IR on this CPU, measured as OpenVINO's benchmark_app does."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+HELP = "measure an IR's throughput (FPS) and latency on this CPU"
+DESCRIPTION = (
+    "THROUGHPUT hint, the plugin's optimal number of infer requests kept busy through an\n"
+    "AsyncInferQueue, warm-up excluded; FPS = completed inferences x batch / wall time.\n"
+    "--threads limits the CPU threads to what a serving pod's CPU limit gives it."
+)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="model.xml of an OpenVINO IR")
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured duration (default 10)")
+    parser.add_argument("--threads", type=int, help="CPU threads for inference (default: all)")
+    parser.add_argument("--batch", type=int, default=1, help="images per inference request (default 1)")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from qfleet.model.benchmark import benchmark_model
+
+    return benchmark_model(
+        args.model, seconds=args.seconds, threads=args.threads, batch=args.batch, progress=not args.quiet
+    )
+
+
+def render(result: dict[str, Any]) -> str:
+    return (
+        f"{result['precision']} {result['model']} on {result['isa']}: {result['fps']:.1f} FPS, "
+        f"median latency {result['latency_ms_median']:.2f} ms ({result['streams']} streams, "
+        f"{result['infer_requests']} infer requests, {result['threads']} threads, batch {result['batch']}, "
+        f"{result['seconds']:.1f} s)"
+    )
