@@ -66,6 +66,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="inference requests in flight before new ones get 503 (default %(default)d)",
     )
     parser.add_argument(
+        "--body-timeout",
+        type=float,
+        default=server.DEFAULT_BODY_TIMEOUT_S,
+        help="seconds a request body may take to arrive before a 408 (default %(default)g)",
+    )
+    parser.add_argument(
         "--shutdown-grace",
         type=float,
         default=server.DEFAULT_SHUTDOWN_GRACE_S,
@@ -79,6 +85,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     if not 0 <= args.port <= 65535:
         raise InputError(f"--port must be in 0..65535, got {args.port}")
+    if args.body_timeout <= 0:
+        raise InputError(f"--body-timeout must be positive, got {args.body_timeout}")
     if args.batch_timeout_ms < 0:
         raise InputError(f"--batch-timeout-ms must not be negative, got {args.batch_timeout_ms}")
     config = ServerConfig(
@@ -93,5 +101,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         max_body_bytes=args.max_body_bytes,
         max_concurrency=args.max_concurrency,
         shutdown_grace_s=args.shutdown_grace,
+        body_timeout_s=args.body_timeout,
     )
     return asyncio.run(serve(config))

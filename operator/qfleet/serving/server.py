@@ -50,6 +50,7 @@ from qfleet.serving.protocol import (
 )
 from qfleet.serving.settings import (
     DEFAULT_BATCH_TIMEOUT_S,
+    DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_HOST,
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_CONCURRENCY,
@@ -78,6 +79,7 @@ class ServerConfig:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY
     shutdown_grace_s: float = DEFAULT_SHUTDOWN_GRACE_S
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
 
 
 @dataclass
@@ -86,8 +88,12 @@ class ServerState:
     metrics: ServerMetrics
     max_body_bytes: int
     max_concurrency: int
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
     draining: bool = False
+    #: Requests being handled, bodies still arriving included (what a drain waits for).
     inflight: int = 0
+    #: Requests past reading their body (what --max-concurrency bounds).
+    inferring: int = 0
 
     @property
     def signature(self) -> ModelSignature:
@@ -224,12 +230,6 @@ async def _infer(request: web.Request, state: ServerState) -> web.Response:
     retry = {"Retry-After": "1"}
     if state.draining:
         return _error(503, "server is shutting down; send the request to another replica", headers=retry)
-    if state.inflight >= state.max_concurrency:
-        return _error(
-            503,
-            f"server is at its limit of {state.max_concurrency} concurrent inference requests",
-            headers=retry,
-        )
     too_large = (
         f"request body is over the limit of {state.max_body_bytes} bytes; send fewer faces per request"
     )
@@ -240,29 +240,49 @@ async def _infer(request: web.Request, state: ServerState) -> web.Response:
     state.metrics.inflight.inc()
     try:
         try:
-            body = await request.read()
+            # A client that trickles its body must not hold the server: bound the time to read it,
+            # and count it against --max-concurrency only once the body is here.
+            body = await asyncio.wait_for(request.read(), timeout=state.body_timeout_s)
         except web.HTTPRequestEntityTooLarge:
             return _error(413, too_large)
-        parse = functools.partial(
-            parse_infer_request,
-            body,
-            signature=state.signature,
-            header_length=request.headers.get(HEADER_LENGTH),
-        )
+        except TimeoutError:
+            return _error(408, f"request body did not arrive within {state.body_timeout_s:g} s")
+        except ConnectionResetError:  # the client left mid-body: nobody reads this answer
+            return _error(400, "the client closed the connection before sending the whole body")
+        if state.inferring >= state.max_concurrency:
+            return _error(
+                503,
+                f"server is at its limit of {state.max_concurrency} concurrent inference requests",
+                headers=retry,
+            )
+        state.inferring += 1
         try:
-            if len(body) > PARSE_OFFLOAD_BYTES:
-                parsed = await asyncio.get_running_loop().run_in_executor(None, parse)
-            else:
-                parsed = parse()
-        except ProtocolError as exc:
-            return _error(exc.status, exc.message)
-        results = await state.engine.infer(parsed.faces)
-        payload, headers = encode_infer_response(signature=state.signature, request=parsed, results=results)
-        state.metrics.inferred(parsed.batch_size, time.perf_counter() - started)
-        return web.Response(body=payload, headers=headers)
+            return await _infer_body(request, state, body, started)
+        finally:
+            state.inferring -= 1
     finally:
         state.inflight -= 1
         state.metrics.inflight.dec()
+
+
+async def _infer_body(request: web.Request, state: ServerState, body: bytes, started: float) -> web.Response:
+    parse = functools.partial(
+        parse_infer_request,
+        body,
+        signature=state.signature,
+        header_length=request.headers.get(HEADER_LENGTH),
+    )
+    try:
+        if len(body) > PARSE_OFFLOAD_BYTES:
+            parsed = await asyncio.get_running_loop().run_in_executor(None, parse)
+        else:
+            parsed = parse()
+    except ProtocolError as exc:
+        return _error(exc.status, exc.message)
+    results = await state.engine.infer(parsed.faces)
+    payload, headers = encode_infer_response(signature=state.signature, request=parsed, results=results)
+    state.metrics.inferred(parsed.batch_size, time.perf_counter() - started)
+    return web.Response(body=payload, headers=headers)
 
 
 def build_app(
@@ -271,11 +291,16 @@ def build_app(
     *,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
 ) -> web.Application:
     """The aiohttp application around a compiled model (no socket yet: tests can serve it in-process)."""
     app = web.Application(middlewares=[_json_errors_and_counts], client_max_size=max_body_bytes)
     app[STATE] = ServerState(
-        engine=engine, metrics=metrics, max_body_bytes=max_body_bytes, max_concurrency=max_concurrency
+        engine=engine,
+        metrics=metrics,
+        max_body_bytes=max_body_bytes,
+        max_concurrency=max_concurrency,
+        body_timeout_s=body_timeout_s,
     )
     metrics.ready.set(1)
     routes = app.router
@@ -327,7 +352,11 @@ async def serve(
     if engine is None or metrics is None:
         engine, metrics, info = load_engine(config)
     app = build_app(
-        engine, metrics, max_body_bytes=config.max_body_bytes, max_concurrency=config.max_concurrency
+        engine,
+        metrics,
+        max_body_bytes=config.max_body_bytes,
+        max_concurrency=config.max_concurrency,
+        body_timeout_s=config.body_timeout_s,
     )
     runner = web.AppRunner(
         app, access_log=None, handle_signals=False, shutdown_timeout=config.shutdown_grace_s

@@ -8,5 +8,7 @@ DEFAULT_PORT = 8080
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_CONCURRENCY = 64
 DEFAULT_SHUTDOWN_GRACE_S = 30.0
+#: A request body must arrive within this many seconds (a slow client cannot hold the server).
+DEFAULT_BODY_TIMEOUT_S = 10.0
 #: With dynamic batching, the longest a face waits for its batch to fill.
 DEFAULT_BATCH_TIMEOUT_S = 0.002
