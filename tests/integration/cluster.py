@@ -31,7 +31,9 @@ import asyncio
 import collections
 import contextlib
 import copy
+import json
 import os
+import re
 import signal
 import sys
 import time
@@ -83,6 +85,77 @@ def _nest(dotted: str, value: Any) -> dict[str, Any]:
     return result
 
 
+#: The harness's own requests (its controllers and the tests) carry this header; injected faults
+#: leave them alone, so a fault hits the operator and not the cluster that judges it.
+HARNESS_HEADER = "X-Qfleet-Test-Harness"
+
+
+@dataclass
+class Fault:
+    """A misbehaviour of the API server for the requests that match (see :meth:`Emulator.inject`).
+
+    ``path`` is a regular expression searched in the request path; ``method`` ("GET", "PATCH",
+    ...) and ``watch`` (True: watch requests only, False: all but watches) narrow it. What it does:
+
+    - ``status``: answer with this error (a Kubernetes ``Status`` body) without acting;
+    - ``watch_error``: a watch answered with one ``ERROR`` event of this code (410: "Expired",
+      the resource version is too old), then the stream ends, as the API server does;
+    - ``delay``: wait this long first (``hold=True``: until :meth:`release` or ``delay``), then
+      answer 504 without acting when ``status`` is 504, else serve the request normally;
+    - ``delay_response``: act on the request, then hold the answer this long (the client may be
+      gone by then: the change happened but its author never heard of it).
+
+    ``times`` limits how many requests it hits (None: until removed); ``hits`` counts them.
+    """
+
+    path: str
+    method: str | None = None
+    watch: bool | None = None
+    status: int | None = None
+    watch_error: int | None = None
+    delay: float = 0.0
+    delay_response: float = 0.0
+    hold: bool = False
+    times: int | None = None
+    user_agent: str | None = None
+    hits: int = 0
+    released: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def matches(self, method: str, path: str, query: Mapping[str, str], headers: Mapping[str, str]) -> bool:
+        if self.times is not None and self.hits >= self.times:
+            return False
+        if HARNESS_HEADER in headers:
+            return False
+        user_agent = headers.get("User-Agent", "")
+        if self.user_agent is not None and self.user_agent not in user_agent:
+            return False
+        if self.method is not None and method.upper() != self.method.upper():
+            return False
+        is_watch = query.get("watch") in ("true", "1")
+        if self.watch is not None and is_watch != self.watch:
+            return False
+        return re.search(self.path, path) is not None
+
+    def release(self) -> None:
+        """End a held delay now."""
+        self.released.set()
+
+
+def status_body(code: int, reason: str, message: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Status", "status": "Failure", "code": code, "reason": reason,
+            "message": message}  # fmt: skip
+
+
+FAULT_REASONS = {
+    409: "Conflict",
+    410: "Expired",
+    429: "TooManyRequests",
+    500: "InternalError",
+    503: "ServiceUnavailable",
+    504: "Timeout",
+}
+
+
 class Emulator(kmock.KubernetesEmulator):
     """The emulator plus the metadata stamping and scale mapping of a real API server."""
 
@@ -95,6 +168,20 @@ class Emulator(kmock.KubernetesEmulator):
         self._in_flight: set[kmock.Request] = set()
         #: Requests served, by (action, plural, subresource): what a client costs the API server.
         self.request_counts: collections.Counter[tuple[str, str, str]] = collections.Counter()
+        #: Injected faults, tried in order (the first that matches acts).
+        self.faults: list[Fault] = []
+
+    def inject(self, fault: Fault) -> Fault:
+        """Make the API server misbehave for matching requests (until :meth:`heal`)."""
+        self.faults.append(fault)
+        return fault
+
+    def heal(self, fault: Fault | None = None) -> None:
+        """Remove one fault (or all) and release the requests they hold."""
+        for item in [fault] if fault is not None else list(self.faults):
+            item.release()
+            if item in self.faults:
+                self.faults.remove(item)
 
     def install_crd(self, crd: Mapping[str, Any]) -> kmock.resource:
         spec = crd["spec"]
@@ -116,6 +203,46 @@ class Emulator(kmock.KubernetesEmulator):
         return resource
 
     async def __call__(self, raw_request: Any) -> Any:
+        for fault in list(self.faults):
+            if fault.matches(raw_request.method, raw_request.path, raw_request.query, raw_request.headers):
+                fault.hits += 1
+                return await self._misbehave(fault, raw_request)
+        return await self._serve(raw_request)
+
+    async def _misbehave(self, fault: Fault, raw_request: Any) -> Any:
+        import aiohttp.web
+
+        if fault.delay:
+            if fault.hold:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(fault.released.wait(), fault.delay)
+            else:
+                await asyncio.sleep(fault.delay)
+        if fault.watch_error is not None:
+            await raw_request.read()
+            response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
+            await response.prepare(raw_request)
+            code = fault.watch_error
+            event = {"type": "ERROR", "object": status_body(code, FAULT_REASONS.get(code, "Error"),
+                                                            "injected: too old resource version")}  # fmt: skip
+            await response.write(json.dumps(event).encode() + b"\n")
+            await response.write_eof()
+            return response
+        if fault.status is not None:
+            await raw_request.read()
+            code = fault.status
+            body = status_body(code, FAULT_REASONS.get(code, "Error"), f"injected fault {code}")
+            return aiohttp.web.json_response(body, status=code)
+        response = await self._serve(raw_request)
+        if fault.delay_response:
+            if fault.hold:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(fault.released.wait(), fault.delay_response)
+            else:
+                await asyncio.sleep(fault.delay_response)
+        return response
+
+    async def _serve(self, raw_request: Any) -> Any:
         # The emulator's URL parser cannot read the cluster-scoped /api/v1/namespaces collection
         # (it takes "namespaces" for the namespace prefix), so the namespaces are served here.
         if raw_request.path.rstrip("/") == "/api/v1/namespaces" and raw_request.method == "GET":
@@ -270,6 +397,25 @@ class JobRun:
     log: Path | None = None
     finished: asyncio.Event = field(default_factory=asyncio.Event)
     process: asyncio.subprocess.Process | None = None
+    #: Set when the Job controller ended the Job for exceeding ``activeDeadlineSeconds``.
+    deadline_exceeded: bool = False
+    #: Terminated reasons of the pods (Completed, Error, OOMKilled).
+    reasons: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PodFault:
+    """What goes wrong with one pod of a Job.
+
+    - ``oom``: the kernel's OOM killer ends the container ``after`` seconds into the run
+      (SIGKILL: exit 137, terminated reason ``OOMKilled``, no termination message);
+    - ``message``: the container exits as it does, but its termination message reads
+      ``message`` instead (lost: ``""``; garbled: a truncated or corrupted text).
+    """
+
+    kind: str = "oom"
+    after: float = 0.5
+    message: str = ""
 
 
 class Cluster:
@@ -290,6 +436,11 @@ class Cluster:
             None
         )
         self.runs: dict[str, JobRun] = {}
+        #: Faults of pods: a function of (Job name, attempt) -> PodFault or None.
+        self.pod_fault: Callable[[str, int], PodFault | None] | None = None
+        #: Play Kubernetes' garbage collector: delete objects whose controller owner is gone
+        #: (as the real one does, with background propagation). Off unless a test needs it.
+        self.garbage_collector = False
         self._job_tasks: dict[str, asyncio.Task[None]] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self._operators: list[asyncio.subprocess.Process] = []
@@ -299,6 +450,7 @@ class Cluster:
 
     async def request(self, method: str, path: str, body: Any = None, content_type: str | None = None) -> Any:
         headers = {"Content-Type": content_type or "application/json"} if body is not None else {}
+        headers[HARNESS_HEADER] = "1"
         async with self.server.client.request(method, path, json=body, headers=headers) as response:
             data = await response.json(content_type=None)
             if response.status >= 400:
@@ -476,6 +628,25 @@ class Cluster:
                 await self.request("DELETE", f"/api/v1/namespaces/{namespace}/pods/{name}")
         for deployment in self.objects(DEPLOYMENTS):
             await self._control_deployment(deployment)
+        if self.garbage_collector:
+            await self._collect_garbage()
+
+    async def _collect_garbage(self) -> None:
+        """Delete dependents whose controller owner no longer exists (by uid), as Kubernetes'
+        garbage collector does with background propagation."""
+        live_uids = {
+            str((obj.raw.get("metadata") or {}).get("uid"))
+            for obj in list(self.emulator.objects.values())
+            if not obj.deleted
+        }
+        for resource, plural in ((JOBS, "jobs"), (DEPLOYMENTS, "deployments")):
+            for obj in self.objects(resource):
+                owners = obj["metadata"].get("ownerReferences") or []
+                if owners and all(owner.get("uid") not in live_uids for owner in owners):
+                    base = "/apis/batch/v1" if resource == JOBS else "/apis/apps/v1"
+                    namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
+                    with contextlib.suppress(RuntimeError):
+                        await self.request("DELETE", f"{base}/namespaces/{namespace}/{plural}/{name}")
 
     def _schedule(self, template: Mapping[str, Any]) -> dict[str, Any] | None:
         """The first node that satisfies the pod template's required node affinity."""
@@ -509,33 +680,68 @@ class Cluster:
     # -- the kubelet and the Job controller ------------------------------------------------------
 
     async def _run_job(self, job: dict[str, Any]) -> None:
-        metadata, spec = job["metadata"], job["spec"]
+        metadata = job["metadata"]
         namespace, name = metadata["namespace"], metadata["name"]
         run = self.runs.setdefault(name, JobRun(name))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        attempts = asyncio.create_task(self._run_attempts(job, run))
+        try:
+            while not attempts.done():
+                await asyncio.wait({attempts}, timeout=0.1)
+                # activeDeadlineSeconds counts from the Job's start and may be changed meanwhile.
+                current = self.get(JOBS, namespace, name) or job
+                deadline = (current.get("spec") or {}).get("activeDeadlineSeconds")
+                if attempts.done() or deadline is None or loop.time() - started <= float(deadline):
+                    continue
+                attempts.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await attempts
+                run.deadline_exceeded = True
+                # The Job controller terminates (deletes) the active pods, then fails the Job.
+                for pod in self.objects(PODS, namespace):
+                    labels = pod["metadata"].get("labels") or {}
+                    if labels.get("controller-uid") == metadata["uid"] and (
+                        (pod.get("status") or {}).get("phase") in ("Pending", "Running")
+                    ):
+                        await self.request(
+                            "DELETE", f"/api/v1/namespaces/{namespace}/pods/{pod['metadata']['name']}"
+                        )
+                await self._finish_job(namespace, name, succeeded=False, reason="DeadlineExceeded",
+                                       message="Job was active longer than specified deadline")  # fmt: skip
+                return
+            attempts.result()
+        finally:
+            if not attempts.done():
+                attempts.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await attempts
+            run.finished.set()
+
+    async def _run_attempts(self, job: dict[str, Any], run: JobRun) -> None:
+        metadata, spec = job["metadata"], job["spec"]
+        namespace, name = metadata["namespace"], metadata["name"]
         failure_codes = _fail_job_exit_codes(spec)
         backoff_limit = int(spec.get("backoffLimit", 6))
         attempt = 0
-        try:
-            while True:
-                node = self._schedule(spec["template"])
-                if node is None:
-                    await asyncio.sleep(0.2)
-                    continue
-                exit_code, _ = await self._run_pod(job, node, attempt, run)
-                if exit_code == 0:
-                    await self._finish_job(namespace, name, succeeded=True)
-                    return
-                if exit_code in failure_codes:
-                    await self._finish_job(namespace, name, succeeded=False, reason="PodFailurePolicy",
-                                           message=f"Container pipeline failed with exit code {exit_code}")  # fmt: skip
-                    return
-                attempt += 1
-                if attempt > backoff_limit:
-                    await self._finish_job(namespace, name, succeeded=False, reason="BackoffLimitExceeded",
-                                           message="Job has reached the specified backoff limit")  # fmt: skip
-                    return
-        finally:
-            run.finished.set()
+        while True:
+            node = self._schedule(spec["template"])
+            if node is None:
+                await asyncio.sleep(0.2)
+                continue
+            exit_code, _ = await self._run_pod(job, node, attempt, run)
+            if exit_code == 0:
+                await self._finish_job(namespace, name, succeeded=True)
+                return
+            if exit_code in failure_codes:
+                await self._finish_job(namespace, name, succeeded=False, reason="PodFailurePolicy",
+                                       message=f"Container pipeline failed with exit code {exit_code}")  # fmt: skip
+                return
+            attempt += 1
+            if attempt > backoff_limit:
+                await self._finish_job(namespace, name, succeeded=False, reason="BackoffLimitExceeded",
+                                       message="Job has reached the specified backoff limit")  # fmt: skip
+                return
 
     async def _run_pod(
         self, job: dict[str, Any], node: dict[str, Any], attempt: int, run: JobRun
@@ -587,22 +793,35 @@ class Cluster:
                 *argv, env=env, stdout=log, stderr=log, cwd=pod_dir
             )
             run.process = process
+            fault = self.pod_fault(name, attempt) if self.pod_fault is not None else None
             try:
+                if fault is not None and fault.kind == "oom":
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(asyncio.shield(process.wait()), fault.after)
+                    if process.returncode is None:
+                        process.kill()  # the kernel's OOM killer: SIGKILL, no chance to write a message
                 exit_code = await process.wait()
             except asyncio.CancelledError:
                 process.kill()
                 await process.wait()
                 raise
+        oom_killed = fault is not None and fault.kind == "oom" and exit_code == -signal.SIGKILL
+        if exit_code < 0:
+            exit_code = 128 - exit_code  # a signal: the container runtime reports 128 + signal
         message = termination_file.read_text(errors="replace")[:4096] if termination_file.exists() else ""
+        if fault is not None and fault.kind == "message":
+            message = fault.message
         # Inside the container the process saw its mount paths, and so do the paths it reports.
         message = self.pod_paths_in(message, template, pod_dir)
+        reason = "OOMKilled" if oom_killed else "Completed" if exit_code == 0 else "Error"
         run.exit_codes.append(exit_code)
         run.messages.append(message)
+        run.reasons.append(reason)
         await self.release_jobs.wait()
         image = container["image"]
         terminated = {
             "exitCode": exit_code,
-            "reason": "Completed" if exit_code == 0 else "Error",
+            "reason": reason,
             "message": message,
             "startedAt": started,
             "finishedAt": now(),

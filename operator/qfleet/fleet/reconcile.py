@@ -165,6 +165,8 @@ class _Planner:
         self.jobs = {str((job.get("metadata") or {}).get("name")): job for job in observed.jobs}
         self.deployments = {str((dep.get("metadata") or {}).get("name")): dep for dep in observed.deployments}
         self.result = Plan(status={}, pipeline_key=self.key)
+        #: Target tiers with no schedulable node now (whatever they already serve or run).
+        self.tiers_without_nodes: set[str] = set()
 
     # -- the steps -------------------------------------------------------------------------
 
@@ -188,6 +190,8 @@ class _Planner:
         job_name = names.job_name(self.owner.name, tier, self.key)
         variant: dict[str, Any] = {"isa": tier, "pipelineKey": self.key, "job": job_name}
         nodes = self.observed.inventory.matching(tier, self.spec.target(tier).node_selector)
+        if not nodes:
+            self.tiers_without_nodes.add(tier)
 
         recorded = result is not None and result.get("pipelineKey") == self.key
         if not recorded:
@@ -332,9 +336,9 @@ class _Planner:
         serving = [variant for variant in variants if "served" in variant]
         running = STATE_RUNNING in states
         rolling = [variant["isa"] for variant in serving if not variant.get("rolledOut", False)]
-        missing_nodes = [
-            variant["isa"] for variant in variants if variant["state"] == STATE_WAITING_FOR_NODES
-        ]
+        # Waiting for a first node, or lost every node of the tier after the fact (the Deployment
+        # stays: its pods wait to be scheduled, e.g. until the autoscaler brings nodes back).
+        missing_nodes = [variant["isa"] for variant in variants if variant["isa"] in self.tiers_without_nodes]
         failed = [variant for variant in variants if variant["state"] == STATE_FAILED]
         gate_failed = [variant for variant in variants if variant["state"] == STATE_GATE_FAILED]
         fallback = [
@@ -393,7 +397,7 @@ class _Planner:
                 c.TYPE_NODES_AVAILABLE,
                 c.FALSE,
                 c.REASON_NODES_MISSING,
-                "; ".join(v["message"] for v in variants if v["state"] == STATE_WAITING_FOR_NODES),
+                "; ".join(self._nodes_message(v) for v in variants if v["isa"] in self.tiers_without_nodes),
             )
             if missing_nodes
             else cond(c.TYPE_NODES_AVAILABLE, c.TRUE, c.REASON_NODES_FOUND, "every target tier has nodes"),
@@ -416,6 +420,15 @@ class _Planner:
             "summary": _summary(variants),
             "variants": variants,
         }
+
+    def _nodes_message(self, variant: Mapping[str, Any]) -> str:
+        if variant["state"] == STATE_WAITING_FOR_NODES:
+            return str(variant["message"])
+        tier = variant["isa"]
+        waiting = "its serving pods" if "served" in variant else "its quantization Job"
+        return (
+            f"no schedulable node of ISA tier {tier}{_selector_text(self.spec, tier)}: {waiting} cannot run"
+        )
 
     def _cond(self, type_: str, status: str, reason: str, message: str) -> dict[str, Any]:
         return c.condition(

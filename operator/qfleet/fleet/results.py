@@ -183,9 +183,19 @@ def job_outcome(job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]], *, no
             term = finished[-1][0]
             stage, detail = _failure_details(str(term.get("message") or ""))
             exit_code = term.get("exitCode")
-            text = detail or job_message or str(term.get("reason") or "")
+            text = detail or job_message
+            # The container's own reason says what no message can: OOMKilled, ContainerCannotRun...
+            why = (
+                [f"container {term['reason']}"]
+                if term.get("reason") not in (None, "", "Error", "Completed")
+                else []
+            )
+            if term.get("reason") == "OOMKilled":
+                why.append("it needs more memory than its limit")
             if exit_code is not None:
-                text = f"{text} (exit code {exit_code})" if text else f"exit code {exit_code}"
+                why.append(f"exit code {exit_code}")
+            if why:
+                text = f"{text} ({', '.join(why)})" if text else ", ".join(why)
             return JobOutcome(
                 state="failed",
                 reason=reason,

@@ -4,8 +4,13 @@ Errors, on purpose:
 
 - an invalid spec is written to the status first, then raised as ``kopf.PermanentError``: the
   same spec will never work, kopf stops retrying until the spec changes;
-- an unavailable API (5xx, 429, connection) is a ``kopf.TemporaryError`` with a short delay;
-  a 403 one with a long delay (someone has to fix RBAC; the resource will not change);
+- an unavailable API (5xx, 429, connection, timeout) or a 409 Conflict is a
+  ``kopf.TemporaryError`` whose delay backs off exponentially (0.5 s to a minute, see
+  :func:`~qfleet.operator.reconciler.retry_delay`); a 403 one with a long delay (someone has to
+  fix RBAC; the resource will not change);
+- kopf itself gives up when one of its watchers fails (a watch answered with HTTP 410 Gone, for
+  one) and its shutdown can then hang, leaving a process that looks alive and does nothing: the
+  operator exits instead (see :class:`ExitWhenKopfFails`), and Kubernetes restarts it;
 - waiting is not an error: a running Job, a missing node, an unready rollout are reported as
   conditions, and the Job, node and Deployment events trigger the next reconcile. (A change
   handler that raised TemporaryError to wait would hold back every later change of the same
@@ -18,6 +23,7 @@ import asyncio
 import logging
 import os
 import random
+import sys
 from typing import Any
 
 import kopf
@@ -27,7 +33,7 @@ from qfleet.fleet.nodes import node_info
 from qfleet.fleet.reconcile import Event
 from qfleet.operator.kube import ApiError, KubeApi, load_credentials
 from qfleet.operator.metrics import Metrics
-from qfleet.operator.reconciler import NODES_KEY, Reconciler
+from qfleet.operator.reconciler import NODES_KEY, Reconciler, retry_delay, retryable
 from qfleet.operator.settings import OperatorSettings
 
 MODEL = (names.GROUP, names.VERSION, names.PLURAL)
@@ -37,6 +43,43 @@ QUANTIZER_PODS = {**OWNED, names.LABEL_COMPONENT: names.COMPONENT_QUANTIZER}
 MODEL_NAME = {names.ANNOTATION_MODEL_NAME: kopf.PRESENT}
 #: Kubernetes keeps event messages to 1 KiB.
 EVENT_MESSAGE_LIMIT = 1000
+#: Seconds kopf gets to stop cleanly after one of its core tasks failed, before the process exits.
+KOPF_FAILURE_GRACE_SECONDS = 10.0
+#: Exit status when kopf's core failed (any non-zero status makes Kubernetes restart the pod).
+KOPF_FAILURE_EXIT_CODE = 70
+
+
+class ExitWhenKopfFails(logging.Handler):
+    """Exit the process soon after kopf reports that one of its core tasks failed.
+
+    kopf treats a failed watcher (or peering, or root) task as fatal and stops the operator, but
+    the stop can hang on a watch stream that does not cancel, and then nothing is watched any
+    more while the process stays up. This handler sees kopf's "... has failed: ..." error and
+    gives kopf a grace period to finish, then ends the process: crash-only, Kubernetes restarts
+    the pod and the new process lists everything afresh.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, grace: float = KOPF_FAILURE_GRACE_SECONDS) -> None:
+        super().__init__(level=logging.ERROR)
+        self.loop = loop
+        self.grace = grace
+        self.fired = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.fired or " has failed: " not in record.getMessage():
+            return
+        self.fired = True
+        self.loop.call_soon_threadsafe(self.loop.call_later, self.grace, self._exit, record.getMessage())
+
+    @staticmethod
+    def _exit(reason: str) -> None:
+        logging.getLogger("qfleet.operator").critical(
+            "kopf stopped working (%s); exiting so that the operator is restarted", reason[:300]
+        )
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        sys.stderr.flush()
+        os._exit(KOPF_FAILURE_EXIT_CODE)
 
 
 # -- settings (the one place) -------------------------------------------------------------------
@@ -45,6 +88,9 @@ EVENT_MESSAGE_LIMIT = 1000
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     options = OperatorSettings.from_env(os.environ)
+    kopf_core = logging.getLogger("kopf._core.reactor")
+    if not any(isinstance(handler, ExitWhenKopfFails) for handler in kopf_core.handlers):
+        kopf_core.addHandler(ExitWhenKopfFails(asyncio.get_running_loop()))
     # Handler progress and the last handled spec live in annotations, not in the status (whose
     # schema is structural and would prune unknown fields).
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=names.GROUP)
@@ -161,8 +207,9 @@ async def reconcile_model(name: str, namespace: str | None, memo: Any, **kwargs:
     try:
         plan = await reconciler.reconcile(str(namespace), name)
     except ApiError as exc:
-        if exc.transient or exc.status in (404, 409):
-            raise kopf.TemporaryError(f"API: {exc}; retrying", delay=5) from exc
+        if retryable(exc) or exc.status == 404:
+            delay = retry_delay(reconciler.note_failure((str(namespace), name)))
+            raise kopf.TemporaryError(f"API: {exc}; retrying in {delay:.1f} s", delay=delay) from exc
         if exc.status in (401, 403):
             raise kopf.TemporaryError(f"API refused ({exc}); check the operator's RBAC", delay=60) from exc
         raise kopf.PermanentError(f"API rejected a request: {exc}") from exc

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -37,6 +38,27 @@ INDEX_PODS = "qfleet_pods"
 INDEX_DEPLOYMENTS = "qfleet_deployments"
 INDEX_NODES = "qfleet_nodes"
 NODES_KEY = "nodes"
+
+
+#: Retries after an API error back off exponentially, from half a second up to a minute (a busy or
+#: restarting API server is not hammered by every model at a fixed pace).
+RETRY_BASE_SECONDS = 0.5
+RETRY_CAP_SECONDS = 60.0
+
+
+def retry_delay(failures: int, *, jitter: float | None = None) -> float:
+    """Seconds to wait after the ``failures``-th failure in a row: 0.5, 1, 2, 4, ... 60, each +-20%
+    (random unless ``jitter`` in [-1, 1] is given), so that many models do not retry in step."""
+    doublings = min(max(0, failures - 1), 32)  # the cap is reached long before; no float overflow
+    base = min(RETRY_CAP_SECONDS, RETRY_BASE_SECONDS * float(2**doublings))
+    spread = random.uniform(-1.0, 1.0) if jitter is None else jitter
+    return float(round(base * (1 + 0.2 * spread), 2))
+
+
+def retryable(exc: ApiError) -> bool:
+    """Worth another try: the server was unavailable (5xx, 429, no answer) or the object changed
+    under the request (409 Conflict); the next reconcile reads it afresh."""
+    return exc.transient or exc.status == 409
 
 
 def utc_now() -> str:
@@ -91,6 +113,8 @@ class Reconciler:
         self._inventory: Inventory | None = None
         self._inventory_signature: object = None
         self._sweep_scheduled = False
+        #: Consecutive failed reconciles per model (for the retry backoff); cleared on success.
+        self._failures: dict[ModelKey, int] = {}
 
     # -- triggers ------------------------------------------------------------------------------
 
@@ -128,6 +152,7 @@ class Reconciler:
         lock = self._locks.get(key)
         if lock is not None and not lock.locked():
             del self._locks[key]
+        self._failures.pop(key, None)
         self.metrics.forget(namespace, name)
 
     async def resync_forever(self) -> None:
@@ -153,13 +178,19 @@ class Reconciler:
             await self.reconcile(*key, _from_trigger=True)
         except ApiError as exc:
             logger = _ModelLogger(log, {"key": f"{key[0]}/{key[1]}"})
-            if exc.transient:
-                logger.warning("API unavailable (%s); retrying in 5 s", exc)
-                self.trigger(*key, delay=5.0)
+            if retryable(exc):
+                delay = retry_delay(self.note_failure(key))
+                logger.warning("API request failed (%s); retrying in %.1f s", exc, delay)
+                self.trigger(*key, delay=delay)
             else:
                 logger.error("reconcile failed: %s", exc)
         except Exception:
             log.exception("[%s/%s] reconcile crashed", *key)
+
+    def note_failure(self, key: ModelKey) -> int:
+        """Count one more failed reconcile of ``key``; returns how many in a row."""
+        self._failures[key] = self._failures.get(key, 0) + 1
+        return self._failures[key]
 
     async def _sweep_after(self, delay: float) -> None:
         await asyncio.sleep(delay)
@@ -206,6 +237,7 @@ class Reconciler:
             except Exception:
                 self.metrics.reconciled("error", time.perf_counter() - started)
                 raise
+            self._failures.pop(key, None)
             outcome = "gone" if result is None else "invalid" if result.invalid_spec else "ok"
             self.metrics.reconciled(outcome, time.perf_counter() - started)
             return result
