@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import itertools
 import json
 import os
 import random
@@ -292,6 +293,13 @@ def slope_per_minute(samples: list[tuple[float, float]]) -> float:
     return 60 * sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / var if var else 0.0
 
 
+def largest_step(samples: list[tuple[float, float]]) -> dict[str, float]:
+    """The largest rise of RSS between two consecutive samples, and when (seconds from start)."""
+    steps = [(later[1] - earlier[1], later[0]) for earlier, later in itertools.pairwise(samples)]
+    rise, at = max(steps, default=(0.0, 0.0))
+    return {"mib": round(rise, 1), "at_s": round(at)}
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, int(q * len(ordered) + 0.999999) - 1))] if ordered else 0.0
@@ -397,6 +405,7 @@ async def soak_operator(
             "max": round(max(m for _, m in samples), 1),
             "slope_second_half_mib_per_min": round(slope_per_minute(second_half), 2),
         },
+        "rss_largest_step": largest_step([(t, m) for t, m in samples if t >= startup_s]),
         "rss_samples": [(round(t), round(m, 1)) for t, m in samples[:: max(1, len(samples) // 40)]],
         "api_requests": sum(emulator.request_counts.values()),
         "operator_alive": alive,
@@ -577,6 +586,10 @@ def render(operator: dict[str, Any] | None, server: dict[str, Any] | None, meta:
             f"{r['at_churn_start']:.0f} -> {r['end']:.0f} MiB ({r['max']:.0f}) | {r['slope_second_half_mib_per_min']:+.2f} "
             f"MiB/min | {c['p50']} / {c['p95']} / {c['max']} s ({c['sampled']} sampled) |",
             "",
+            f"During the churn the operator's RSS rose by at most {o['rss_largest_step']['mib']:.0f} MiB between "
+            f"two samples (5 s apart), {o['rss_largest_step']['at_s']} s after it started (its resync reconciles "
+            f"every resource at once every 300 s); the slope over the second half is the growth rate.",
+            "",
             f"Start-up (every Deployment planned) took {o['startup_s']:.0f} s; {o['api_requests']} API requests in "
             f"all; the operator process stayed up: {o['operator_alive']}. Children created for a resource after "
             f"its deletion (removed by the garbage collector through their ownerReferences): "
@@ -588,7 +601,9 @@ def render(operator: dict[str, Any] | None, server: dict[str, Any] | None, meta:
         lines += [
             f"**Server at {s['load']}x capacity** (`qfleet serve` on 127.0.0.1, `{Path(s['model']).parent.name}`; capacity "
             f"= `qfleet benchmark` {s['capacity_fps']} faces/s; `qfleet loadtest` {s['cameras']} cameras x "
-            f"{s['camera_fps']} fps x {s['faces_per_frame']} faces = {s['offered_fps']} faces/s, back-to-back windows):",
+            f"{s['camera_fps']} fps x {s['faces_per_frame']} faces = {s['offered_fps']} faces/s, back-to-back windows; "
+            f"the capacity is measured once, before the load, and on a shared machine it moves with the other "
+            f"jobs' load):",
             "",
             "| duration | windows | achieved faces/s (mean) | errors | late frames | p50 ms (median window) | "
             "p95 ms first third -> last third (max) | server RSS first -> last window |",
