@@ -245,8 +245,10 @@ def test_an_oversized_body_is_refused_before_it_is_read(server: Server) -> None:
     assert_alive_and_serving(server)
 
 
-def _slow_body_client(server: Server, results: list[str], *, seconds: float) -> None:
-    """A client that announces a body and sends one byte per second (slowloris)."""
+def _slow_body_client(server: Server, results: list[tuple[str, float, bytes]], *, seconds: float) -> None:
+    """A client that announces a body and sends one byte per second (slowloris); records how
+    its connection ended: ("answered", after s, first bytes), ("closed", after s, b"") or
+    ("still open", seconds, b"")."""
     sock = socket.create_connection((server.host, server.port), timeout=1)
     sock.sendall(
         b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -257,17 +259,14 @@ def _slow_body_client(server: Server, results: list[str], *, seconds: float) -> 
         while time.monotonic() - started < seconds:
             try:
                 sock.sendall(b" ")
-                if sock.recv(1024) == b"":
-                    results.append(f"closed after {time.monotonic() - started:.1f} s")
-                    return
-                results.append(f"answered after {time.monotonic() - started:.1f} s")
-                return
+                answer = sock.recv(1024)
             except TimeoutError:
                 continue
             except OSError:
-                results.append(f"closed after {time.monotonic() - started:.1f} s")
-                return
-        results.append("still open")
+                answer = b""
+            results.append(("answered" if answer else "closed", time.monotonic() - started, answer[:64]))
+            return
+        results.append(("still open", seconds, b""))
     finally:
         sock.close()
 
@@ -275,10 +274,10 @@ def _slow_body_client(server: Server, results: list[str], *, seconds: float) -> 
 def test_slow_bodies_neither_hold_a_connection_forever_nor_starve_other_clients(
     model_xml: Path, tmp_path: Path
 ) -> None:
-    server = start_server(model_xml, tmp_path / "serve.log", "--max-concurrency", "2")
+    server = start_server(model_xml, tmp_path / "serve.log", "--max-concurrency", "2", "--body-timeout", "3")
     try:
-        results: list[str] = []
-        clients = [threading.Thread(target=_slow_body_client, args=(server, results), kwargs={"seconds": 10})
+        results: list[tuple[str, float, bytes]] = []
+        clients = [threading.Thread(target=_slow_body_client, args=(server, results), kwargs={"seconds": 15})
                    for _ in range(2)]  # fmt: skip
         for client in clients:
             client.start()
@@ -288,7 +287,12 @@ def test_slow_bodies_neither_hold_a_connection_forever_nor_starve_other_clients(
         for client in clients:
             client.join()
         assert status == 200, payload[:200]  # two slow clients must not take every slot
-        assert all(result.startswith(("closed", "answered")) for result in results), results
+        assert len(results) == 2, results
+        for how, after, answer in results:
+            assert how in ("answered", "closed") and after < 3 + 3, results  # bounded by --body-timeout
+            if how == "answered":
+                assert answer.split()[1] == b"408", answer
+        assert_alive_and_serving(server)
     finally:
         stop(server)
 
