@@ -1,5 +1,11 @@
 """What one quantization Job runs: convert -> quantize -> validate FP32 and INT8 -> gate -> benchmark.
 
+On hosts whose CPU computes bf16 natively (AVX-512 BF16, AMX) the FP32 model is also validated
+and benchmarked computed in bf16: the ``bf16`` variant, gated against FP32 like INT8 and written
+as its own artifact directory (the FP32 IR's files, hard-linked, with a ``qfleet.json`` that says
+``precision: bf16``), so that ``onGateFailure: bf16`` can serve it. The FP32 baseline is always
+computed in f32.
+
 The result is one JSON object small enough for a Kubernetes termination message (4096 bytes),
 which is how the operator learns what the Job found. A stage that fails yields the same shape
 with ``error: {stage, message}``; a failed accuracy gate is *not* a failure (the operator decides
@@ -11,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -92,6 +99,9 @@ def run_pipeline(spec: PipelineSpec) -> dict[str, Any]:
                     f"this node's ISA tier is {host_tier or 'below avx2'}, but the Job expects {spec.expect_isa}",
                     hint="the Job's node affinity should prevent this; check the node's NFD labels",
                 )
+            from qfleet.model.runtime import check_expected_tier
+
+            check_expected_tier(spec.expect_isa)
         with atomic_output_dir(out) as staging:
             result.update(_run_stages(spec, staging, final=out, timings=timings))
             write_json(staging / RESULT_FILE, result | {"seconds": round(time.perf_counter() - started, 3)})
@@ -113,6 +123,7 @@ def _run_stages(
     from qfleet.model.convert import convert_model
     from qfleet.model.embed import validate_model
     from qfleet.model.quantize import quantize_model
+    from qfleet.model.runtime import native_bf16
 
     fp32_dir, int8_dir = staging / "fp32", staging / "int8"
     with _stage("load-lfw", timings):
@@ -131,31 +142,51 @@ def _run_stages(
             lfw=spec.lfw if spec.accuracy_control else None,
             progress=spec.progress,
         )
+    # Where the CPU computes bf16 natively, BF16 is what users would otherwise serve: measure it.
+    variants = {"fp32": fp32_dir, "int8": int8_dir}
+    if native_bf16():
+        variants["bf16"] = fp32_dir
     validations: dict[str, dict[str, Any]] = {}
-    for precision, directory in (("fp32", fp32_dir), ("int8", int8_dir)):
+    for precision, directory in variants.items():
         with _stage(f"validate-{precision}", timings):
             validations[precision] = validate_model(
-                directory / MODEL_XML, pairset, flip=spec.flip, threads=spec.threads, progress=spec.progress
+                directory / MODEL_XML,
+                pairset,
+                flip=spec.flip,
+                threads=spec.threads,
+                progress=spec.progress,
+                precision=precision,
             )
             write_json(staging / f"validation-{precision}.json", validations[precision])
     with _stage("gate", timings):
-        decision = gate(
-            validations["fp32"], validations["int8"], max_drop=spec.max_drop, min_accuracy=spec.min_accuracy
-        )
+        decisions = {
+            precision: gate(
+                validations["fp32"],
+                validations[precision],
+                max_drop=spec.max_drop,
+                min_accuracy=spec.min_accuracy,
+                candidate=precision.upper(),
+            )
+            for precision in variants
+            if precision != "fp32"
+        }
     benchmarks: dict[str, dict[str, Any]] = {}
-    for precision, directory in (("int8", int8_dir), ("fp32", fp32_dir)):
+    for precision in ("int8", *(p for p in variants if p != "int8")):
         with _stage(f"benchmark-{precision}", timings):
             benchmarks[precision] = benchmark_model(
-                directory / MODEL_XML,
+                variants[precision] / MODEL_XML,
                 seconds=spec.benchmark_seconds,
                 threads=spec.threads,
                 progress=spec.progress,
+                precision=precision,
             )
             write_json(staging / f"benchmark-{precision}.json", benchmarks[precision])
 
     def summary(precision: str) -> dict[str, Any]:
         validation, bench = validations[precision], benchmarks[precision]
         return {
+            "precision": precision,
+            "inference_precision": bench["inference_precision"],
             "accuracy": round(float(validation["accuracy"]), 6),
             "accuracy_std": round(float(validation["accuracy_std"]), 6),
             "threshold": round(float(validation["threshold"]), 4),
@@ -164,15 +195,56 @@ def _run_stages(
         }
 
     reverted = int8_meta.get("quantization", {}).get("reverted_layers", [])
-    return {
+    fps = {precision: float(bench["fps"]) for precision, bench in benchmarks.items()}
+    result: dict[str, Any] = {
         "artifact": str(final / "int8" / MODEL_XML),
         "fp32_artifact": str(final / "fp32" / MODEL_XML),
         "fp32": summary("fp32"),
         "int8": summary("int8") | {"reverted_layers": len(reverted)},
-        "gate": decision.as_dict(),
+        "gate": decisions["int8"].as_dict(),
+        "speedup": {
+            f"int8_vs_{other}": round(fps["int8"] / fps[other], 3) for other in variants if other != "int8"
+        },
+        "runtime_isa": benchmarks["int8"]["runtime_isa"],
         "pairs": int(validations["fp32"]["pairs"]),
         "threads": spec.threads,
     }
+    if "bf16" in variants:
+        with _stage("bf16-artifact", timings):
+            write_bf16_artifact(
+                fp32_dir, staging / "bf16", validations["bf16"], isa_tier=isa.detect_host_tier()
+            )
+        bf16_gate = decisions["bf16"]
+        result["bf16_artifact"] = str(final / "bf16" / MODEL_XML)
+        result["bf16"] = summary("bf16") | {
+            "gate": {"passed": bf16_gate.passed, "drop": bf16_gate.drop, "reason": bf16_gate.reason}
+        }
+    return result
+
+
+def write_bf16_artifact(
+    fp32_dir: Path, bf16_dir: Path, validation: dict[str, Any], *, isa_tier: str | None
+) -> None:
+    """The BF16 variant as an artifact of its own: the FP32 IR's files and a ``qfleet.json``
+    saying it computes in bf16 on ``isa_tier``, so a server compiles it exactly as validated."""
+    from qfleet.model.metadata import MODEL_BIN, read_metadata, write_metadata
+
+    bf16_dir.mkdir(parents=True, exist_ok=False)
+    for name in (MODEL_XML, MODEL_BIN):
+        try:  # no second copy of the weights where the filesystem can link
+            os.link(fp32_dir / name, bf16_dir / name)
+        except OSError:
+            shutil.copy2(fp32_dir / name, bf16_dir / name)
+    metadata = read_metadata(fp32_dir / MODEL_XML)
+    metadata.update(
+        {
+            "precision": "bf16",
+            "inference_precision": validation["inference_precision"],
+            "runtime_isa": validation["runtime_isa"],
+            "isa": isa_tier,
+        }
+    )
+    write_metadata(bf16_dir, metadata)
 
 
 def termination_message(result: dict[str, Any], limit: int = TERMINATION_MESSAGE_LIMIT) -> str:
@@ -192,7 +264,7 @@ def termination_message(result: dict[str, Any], limit: int = TERMINATION_MESSAGE
             budget -= max(16, budget // 4)
         trimmed["error"] = error | {"message": message}
     if _size(trimmed) > limit:  # still too big: keep only what the operator cannot do without
-        keep = ("isa", "artifact", "fp32_artifact", "fp32", "int8", "gate", "error")
+        keep = ("isa", "artifact", "fp32_artifact", "bf16_artifact", "fp32", "int8", "bf16", "gate", "error")
         trimmed = {key: trimmed[key] for key in keep if key in trimmed}
     return _dumps(trimmed)
 

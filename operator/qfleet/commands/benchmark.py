@@ -17,6 +17,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model.xml of an OpenVINO IR")
     parser.add_argument("--seconds", type=float, default=10.0, help="measured duration (default 10)")
     parser.add_argument("--threads", type=int, help="CPU threads for inference (default: all)")
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "int8", "bf16"),
+        default=None,
+        help="variant to compile: fp32 (computed in f32), int8, bf16 (needs native bf16); "
+        "default: what the model's qfleet.json records",
+    )
     parser.add_argument("--batch", type=int, default=1, help="images per inference request (default 1)")
 
 
@@ -24,13 +31,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from qfleet.model.benchmark import benchmark_model
 
     return benchmark_model(
-        args.model, seconds=args.seconds, threads=args.threads, batch=args.batch, progress=not args.quiet
+        args.model,
+        seconds=args.seconds,
+        threads=args.threads,
+        batch=args.batch,
+        precision=args.precision,
+        progress=not args.quiet,
     )
 
 
 def render(result: dict[str, Any]) -> str:
     return (
-        f"{result['precision']} {result['model']} on {result['isa']}: {result['fps']:.1f} FPS, "
+        f"{result['precision']} ({result['inference_precision']}, {result['runtime_isa']}) {result['model']} "
+        f"on {result['isa']}: {result['fps']:.1f} FPS, "
         f"median latency {result['latency_ms_median']:.2f} ms ({result['streams']} streams, "
         f"{result['infer_requests']} infer requests, {result['threads']} threads, batch {result['batch']}, "
         f"{result['seconds']:.1f} s)"

@@ -104,11 +104,17 @@ def render(result: dict[str, Any]) -> str:
     if "error" in result:
         return json.dumps(result, indent=2, default=str)
     gate = result["gate"]
-    lines = [
-        f"ISA tier       {result['isa']}",
-        f"FP32 LFW       {result['fp32']['accuracy']:.4f}   {result['fp32']['fps']:.1f} faces/s",
-        f"INT8 LFW       {result['int8']['accuracy']:.4f}   {result['int8']['fps']:.1f} faces/s",
-        f"INT8/FP32      {result['int8']['fps'] / result['fp32']['fps']:.2f}x",
+    lines = [f"ISA tier       {result['isa']} ({result.get('runtime_isa')})"]
+    for precision in ("fp32", "bf16", "int8"):
+        if precision in result:
+            block = result[precision]
+            lines.append(
+                f"{precision.upper()} LFW       {block['accuracy']:.4f}   {block['fps']:.1f} faces/s"
+                f"   (computed in {block.get('inference_precision', '?')})"
+            )
+    for name, ratio in sorted((result.get("speedup") or {}).items()):
+        lines.append(f"{name.replace('_vs_', '/').upper():<15}{ratio:.2f}x")
+    lines += [
         f"gate           {'passed' if gate['passed'] else 'FAILED'} ({gate['reason']}, drop {gate['drop']:+.4f})",
         f"artifact       {result['artifact']}",
     ]

@@ -22,6 +22,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", help="folder of aligned crops <name>/<name>_<NNNN>.jpg (with --pairs)")
     parser.add_argument("--no-flip", action="store_true", help="do not add the mirrored image's embedding")
     parser.add_argument("--threads", type=int, default=None, help="CPU inference threads (default: all)")
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "int8", "bf16"),
+        default=None,
+        help="variant to compile: fp32 (computed in f32), int8, bf16 (needs native bf16); "
+        "default: what the model's qfleet.json records",
+    )
     parser.add_argument("--batch", type=int, default=None, help="model inputs per infer request (default 2)")
 
 
@@ -39,11 +46,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         threads=args.threads,
         progress=not args.quiet,
         batch=args.batch or DEFAULT_BATCH,
+        precision=args.precision,
     )
 
 
 def render(result: dict[str, Any]) -> str:
     return (
+        f"{result['precision']} ({result['inference_precision']}, {result['runtime_isa']}): "
         f"accuracy {result['accuracy']:.4%} ± {result['accuracy_std']:.4%} on {result['pairs']} pairs "
         f"(threshold {result['threshold']:.3f}, VAL {result['val_at_far']:.4%} @ FAR {result['far_target']:g}, "
         f"flip {'on' if result['flip'] else 'off'}) in {result['seconds']:.1f} s: "

@@ -83,7 +83,16 @@ def _accuracy(measurement: Measurement, which: str) -> float:
 
 
 def check_comparable(fp32: Mapping[str, Any], int8: Mapping[str, Any]) -> None:
-    """Refuse to compare results measured on different pairs, ISA tiers or protocol settings."""
+    """Refuse to compare results measured on different pairs, ISA tiers or protocol settings.
+
+    The baseline must be FP32 computed in f32: on CPUs with native bf16 OpenVINO computes an FP32
+    model in bf16 unless told otherwise, and a gate against that baseline measures nothing.
+    """
+    baseline = fp32.get("inference_precision")
+    if baseline is not None and baseline != "f32":
+        raise ValueError(
+            f"the FP32 baseline was computed in {baseline}, not f32: validate it with precision fp32"
+        )
     for key in COMPARABLE_KEYS:
         if key in fp32 and key in int8 and fp32[key] != int8[key]:
             raise ValueError(
@@ -97,13 +106,22 @@ def _percent(value: float) -> str:
 
 
 def gate(
-    fp32: Measurement, int8: Measurement, *, max_drop: float, min_accuracy: float | None = None
+    fp32: Measurement,
+    int8: Measurement,
+    *,
+    max_drop: float,
+    min_accuracy: float | None = None,
+    candidate: str = "INT8",
 ) -> GateDecision:
-    """Decide whether the INT8 model may roll out; ``fp32``/``int8`` are accuracies or results."""
+    """Decide whether the INT8 model may roll out; ``fp32``/``int8`` are accuracies or results.
+
+    ``candidate`` names the model compared with FP32 in the messages (``BF16`` for the bf16
+    variant, gated the same way).
+    """
     if isinstance(fp32, Mapping) and isinstance(int8, Mapping):
         check_comparable(fp32, int8)
     fp32_accuracy = _accuracy(fp32, "FP32")
-    int8_accuracy = _accuracy(int8, "INT8")
+    int8_accuracy = _accuracy(int8, candidate)
     if not (math.isfinite(max_drop) and max_drop >= 0):
         raise ValueError(f"max drop must be a finite number >= 0, got {max_drop!r}")
     if min_accuracy is not None and not (math.isfinite(min_accuracy) and 0 <= min_accuracy <= 1):
@@ -117,14 +135,14 @@ def gate(
         problems.append(
             (
                 BELOW_MINIMUM_ACCURACY,
-                f"INT8 accuracy {_percent(int8_accuracy)} is below the minimum {_percent(min_accuracy)}",
+                f"{candidate} accuracy {_percent(int8_accuracy)} is below the minimum {_percent(min_accuracy)}",
             )
         )
     if drop > round(max_drop, PRECISION_DIGITS):
         problems.append(
             (
                 ACCURACY_DROP_EXCEEDED,
-                f"INT8 accuracy {_percent(int8_accuracy)} is {_percent(drop)} below FP32 "
+                f"{candidate} accuracy {_percent(int8_accuracy)} is {_percent(drop)} below FP32 "
                 f"{_percent(fp32_accuracy)}, more than the allowed {_percent(max_drop)}",
             )
         )
@@ -134,7 +152,7 @@ def gate(
     else:
         reason = PASSED
         message = (
-            f"INT8 accuracy {_percent(int8_accuracy)} vs FP32 {_percent(fp32_accuracy)}: "
+            f"{candidate} accuracy {_percent(int8_accuracy)} vs FP32 {_percent(fp32_accuracy)}: "
             f"drop {_percent(drop)} within the allowed {_percent(max_drop)}"
         )
         if min_accuracy is not None:

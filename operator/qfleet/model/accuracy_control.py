@@ -33,6 +33,7 @@ import numpy.typing as npt
 from qfleet.errors import DatasetError
 from qfleet.lfw.dataset import PairSet, decode_image, load_lfw_bin
 from qfleet.lfw.protocol import DEFAULT_FOLDS, evaluate_interleaved, squared_distances
+from qfleet.model.runtime import PrecisionError
 from qfleet.model.tensors import flip_horizontal, images_to_batch
 from qfleet.outputs import sha256_file
 
@@ -84,6 +85,13 @@ class LfwMetric:
         return np.stack(rows)
 
     def __call__(self, compiled_model: ov.CompiledModel, items: Iterable[Any]) -> tuple[float, list[float]]:
+        # The layers NNCF reverts are kept "in floating point": that means f32 only if every
+        # candidate is measured in f32, which is what the int8 variant is then compiled with.
+        used = compiled_model.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        if used != "f32":
+            raise PrecisionError(
+                f"accuracy control must measure candidates in f32, but NNCF compiled one in {used}"
+            )
         indices = [int(item) for item in items]
         pairs = self.subset(indices)
         embeddings = self.embed(compiled_model, pairs)
@@ -137,8 +145,9 @@ def quantize_with_lfw_control(
 ) -> tuple[ov.Model, list[str], dict[str, Any]]:
     """Quantize with ``max_drop`` (absolute) of LFW accuracy; returns (model, reverted ops, report)."""
     import nncf
-    import openvino as ov
     from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
+
+    from qfleet.model.runtime import read_model
 
     pairset = load_lfw_bin(lfw)
     if pairset.pairs < DEFAULT_FOLDS:
@@ -161,7 +170,7 @@ def quantize_with_lfw_control(
                 intermediate_model_dir=intermediate_dir
             ),
         )
-        fully_quantized = ov.Core().read_model(Path(intermediate_dir) / INTERMEDIATE_XML)
+        fully_quantized = read_model(Path(intermediate_dir) / INTERMEDIATE_XML)
         reverted = sorted(activation_quantized_ops(fully_quantized) - activation_quantized_ops(quantized))
     accuracies = metric.full_set_accuracies
     report: dict[str, Any] = {

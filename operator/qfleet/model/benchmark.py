@@ -20,6 +20,7 @@ import numpy as np
 from qfleet.errors import InputError
 from qfleet.isa import detect_host_tier
 from qfleet.model.metadata import read_metadata, require_model_xml
+from qfleet.model.runtime import compile_model, read_model, recorded_variant
 
 if TYPE_CHECKING:
     import openvino as ov
@@ -44,13 +45,24 @@ def static_batch(model: ov.Model, batch: int) -> None:
     model.reshape({model.inputs[0]: [batch, *(dim.get_length() for dim in dims[1:])]})
 
 
-def model_precision(model: ov.Model, model_xml: Path) -> str:
-    """``int8`` or ``fp32``: from ``qfleet.json`` when present, else from the graph itself."""
-    kind = read_metadata(model_xml).get("kind")
-    if kind in ("int8", "fp32"):
-        return str(kind)
+def model_precision(model: ov.Model, model_xml: Path, asked: str | None = None) -> tuple[str, str | None]:
+    """(variant, float precision) to compile ``model`` as.
+
+    ``asked`` (fp32, int8 or bf16) wins; else what ``qfleet.json`` records; else the graph
+    itself decides (FakeQuantize operations: int8, computed in f32; otherwise fp32).
+    """
     quantized = any(op.get_type_name() == "FakeQuantize" for op in model.get_ordered_ops())
-    return "int8" if quantized else "fp32"
+    if asked is not None:
+        if asked == "int8" and not quantized:
+            raise InputError(f"model {model_xml} is not quantized; it cannot run as int8")
+        if asked != "int8" and quantized:
+            raise InputError(f"model {model_xml} is quantized; it runs as int8, not {asked}")
+        return asked, None
+    metadata = read_metadata(model_xml)
+    if metadata.get("precision") or metadata.get("kind"):
+        precision, inference, _ = recorded_variant(metadata, model_xml)
+        return precision, inference
+    return ("int8" if quantized else "fp32"), None
 
 
 def _check(seconds: float, threads: int | None, batch: int, warmup: int) -> None:
@@ -71,14 +83,17 @@ def benchmark_model(
     threads: int | None = None,
     batch: int = 1,
     warmup: int = DEFAULT_WARMUP_ROUNDS,
+    precision: str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Measure throughput and latency of ``model_xml`` on the CPU for about ``seconds``.
 
     Returns ``fps`` (images/s), ``latency_ms_median`` (submit to completion of one request),
     ``streams``, ``infer_requests``, ``isa`` (host tier), ``seconds`` (measured wall time),
-    ``batch``, ``precision`` (int8/fp32), ``model``, ``threads``, ``inferences`` and
-    ``inference_precision`` (what the plugin computes in) and ``runtime_isa`` (the kernels' ISA).
+    ``batch``, ``precision`` (the variant asked: fp32, int8 or bf16; by default what the
+    artifact's ``qfleet.json`` records), ``model``, ``threads``, ``inferences`` and
+    ``inference_precision`` (what the plugin reports it computes in) and ``runtime_isa`` (the
+    kernels' ISA).
     """
     _check(seconds, threads, batch, warmup)
     xml = require_model_xml(model_xml)
@@ -86,24 +101,13 @@ def benchmark_model(
     import openvino as ov
     from tqdm import tqdm
 
-    core = ov.Core()
-    try:
-        model = core.read_model(xml)
-    except RuntimeError as exc:
-        raise InputError(
-            f"model {xml} is not a readable OpenVINO IR: {str(exc).strip().splitlines()[0]}"
-        ) from None
-    precision = model_precision(model, xml)
+    model = read_model(xml)
+    variant, float_precision = model_precision(model, xml, precision)
     static_batch(model, batch)
-    config: dict[str, Any] = {"PERFORMANCE_HINT": "THROUGHPUT"}
-    if threads is not None:
-        config["INFERENCE_NUM_THREADS"] = threads
-    try:
-        compiled = core.compile_model(model, "CPU", config)
-    except RuntimeError as exc:
-        raise InputError(
-            f"model {xml} cannot be compiled for the CPU: {str(exc).strip().splitlines()[0]}"
-        ) from None
+    compiled_variant = compile_model(
+        model, precision=variant, float_precision=float_precision, threads=threads, what=f"model {xml}"
+    )
+    compiled = compiled_variant.compiled
     infer_requests = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
     streams = int(compiled.get_property("NUM_STREAMS"))
 
@@ -126,7 +130,7 @@ def benchmark_model(
 
     bar = tqdm(
         total=round(seconds, 1),
-        desc=f"benchmark {precision} {xml.parent.name}",
+        desc=f"benchmark {variant} {xml.parent.name}",
         unit="s",
         bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s",
         disable=not progress,
@@ -162,27 +166,8 @@ def benchmark_model(
         "isa": detect_host_tier(),
         "seconds": round(elapsed, 3),
         "batch": batch,
-        "precision": precision,
         "model": str(xml),
         "threads": threads if threads is not None else int(compiled.get_property("INFERENCE_NUM_THREADS")),
         "inferences": completed,
-        "inference_precision": compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name(),
-        "runtime_isa": runtime_isa(compiled),
+        **compiled_variant.describe(),
     }
-
-
-def runtime_isa(compiled: ov.CompiledModel) -> str | None:
-    """The instruction set the CPU plugin compiled for, e.g. "Intel AVX2" (None if not reported).
-
-    It is below the host's best when the plugin is capped (``ONEDNN_MAX_CPU_ISA``), so a result
-    says which kernels really ran.
-    """
-    try:
-        requirements = str(compiled.get_property("RUNTIME_REQUIREMENTS"))
-    except RuntimeError:
-        return None
-    for field in requirements.split(";"):
-        key, _, value = field.partition("=")
-        if key.strip() == "isa":
-            return value.strip()
-    return None

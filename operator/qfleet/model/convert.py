@@ -31,6 +31,7 @@ from qfleet.model.metadata import (
     require_model_xml,
     write_metadata,
 )
+from qfleet.model.runtime import openvino_reason
 from qfleet.outputs import atomic_output_dir, sha256_file
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,8 @@ def convert_model(
                 hint="convert from the original model instead of adding --mean/--scale/--bgr again",
             )
         stage("compile")
-        _check_runs(loaded.model, shape, own_dims, source_path)
+        precision = "int8" if loaded.previous.get("kind") == "int8" else "fp32"
+        runtime = _check_runs(loaded.model, shape, own_dims, source_path, precision=precision)
         stage("save")
         with atomic_output_dir(out_dir) as staging:
             ov.save_model(loaded.model, staging / MODEL_XML, compress_to_fp16=False)
@@ -112,6 +114,7 @@ def convert_model(
                 preprocessing=preprocessing,
                 duration_s=time.perf_counter() - started,
             )
+            metadata.update(runtime)
             write_metadata(staging, metadata)
     log.info(
         "converted %s (%s) to %s in %.1f s", source, fmt, Path(out_dir) / MODEL_XML, metadata["duration_s"]
@@ -224,9 +227,9 @@ def _convert_onnx(onnx_path: Path, *, what: str) -> Any:
                 f"OpenVINO cannot convert operator {', '.join(ops)} in {what}",
                 hint="replace it with standard operators, or give OpenVINO an extension for it",
             ) from None
-        raise ConversionError(f"OpenVINO could not convert {what}: {_reason(exc)}") from None
+        raise ConversionError(f"OpenVINO could not convert {what}: {openvino_reason(exc)}") from None
     except Exception as exc:  # OpenVINO raises plain RuntimeError/its own Error for unreadable files
-        raise InputError(f"{what} is not a readable ONNX model: {_reason(exc)}") from None
+        raise InputError(f"{what} is not a readable ONNX model: {openvino_reason(exc)}") from None
 
 
 def _from_ir(source: Path, stage: Callable[[str], None]) -> _Loaded:
@@ -242,7 +245,7 @@ def _from_ir(source: Path, stage: Callable[[str], None]) -> _Loaded:
     try:
         model = ov.Core().read_model(str(xml))
     except Exception as exc:
-        raise InputError(f"{xml} is not a readable OpenVINO IR: {_reason(exc)}") from None
+        raise InputError(f"{xml} is not a readable OpenVINO IR: {openvino_reason(exc)}") from None
     try:
         previous = read_metadata(xml)
     except InputError as exc:
@@ -263,17 +266,6 @@ def unconverted_operators(message: str) -> list[str]:
             if name and name not in ops:
                 ops.append(name)
     return ops
-
-
-def _reason(exc: BaseException) -> str:
-    """The informative line of an OpenVINO error: the last one, after 'Exception from src/...' headers."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    useful = [
-        line
-        for line in lines
-        if not line.startswith(("Exception from ", "Check '")) and not line.endswith(("Failure:", "Summary:"))
-    ]
-    return (useful or lines or [type(exc).__name__])[-1]
 
 
 # --------------------------------------------------------------------------------------------
@@ -307,7 +299,7 @@ def _set_dynamic_batch(
         own_text = ",".join("?" if d < 0 else str(d) for d in own) or "unknown"
         raise InputError(
             f"input shape {','.join(map(str, shape))} does not fit model {source} (its input is {own_text}): "
-            f"{_reason(exc)}",
+            f"{openvino_reason(exc)}",
             hint="pass the shape the model was trained for with --input-shape N,C,H,W",
         ) from None
     for output in model.outputs:
@@ -372,21 +364,26 @@ def _bake_preprocessing(
     return {"mean": means, "scale": scales, "model_color": "BGR" if bgr else "RGB"}
 
 
-def _check_runs(model: Any, shape: tuple[int, int, int, int], own: list[int], source: Path) -> None:
-    """Compile for CPU and run a batch of two, which catches what shape inference cannot.
+def _check_runs(
+    model: Any, shape: tuple[int, int, int, int], own: list[int], source: Path, *, precision: str
+) -> dict[str, Any]:
+    """Compile for CPU (in f32) and run a batch of two, which catches what shape inference cannot.
 
     Exporters often bake a flatten size or a batch of 1 into Reshape constants: the IR then
-    compiles for any shape and fails only on the first request, in a server.
+    compiles for any shape and fails only on the first request, in a server. Returns how it ran
+    (``precision``, ``inference_precision``, ``runtime_isa``) for ``qfleet.json``.
     """
     import numpy as np
-    import openvino as ov
+
+    from qfleet.model.runtime import PrecisionError, compile_model
 
     try:
-        compiled = ov.Core().compile_model(model, "CPU")
-    except Exception as exc:
-        raise ConversionError(
-            f"OpenVINO's CPU plugin cannot compile model {source}: {_reason(exc)}"
-        ) from None
+        variant = compile_model(model, precision=precision, hint="LATENCY", what=f"model {source}")
+    except PrecisionError:
+        raise
+    except InputError as exc:  # compile_model's own message already names the model
+        raise ConversionError(str(exc)) from None
+    compiled = variant.compiled
     batch = np.random.default_rng(0).uniform(0, 255, size=(2, *shape[1:])).astype(np.float32)
     try:
         result = compiled(batch)[0]
@@ -395,10 +392,12 @@ def _check_runs(model: Any, shape: tuple[int, int, int, int], own: list[int], so
         if own and own[1:] != list(shape[1:]):
             raise InputError(
                 f"input shape {text} does not fit model {source} (its input is "
-                f"{','.join('?' if d < 0 else str(d) for d in own)}): {_reason(exc)}",
+                f"{','.join('?' if d < 0 else str(d) for d in own)}): {openvino_reason(exc)}",
                 hint="pass the shape the model was trained for with --input-shape N,C,H,W",
             ) from None
-        raise ConversionError(f"model {source} fails on a batch of 2 at {text}: {_reason(exc)}") from None
+        raise ConversionError(
+            f"model {source} fails on a batch of 2 at {text}: {openvino_reason(exc)}"
+        ) from None
     if result.shape[:1] != (2,):
         raise ConversionError(
             f"model {source} returns shape {result.shape} for a batch of 2; it cannot batch"
@@ -407,6 +406,7 @@ def _check_runs(model: Any, shape: tuple[int, int, int, int], own: list[int], so
         raise ConversionError(
             f"model {source} returns NaN or infinite values", hint="its weights may be corrupt"
         )
+    return variant.describe()
 
 
 def _has_baking(input_spec: dict[str, Any]) -> bool:

@@ -38,6 +38,8 @@ from qfleet.model.tensors import flip_horizontal, images_to_batch
 if TYPE_CHECKING:
     import openvino as ov
 
+    from qfleet.model.runtime import CompiledVariant
+
 #: Model inputs per infer request. With the flip, 2 = one image and its mirror per request: half
 #: the Python work per inference of batch 1, while larger batches were slower for small models
 #: whose activations then leave the CPU caches (benchmarks/validation_speed.py measures it).
@@ -72,6 +74,11 @@ class EmbeddingRun:
     infer_requests: int
     decode_threads: int
     flip: bool
+    #: The variant asked (fp32, int8, bf16; None for a model compiled elsewhere), what the plugin
+    #: reports it computed in, and its kernels' ISA.
+    precision: str | None = None
+    inference_precision: str | None = None
+    runtime_isa: str | None = None
 
     @property
     def inference_seconds(self) -> float:
@@ -89,38 +96,32 @@ class EmbeddingRun:
 
 
 def compile_for_throughput(
-    model_xml: str | os.PathLike[str], *, batch: int = DEFAULT_BATCH, threads: int | None = None
-) -> ov.CompiledModel:
-    """Read an IR, give it a static batch and compile it for the CPU with the THROUGHPUT hint."""
-    from qfleet.model.benchmark import static_batch
+    model_xml: str | os.PathLike[str],
+    *,
+    batch: int = DEFAULT_BATCH,
+    threads: int | None = None,
+    precision: str | None = None,
+) -> CompiledVariant:
+    """Read an IR, give it a static batch and compile it with the THROUGHPUT hint.
+
+    ``precision`` (fp32, int8, bf16) defaults to what the artifact records (see
+    :func:`qfleet.model.benchmark.model_precision`).
+    """
+    from qfleet.model.benchmark import model_precision, static_batch
     from qfleet.model.metadata import require_model_xml
+    from qfleet.model.runtime import compile_model, read_model
 
     if batch < 1:
         raise InputError(f"batch must be at least 1, got {batch}")
     if threads is not None and threads < 1:
         raise InputError(f"--threads must be at least 1, got {threads}")
     xml = require_model_xml(model_xml)
-
-    import openvino as ov
-
-    core = ov.Core()
-    try:
-        model = core.read_model(xml)
-    except RuntimeError as exc:
-        raise InputError(f"model {xml} is not a readable OpenVINO IR: {_first_line(exc)}") from None
+    model = read_model(xml)
+    variant, float_precision = model_precision(model, xml, precision)
     static_batch(model, batch)
-    config: dict[str, Any] = {"PERFORMANCE_HINT": "THROUGHPUT"}
-    if threads is not None:
-        config["INFERENCE_NUM_THREADS"] = threads
-    try:
-        return core.compile_model(model, "CPU", config)
-    except RuntimeError as exc:
-        raise InputError(f"model {xml} cannot be compiled for the CPU: {_first_line(exc)}") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
+    return compile_model(
+        model, precision=variant, float_precision=float_precision, threads=threads, what=f"model {xml}"
+    )
 
 
 def _input_geometry(compiled: ov.CompiledModel, batch: int) -> tuple[int, int, int]:
@@ -156,19 +157,28 @@ def run_embedding(
     progress: bool = True,
     batch: int = DEFAULT_BATCH,
     infer_requests: int | None = None,
+    precision: str | None = None,
 ) -> EmbeddingRun:
     """Embed every image of ``pairset``; see :func:`embed_pairset`. Also reports the timing."""
     import openvino as ov
     from tqdm import tqdm
+
+    from qfleet.model.runtime import runtime_isa
 
     if batch < 1:
         raise InputError(f"batch must be at least 1, got {batch}")
     if isinstance(model, ov.CompiledModel):
         compiled = model
         name = compiled.get_runtime_model().get_friendly_name()
+        how = {
+            "precision": precision,
+            "inference_precision": compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name(),
+            "runtime_isa": runtime_isa(compiled),
+        }
     else:
-        compiled = compile_for_throughput(model, batch=batch, threads=threads)
-        name = Path(model).parent.name or Path(model).stem
+        variant = compile_for_throughput(model, batch=batch, threads=threads, precision=precision)
+        compiled, how = variant.compiled, variant.describe()
+        name = f"{variant.precision} {Path(model).parent.name or Path(model).stem}"
     rows, height, width = _input_geometry(compiled, batch)
     requests = infer_requests or REQUESTS_PER_OPTIMAL * _optimal_requests(compiled)
     decode_threads = max(1, min(threads or os.cpu_count() or 1, MAX_DECODE_THREADS))
@@ -284,6 +294,7 @@ def run_embedding(
         infer_requests=requests,
         decode_threads=decode_threads,
         flip=flip,
+        **how,
     )
 
 
@@ -295,6 +306,7 @@ def embed_pairset(
     threads: int | None = None,
     progress: bool = True,
     batch: int = DEFAULT_BATCH,
+    precision: str | None = None,
 ) -> FloatArray:
     """L2-normalised ``f(x) + f(mirror(x))`` (or ``f(x)`` without ``flip``) per image: (2 x pairs, D).
 
@@ -302,7 +314,9 @@ def embed_pairset(
     threads when given) or an already compiled model (used as it is). A corrupt image raises a
     :class:`~qfleet.errors.DatasetError` naming its pair.
     """
-    run = run_embedding(model, pairset, flip=flip, threads=threads, progress=progress, batch=batch)
+    run = run_embedding(
+        model, pairset, flip=flip, threads=threads, progress=progress, batch=batch, precision=precision
+    )
     return run.embeddings
 
 
@@ -317,6 +331,7 @@ def validate_model(
     folds: int = DEFAULT_FOLDS,
     far_target: float = DEFAULT_FAR_TARGET,
     on_embedded: Callable[[EmbeddingRun], None] | None = None,
+    precision: str | None = None,
 ) -> dict[str, Any]:
     """Embed ``pairset`` with the model and run the LFW protocol; the result ``qfleet validate`` prints.
 
@@ -327,27 +342,25 @@ def validate_model(
     (inferences per second of inference: comparable with ``qfleet benchmark``'s ``fps``; what it
     counts is spelled out in ``images_per_second_counts``), ``images_per_second_overall``
     (decoding included); ``flip``, ``batch``, ``infer_requests``, ``threads``, ``model``,
-    ``precision``, ``dataset``, ``dataset_sha256``, ``isa``.
+    ``precision`` (the variant asked: fp32, int8, bf16; by default what the artifact records),
+    ``inference_precision`` and ``runtime_isa`` (what the plugin reports it ran),
+    ``dataset``, ``dataset_sha256``, ``isa``.
     """
     from qfleet.isa import detect_host_tier
-    from qfleet.model.metadata import read_metadata
 
     started = time.perf_counter()
     if pairset.pairs < folds:
         raise InputError(
             f"{pairset.source} has {pairset.pairs} pairs; the protocol needs at least {folds} (one per fold)"
         )
-    run = run_embedding(model_xml, pairset, flip=flip, threads=threads, progress=progress, batch=batch)
+    run = run_embedding(
+        model_xml, pairset, flip=flip, threads=threads, progress=progress, batch=batch, precision=precision
+    )
     if on_embedded is not None:
         on_embedded(run)
     verification = evaluate_interleaved(run.embeddings, pairset.issame, folds=folds, far_target=far_target)
     seconds = time.perf_counter() - started
-    precision: str | None = None
-    model_name = "<compiled model>"
-    if isinstance(model_xml, (str, os.PathLike)):
-        model_name = str(model_xml)
-        kind = read_metadata(model_xml).get("kind")
-        precision = str(kind) if kind else None
+    model_name = str(model_xml) if isinstance(model_xml, (str, os.PathLike)) else "<compiled model>"
     return {
         "accuracy": verification.accuracy,
         "accuracy_std": verification.accuracy_std,
@@ -376,7 +389,9 @@ def validate_model(
         "infer_requests": run.infer_requests,
         "threads": threads,
         "model": model_name,
-        "precision": precision,
+        "precision": run.precision,
+        "inference_precision": run.inference_precision,
+        "runtime_isa": run.runtime_isa,
         "dataset": pairset.source,
         "dataset_sha256": pairset_sha256(pairset),
         "isa": detect_host_tier(),

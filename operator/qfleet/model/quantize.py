@@ -24,8 +24,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from qfleet.errors import InputError, IsaMismatchError, QfleetError, QuantizationError
-from qfleet.isa import detect_host_tier, tier
+from qfleet.errors import InputError, QfleetError, QuantizationError
 from qfleet.model.metadata import (
     MODEL_XML,
     library_versions,
@@ -48,19 +47,9 @@ DEFAULT_SUBSET_SIZE = 300
 
 def check_host_isa(expect_isa: str | None) -> str | None:
     """The host's ISA tier; raises :class:`IsaMismatchError` when it is not ``expect_isa``."""
-    if expect_isa is not None:
-        try:
-            expected = tier(expect_isa).name
-        except ValueError as exc:
-            raise InputError(f"--expect-isa: {exc}") from None
-    host = detect_host_tier()
-    if expect_isa is not None and host != expected:
-        raise IsaMismatchError(
-            f"this host's ISA tier is {host or 'below avx2'}, but the model is to be quantized for "
-            f"{expected}",
-            hint=f"run on a {expected} node: INT8 accuracy and speed depend on the tier",
-        )
-    return host
+    from qfleet.model.runtime import check_expected_tier
+
+    return check_expected_tier(expect_isa)
 
 
 def _check_options(subset_size: int, preset: str, max_drop: float | None, lfw: object) -> None:
@@ -152,11 +141,9 @@ def quantize_model(
     import openvino as ov
 
     from qfleet.model.calibration import calibration_digest, load_calibration
+    from qfleet.model.runtime import compile_model, read_model
 
-    try:
-        model = ov.Core().read_model(xml)
-    except RuntimeError as exc:
-        raise InputError(f"model {xml} is not a readable OpenVINO IR: {_first_line(exc)}") from None
+    model = read_model(xml)
     if is_quantized(model):
         raise InputError(f"model {xml} already holds FakeQuantize operations", hint="pass the FP32 model")
 
@@ -209,6 +196,9 @@ def quantize_model(
                 hint="rerun with --debug for the traceback",
             ) from exc
         ov.save_model(quantized, staging / MODEL_XML, compress_to_fp16=False)
+        # Compile what was saved, as the server will (its float layers in f32, as NNCF evaluated
+        # them), so qfleet.json records what the plugin really runs here.
+        runtime = compile_model(staging / MODEL_XML, precision="int8", hint="LATENCY").describe()
         duration = time.perf_counter() - started
         versions = library_versions("nncf")
         fp32_weights = xml.with_suffix(".bin")
@@ -228,6 +218,7 @@ def quantize_model(
         metadata.update(
             {
                 "kind": "int8",
+                **runtime,
                 "isa": host_isa,
                 "quantization": quantization,
                 "fp32_model": {"path": str(xml), "weights_sha256": sha256_file(fp32_weights)},

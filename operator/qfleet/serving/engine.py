@@ -58,38 +58,70 @@ _OV_DATATYPES = {
 }
 
 
-def check_serving_isa(
-    model_xml: str | os.PathLike[str], metadata: dict[str, Any], *, allow_mismatch: bool
-) -> str:
-    """The model's ISA tier ("any" for FP32); refuse an INT8 model quantized for another tier.
+@dataclass(frozen=True)
+class ServingPlan:
+    """How a model is served here: its tier ("any" for FP32) and the precision it computes in."""
 
-    An INT8 model is only as accurate and as fast as measured on the tier it was quantized on
-    (AVX2 int8 kernels can saturate where VNNI does not), so serving it elsewhere is refused
-    unless ``allow_mismatch``.
+    isa: str
+    precision: str
+    float_precision: str
+
+
+def check_serving_isa(
+    model_xml: str | os.PathLike[str],
+    metadata: dict[str, Any],
+    *,
+    allow_mismatch: bool,
+    host_native_bf16: Callable[[], bool] | None = None,
+) -> ServingPlan:
+    """Refuse a model this host cannot run as it was validated, unless ``allow_mismatch``.
+
+    An INT8 or BF16 model is only as accurate and as fast as measured on the tier it was
+    validated on (AVX2 int8 kernels can saturate where VNNI does not; bf16 needs native bf16),
+    so it serves on that tier only. An FP32 model computes in f32 anywhere ("any" tier).
+    With ``allow_mismatch`` a bf16 model on a host without bf16 is served in f32, with a warning.
     """
-    if metadata.get("kind") != "int8":
-        return "any"
+    from qfleet.model.runtime import native_bf16, recorded_variant
+
+    precision, float_precision, _ = recorded_variant(metadata, model_xml)
+    if precision == "fp32":
+        return ServingPlan("any", precision, float_precision)
     model_tier = metadata.get("isa") or (metadata.get("quantization") or {}).get("isa")
     host_tier = detect_host_tier()
     if not model_tier:
         log.warning(
-            "INT8 model %s records no ISA tier; cannot check it matches this host (%s)", model_xml, host_tier
+            "%s model %s records no ISA tier; cannot check it matches this host (%s)",
+            precision.upper(),
+            model_xml,
+            host_tier,
         )
-        return "unknown"
-    if model_tier != host_tier:
-        message = (
-            f"INT8 model {model_xml} was quantized for ISA tier {model_tier} "
-            f"but this host is {host_tier or 'below avx2'}"
+        model_tier = "unknown"
+    elif model_tier != host_tier:
+        _mismatch(
+            f"{precision.upper()} model {model_xml} was validated on ISA tier {model_tier} "
+            f"but this host is {host_tier or 'below avx2'}",
+            hint=f"serve it on a {model_tier} node, or pass --allow-isa-mismatch to serve it anyway",
+            allow=allow_mismatch,
         )
-        if not allow_mismatch:
-            raise IsaMismatchError(
-                message,
-                hint=f"serve it on a {model_tier} node, or pass --allow-isa-mismatch to serve it anyway",
-            )
-        log.warning(
-            "%s; serving anyway (--allow-isa-mismatch): accuracy and speed were not measured here", message
+    if float_precision == "bf16" and not (host_native_bf16 or native_bf16)():
+        _mismatch(
+            f"{precision.upper()} model {model_xml} was validated computing in bf16 on {model_tier} "
+            f"but this host ({host_tier or 'below avx2'}) has no native bf16",
+            hint="serve it on a node with AVX-512 BF16 or AMX, or pass --allow-isa-mismatch to serve it in f32",
+            allow=allow_mismatch,
         )
-    return str(model_tier)
+        float_precision = "f32"
+        if precision == "bf16":
+            precision = "fp32"
+    return ServingPlan(str(model_tier), precision, float_precision)
+
+
+def _mismatch(message: str, *, hint: str, allow: bool) -> None:
+    if not allow:
+        raise IsaMismatchError(message, hint=hint)
+    log.warning(
+        "%s; serving anyway (--allow-isa-mismatch): accuracy and speed were not measured here", message
+    )
 
 
 def _datatype(element_type: Any) -> str:
@@ -144,8 +176,12 @@ class InferenceEngine:
         batch_timeout_s: float = DEFAULT_BATCH_TIMEOUT_S,
         device: str = "CPU",
         on_batch: Callable[[int], None] | None = None,
+        precision: str = "fp32",
+        float_precision: str | None = None,
     ) -> None:
         import openvino as ov
+
+        from qfleet.model.runtime import compile_model, read_model
 
         if max_batch < 1:
             raise InputError(f"--max-batch must be at least 1, got {max_batch}")
@@ -154,8 +190,7 @@ class InferenceEngine:
         self.max_batch = max_batch
         self.batch_timeout_s = batch_timeout_s
         self._on_batch = on_batch
-        core = ov.Core()
-        model = core.read_model(Path(model_xml))
+        model = read_model(Path(model_xml))
         if len(model.inputs) != 1:
             raise InputError(
                 f"model {model_xml} has {len(model.inputs)} inputs; a face model takes one (the crops)"
@@ -182,11 +217,16 @@ class InferenceEngine:
         # dynamic batch dimension so that partial batches need no padding.
         batch_dim = ov.Dimension(1) if max_batch == 1 else ov.Dimension(1, max_batch)
         model.reshape({source_input.get_any_name(): ov.PartialShape([batch_dim, *input_tail])})
-        config: dict[str, Any] = {"PERFORMANCE_HINT": "THROUGHPUT"}
-        if threads is not None:
-            config["INFERENCE_NUM_THREADS"] = threads
         started = time.perf_counter()
-        self._compiled = core.compile_model(model, device, config)
+        self.variant = compile_model(
+            model,
+            precision=precision,
+            float_precision=float_precision,
+            threads=threads,
+            device=device,
+            what=f"model {model_xml}",
+        )
+        self._compiled = self.variant.compiled
         self.compile_seconds = time.perf_counter() - started
         self.streams = int(self._compiled.get_property("NUM_STREAMS"))
         # Twice the plugin's optimum: a request waits queued behind each running one, so a stream
@@ -219,6 +259,7 @@ class InferenceEngine:
             "threads": self.threads,
             "max_batch": self.max_batch,
             "compile_seconds": round(self.compile_seconds, 3),
+            **self.variant.describe(),
         }
 
     async def infer(self, faces: npt.NDArray[Any]) -> dict[str, npt.NDArray[Any]]:

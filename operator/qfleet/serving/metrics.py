@@ -91,6 +91,8 @@ class ServerMetrics:
         model_name: str,
         model_kind: str,
         model_isa: str,
+        model_precision: str = "fp32",
+        inference_precision: str = "f32",
         rate_window_s: float = DEFAULT_RATE_WINDOW_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -136,11 +138,17 @@ class ServerMetrics:
         )
         info = Gauge(
             "qfleet_server_model_info",
-            "The served model (always 1)",
-            ["model", "kind", "isa"],
+            "The served model (always 1): its graph kind, ISA tier, variant and the precision it computes in",
+            ["model", "kind", "isa", "precision", "inference_precision"],
             registry=self.registry,
         )
-        info.labels(model=model_name, kind=model_kind, isa=model_isa).set(1)
+        info.labels(
+            model=model_name,
+            kind=model_kind,
+            isa=model_isa,
+            precision=model_precision,
+            inference_precision=inference_precision,
+        ).set(1)
 
     def answered(self, endpoint: str, code: int) -> None:
         self.requests.labels(endpoint=endpoint, code=str(code)).inc()

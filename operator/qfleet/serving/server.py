@@ -116,7 +116,8 @@ def load_engine(config: ServerConfig) -> tuple[InferenceEngine, ServerMetrics, d
     """Check the model (files, ISA tier, name) and compile it; the slow part of starting."""
     xml = require_model_xml(config.model_xml)
     metadata = read_metadata(xml)
-    isa = check_serving_isa(xml, metadata, allow_mismatch=config.allow_isa_mismatch)
+    plan = check_serving_isa(xml, metadata, allow_mismatch=config.allow_isa_mismatch)
+    isa = plan.isa
     name = config.name or default_model_name(xml, metadata)
     if not _MODEL_NAME.match(name):
         raise InputError(
@@ -127,7 +128,13 @@ def load_engine(config: ServerConfig) -> tuple[InferenceEngine, ServerMetrics, d
     if config.max_concurrency < 1:
         raise InputError(f"--max-concurrency must be at least 1, got {config.max_concurrency}")
     kind = str(metadata.get("kind", "unknown"))
-    metrics = ServerMetrics(model_name=name, model_kind=kind, model_isa=isa)
+    metrics = ServerMetrics(
+        model_name=name,
+        model_kind=kind,
+        model_isa=isa,
+        model_precision=plan.precision,
+        inference_precision=plan.float_precision,
+    )
     engine = InferenceEngine(
         xml,
         name=name,
@@ -135,6 +142,8 @@ def load_engine(config: ServerConfig) -> tuple[InferenceEngine, ServerMetrics, d
         max_batch=config.max_batch,
         batch_timeout_s=config.batch_timeout_s,
         on_batch=metrics.batch.observe,
+        precision=plan.precision,
+        float_precision=plan.float_precision,
     )
     info = {"model": name, "model_xml": str(xml), "kind": kind, "isa": isa, **engine.describe()}
     return engine, metrics, info
