@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import pytest
 import yaml
 
 from qfleet.fleet import names
-from qfleet.fleet.spec import DEFAULTS, parse_spec
+from qfleet.fleet.spec import BF16_TIERS, DEFAULTS, GATE_FAILURE_POLICIES, parse_spec
 from qfleet.isa import TIER_NAMES
 
 REPO = Path(__file__).resolve().parents[2]
@@ -137,7 +138,11 @@ def test_enums_match_the_code(schema: dict[str, Any]) -> None:
     assert nodes[".spec.source.format"]["enum"] == ["mxnet", "onnx", "openvino"]
     assert nodes[".spec.quantization.preset"]["enum"] == ["performance", "mixed"]
     assert nodes[".spec.demand.placement"]["enum"] == ["fill", "spread"]
-    assert nodes[".spec.rollout.onGateFailure"]["enum"] == ["keep", "fp32"]
+    assert nodes[".spec.rollout.onGateFailure"]["enum"] == ["keep", "fp32", "bf16"]
+    assert nodes[".spec.rollout.onGateFailure"]["enum"] == list(GATE_FAILURE_POLICIES)
+    assert nodes[".spec.targets"]["maxItems"] == len(TIER_NAMES)
+    for record in ("served", "lastGood"):
+        assert nodes[f".status.variants[].{record}.precision"]["enum"] == ["int8", "fp32", "bf16"]
     assert set(nodes[".status.phase"]["enum"]) == {
         "Pending",
         "Quantizing",
@@ -146,6 +151,26 @@ def test_enums_match_the_code(schema: dict[str, Any]) -> None:
         "Blocked",
         "Failed",
     }
+
+
+def test_bf16_policy_rule_lists_the_native_bf16_tiers(schema: dict[str, Any]) -> None:
+    """A real API server refuses ``onGateFailure: bf16`` with a tier without native bf16 (CEL), as
+    the operator does; the rule's tier list must be the code's."""
+    (rule,) = schema["properties"]["spec"]["x-kubernetes-validations"]
+    assert "self.rollout.onGateFailure != 'bf16'" in rule["rule"]
+    listed = re.search(r"t\.isa in \[([^\]]*)\]", rule["rule"])
+    assert listed is not None
+    assert tuple(name.strip(" '") for name in listed.group(1).split(",")) == BF16_TIERS
+    assert all(tier in rule["message"] for tier in BF16_TIERS)
+
+
+def test_result_fields_of_every_variant_are_in_the_schema(schema: dict[str, Any]) -> None:
+    """The API server prunes status fields the schema does not name: keep the BF16 numbers."""
+    nodes = dict(walk(schema))
+    result = ".status.variants[].result"
+    for field in ("bf16Artifact", "bf16Accuracy", "bf16Fps", "bf16Gate", "runtimeIsa", "inferencePrecision",
+                  "speedup.int8VsFp32", "speedup.int8VsBf16", "bf16Gate.passed", "bf16Gate.drop"):  # fmt: skip
+        assert f"{result}.{field}" in nodes, field
 
 
 def test_schema_defaults_are_the_operators_defaults(schema: dict[str, Any]) -> None:
@@ -214,6 +239,7 @@ INVALID = {
     "unknown placement": _set("spec.demand.placement", "random"),
     "no artifacts": _set("spec.artifacts", _DELETE),
     "unknown policy": _set("spec.rollout.onGateFailure", "ignore"),
+    "seven targets": _set("spec.targets", [{"isa": tier} for tier in (*TIER_NAMES, "avx2")]),
     "unknown field": _set("spec.demand.camera", 3),
     "no spec": _set("spec", _DELETE),
 }

@@ -76,16 +76,31 @@ def finished(
 
 
 def result_of(job: dict[str, Any], *, int8_fps: float = 579.0, fp32_fps: float = 326.0, passed: bool = True,
-              reason: str = "Passed") -> str:  # fmt: skip
+              reason: str = "Passed", bf16_passed: bool | None = None) -> str:  # fmt: skip
+    """The Job's termination message; ``bf16_passed`` not None adds a BF16 variant (a bf16 host)."""
     args = job["spec"]["template"]["spec"]["containers"][0]["args"]
     out = args[args.index("--out") + 1]
     assert out.startswith("/var/lib/qfleet/pvc/")
-    return json.dumps({
+    bf16: dict[str, Any] = {}
+
+    def asked(precision: str) -> dict[str, str]:  # newer pipelines say what each block computed in
+        return {} if bf16_passed is None else {"precision": precision, "inference_precision": "f32"}
+
+    if bf16_passed is not None:
+        bf16 = {
+            "bf16_artifact": f"{out}/bf16/model.xml",
+            "bf16": {"precision": "bf16", "inference_precision": "bf16", "accuracy": 0.9961 if bf16_passed else 0.98,
+                     "fps": 450.0, "gate": {"passed": bf16_passed, "drop": 0.0002 if bf16_passed else 0.0163,
+                                            "reason": "Passed" if bf16_passed else "AccuracyDropExceeded"}},
+            "runtime_isa": "Intel AVX-512 with Intel DL Boost and bfloat16 support",
+            "speedup": {"int8_vs_fp32": round(int8_fps / fp32_fps, 3), "int8_vs_bf16": round(int8_fps / 450.0, 3)},
+        }  # fmt: skip
+    return json.dumps(bf16 | {
         "isa": args[args.index("--expect-isa") + 1],
         "artifact": f"{out}/int8/model.xml",
         "fp32_artifact": f"{out}/fp32/model.xml",
-        "fp32": {"accuracy": 0.9963, "fps": fp32_fps},
-        "int8": {"accuracy": 0.9960 if passed else 0.97, "fps": int8_fps},
+        "fp32": {"accuracy": 0.9963, "fps": fp32_fps, **asked("fp32")},
+        "int8": {"accuracy": 0.9960 if passed else 0.97, "fps": int8_fps, **asked("int8")},
         "gate": {"passed": passed, "drop": 0.0003 if passed else 0.0263, "reason": reason,
                  "message": "drop within 0.1 points" if passed else "drop 2.63 points exceeds 0.1"},
         "versions": {"openvino": "2026.4"},
@@ -394,3 +409,109 @@ def test_garbage_specs_do_not_crash(broken: Any) -> None:
     body["spec"] = broken
     result = plan(body, Observed(), CONFIG, now=T0)
     assert result.invalid_spec and result.status["phase"] == c.FAILED
+
+
+BF16_NODES = inventory(node("b1", "avx512_bf16"))
+
+
+def gate_failed_with(policy: str, **result: Any) -> tuple[Plan, dict[str, Any]]:
+    """A first pass on a bf16 node whose INT8 gate fails, under ``policy``. Returns (plan, model)."""
+    body = model(targets=[{"isa": "avx512_bf16"}], rollout={"onGateFailure": policy})
+    start = plan(body, Observed(inventory=BF16_NODES), CONFIG, now=T0)
+    (job,) = start.create_jobs
+    body = with_status(body, start)
+    done, pod = finished(job, result_of(job, passed=False, reason="AccuracyDropExceeded", **result))
+    return plan(body, Observed(jobs=[done], pods=[pod], inventory=BF16_NODES), CONFIG, now=T1), body
+
+
+def test_bf16_policy_serves_the_validated_bf16_model_planned_with_its_fps() -> None:
+    result, _ = gate_failed_with("bf16", bf16_passed=True)
+    (variant,) = result.status["variants"]
+    assert variant["state"] == "GateFailed"
+    served = variant["served"]
+    assert served["precision"] == "bf16" and served["fpsPerReplica"] == 450.0
+    assert served["artifact"].endswith("/avx512_bf16/bf16/model.xml") and served["accuracy"] == 0.9961
+    assert "lastGood" not in variant  # BF16 is a fallback, never the last INT8 model that passed
+    (change,) = result.deployments
+    assert change.action == "create" and change.replicas == 2  # 384 / (450 x 0.8) = 1.07 -> 2
+    args = change.body["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--model") + 1].endswith("/bf16/model.xml")
+    assert "serving the BF16 model instead" in variant["message"]
+    warnings = [e for e in result.events if e.reason == c.EVENT_GATE_FAILED]
+    assert warnings and "serving the BF16 model instead" in warnings[0].message
+    assert any(e.reason == c.EVENT_ROLLED_OUT and "BF16" in e.message for e in result.events)
+    # Served, but not the current INT8 model: Degraded, and the gate condition says why.
+    assert result.status["phase"] == c.DEGRADED
+    assert condition(result, c.TYPE_ACCURACY_GATE)["status"] == c.FALSE
+    record = variant["result"]
+    assert (record["bf16Accuracy"], record["bf16Fps"]) == (0.9961, 450.0)
+    assert record["bf16Gate"] == {"passed": True, "reason": "Passed", "drop": 0.0002}
+    assert record["runtimeIsa"].startswith("Intel AVX-512")
+    assert record["inferencePrecision"] == {"fp32": "f32", "int8": "f32", "bf16": "bf16"}
+    assert record["speedup"] == {"int8VsFp32": 1.776, "int8VsBf16": 1.287}
+
+
+def test_bf16_policy_without_a_bf16_result_keeps_and_says_so() -> None:
+    """An older Job (or a node that computed no bf16) has no BF16 model: as keep, with the reason."""
+    result, _ = gate_failed_with("bf16")
+    (variant,) = result.status["variants"]
+    assert "served" not in variant and result.deployments == []
+    assert result.status["phase"] == c.BLOCKED
+    assert (
+        "no BF16 model" in variant["message"] and "keeping the last model that passed" in variant["message"]
+    )
+    assert "bf16Artifact" not in variant["result"]
+    warnings = [e for e in result.events if e.reason == c.EVENT_GATE_FAILED]
+    assert warnings and "no BF16 model" in warnings[0].message
+
+
+def test_bf16_policy_with_a_failed_bf16_gate_keeps_the_last_good_model() -> None:
+    body = model(targets=[{"isa": "avx512_bf16"}])
+    start = plan(body, Observed(inventory=BF16_NODES), CONFIG, now=T0)
+    (job,) = start.create_jobs
+    body = with_status(body, start)
+    done, pod = finished(job, result_of(job, bf16_passed=True))
+    first = plan(body, Observed(jobs=[done], pods=[pod], inventory=BF16_NODES), CONFIG, now=T1)
+    good = first.status["variants"][0]["served"]
+    assert good["precision"] == "int8"  # a passed INT8 gate serves INT8 whatever the policy
+    body = with_status(body, first)
+    body["spec"]["rollout"] = {"onGateFailure": "bf16"}
+    body["spec"]["source"] = {"format": "onnx", "uri": "pvc://models/r100-v2.onnx"}
+    second = plan(body, Observed(jobs=[done], pods=[pod], inventory=BF16_NODES), CONFIG, now=T2)
+    (new_job,) = second.create_jobs
+    body = with_status(body, second)
+    done, pod = finished(
+        new_job, result_of(new_job, passed=False, reason="AccuracyDropExceeded", bf16_passed=False)
+    )
+    kept = plan(body, Observed(jobs=[done], pods=[pod], inventory=BF16_NODES), CONFIG, now=T2)
+    (variant,) = kept.status["variants"]
+    assert variant["served"]["artifact"] == good["artifact"] and variant["served"]["precision"] == "int8"
+    assert "BF16 model failed the gate too (AccuracyDropExceeded)" in variant["message"]
+    assert variant["result"]["bf16Gate"]["passed"] is False
+
+
+def test_bf16_policy_on_a_tier_without_native_bf16_is_an_invalid_spec() -> None:
+    """The whole spec is refused (nothing created, nothing served changes), naming the tier."""
+    body, job, deployment = first_pass_to_ready()  # avx512_vnni, serving INT8
+    served_before = body["status"]["variants"][0]["served"]
+    body["spec"]["rollout"] = {"onGateFailure": "bf16"}
+    body["metadata"]["generation"] = 2
+    result = plan(body, Observed(jobs=[job], deployments=[deployment], inventory=VNNI), CONFIG, now=T2)
+    assert result.invalid_spec is not None
+    assert "onGateFailure bf16" in result.invalid_spec and "avx512_vnni has none" in result.invalid_spec
+    assert (result.create_jobs, result.delete_jobs, result.deployments) == ([], [], [])
+    assert result.status["phase"] == c.FAILED
+    for type_ in (c.TYPE_READY, c.TYPE_DEGRADED):
+        found = condition(result, type_)
+        assert found["reason"] == c.REASON_INVALID_SPEC and "avx512_vnni" in found["message"]
+    assert result.status["variants"][0]["served"] == served_before
+    assert event_reasons(result) == [c.EVENT_INVALID_SPEC]
+
+
+def test_older_results_in_the_status_still_plan() -> None:
+    """A status written before BF16 (no bf16 fields, precision int8/fp32) is read as it is."""
+    body, job, deployment = first_pass_to_ready()
+    record = body["status"]["variants"][0]["result"]
+    assert not {"bf16Artifact", "bf16Gate", "runtimeIsa", "inferencePrecision", "speedup"} & set(record)
+    again = plan(body, Observed(jobs=[job], deployments=[deployment], inventory=VNNI), CONFIG, now=T2)
+    assert again.status["phase"] == c.READY and again.events == []

@@ -125,3 +125,77 @@ def test_failed_job_without_pods_keeps_the_jobs_reason() -> None:
 def test_unreadable_success_is_a_failure() -> None:
     outcome = job_outcome(job(complete=True), [pod("m-avx2-key", exit_code=0, message="{}")], now=NOW)
     assert outcome.state == "failed" and outcome.reason == "ResultUnreadable"
+
+
+def bf16_message(**overrides: Any) -> str:
+    """A result of a host with native bf16: precision per block, a gated BF16 variant, speedups."""
+    result = {
+        "isa": "avx512_bf16",
+        "runtime_isa": "Intel AVX-512 with Intel DL Boost and bfloat16 support",
+        "artifact": f"{OUT}/int8/model.xml",
+        "fp32_artifact": f"{OUT}/fp32/model.xml",
+        "bf16_artifact": f"{OUT}/bf16/model.xml",
+        "fp32": {"precision": "fp32", "inference_precision": "f32", "accuracy": 0.9963, "fps": 17.0},
+        "int8": {"precision": "int8", "inference_precision": "f32", "accuracy": 0.9900, "fps": 54.0,
+                 "reverted_layers": 0},
+        "bf16": {"precision": "bf16", "inference_precision": "bf16", "accuracy": 0.9960, "fps": 33.0,
+                 "gate": {"passed": True, "drop": 0.0003, "reason": "Passed"}},
+        "gate": {"passed": False, "drop": 0.0063, "reason": "AccuracyDropExceeded", "message": "too much"},
+        "speedup": {"int8_vs_fp32": 3.176, "int8_vs_bf16": 1.636},
+        "versions": {"openvino": "2026.4"},
+        "seconds": 321.5,
+    }  # fmt: skip
+    result.update(overrides)
+    return json.dumps(result)
+
+
+def test_parse_result_with_a_bf16_variant() -> None:
+    result = parse_result(bf16_message())
+    assert result.bf16 is not None
+    assert result.bf16.artifact == "pvc://models/qfleet/m/key/avx2/bf16/model.xml"
+    assert (result.bf16.accuracy, result.bf16.fps) == (0.996, 33.0)
+    assert result.bf16.gate_passed and result.bf16.gate_reason == "Passed"
+    assert result.bf16.drop == pytest.approx(0.0003) and result.bf16.inference_precision == "bf16"
+    assert result.inference_precision == {"fp32": "f32", "int8": "f32", "bf16": "bf16"}
+    assert result.runtime_isa == "Intel AVX-512 with Intel DL Boost and bfloat16 support"
+    assert result.speedup == {"int8_vs_fp32": 3.176, "int8_vs_bf16": 1.636}
+    assert not result.gate_passed  # the INT8 gate is the INT8 gate
+
+
+def test_parse_result_without_bf16_or_precisions_as_older_jobs_wrote() -> None:
+    result = parse_result(result_message())
+    assert result.bf16 is None and result.runtime_isa is None
+    assert result.inference_precision == {} and result.speedup == {}
+    # A host without native bf16: precisions and speedup, but no bf16 block.
+    message = json.loads(bf16_message(isa="avx2", runtime_isa="Intel AVX2", speedup={"int8_vs_fp32": 2.0}))
+    del message["bf16"], message["bf16_artifact"]
+    result = parse_result(json.dumps(message))
+    assert result.bf16 is None and result.runtime_isa == "Intel AVX2"
+    assert result.inference_precision == {"fp32": "f32", "int8": "f32"}
+
+
+def test_an_fp32_baseline_computed_in_bf16_is_not_a_result() -> None:
+    fp32 = {"precision": "fp32", "inference_precision": "bf16", "accuracy": 0.9963, "fps": 33.0}
+    with pytest.raises(ResultError, match="FP32 baseline was computed in bf16, not f32"):
+        parse_result(bf16_message(fp32=fp32))
+    outcome = job_outcome(
+        job(complete=True), [pod("m-avx2-key", exit_code=0, message=bf16_message(fp32=fp32))], now=NOW
+    )
+    assert outcome.state == "failed" and outcome.reason == "ResultUnreadable"
+    assert "not f32" in outcome.message
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        bf16_message(bf16_artifact=None),
+        bf16_message(bf16=None),
+        bf16_message(bf16_artifact="/elsewhere/bf16/model.xml"),
+        bf16_message(bf16={"accuracy": 0.99, "fps": 1.0}),
+        bf16_message(bf16={"accuracy": "high", "fps": 1.0, "gate": {"passed": True}}),
+        bf16_message(speedup={"int8_vs_fp32": "fast"}),
+    ],
+)
+def test_a_broken_bf16_block_is_refused(message: str) -> None:
+    with pytest.raises(ResultError):
+        parse_result(message)

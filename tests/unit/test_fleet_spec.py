@@ -60,7 +60,7 @@ def test_minimal_spec_gets_the_defaults() -> None:
         ("demand.cameras", True, ["spec.demand.cameras"]),
         ("demand.targetUtilization", 0, ["spec.demand.targetUtilization", "(0, 1]"]),
         ("demand.placement", "random", ["spec.demand.placement", "fill, spread"]),
-        ("rollout.onGateFailure", "serve", ["spec.rollout.onGateFailure", "keep, fp32"]),
+        ("rollout.onGateFailure", "serve", ["spec.rollout.onGateFailure", "keep, fp32, bf16"]),
         ("artifacts", "pvc://models", ["spec.artifacts must be an object"]),
         ("serving.resources", {"limits": {"cpu": [1]}}, ["spec.serving.resources.limits.cpu"]),
     ],
@@ -97,3 +97,33 @@ def test_target_node_selector_and_resources_are_kept() -> None:
     )
     assert spec.target("avx2").node_selector == {"pool": "edge"}
     assert spec.resources["limits"] == {"cpu": "4", "memory": "2Gi"}
+
+
+@pytest.mark.parametrize("tiers", [["amx_int8"], ["avx512_bf16"], ["amx_int8", "avx512_bf16"]])
+def test_bf16_policy_on_tiers_with_native_bf16(tiers: list[str]) -> None:
+    spec = parse_spec(
+        with_("targets", [{"isa": tier} for tier in tiers]) | {"rollout": {"onGateFailure": "bf16"}}
+    )
+    assert spec.on_gate_failure == "bf16" and spec.tiers == tuple(tiers)
+
+
+def test_bf16_policy_refuses_the_whole_spec_naming_each_tier_without_bf16() -> None:
+    spec = with_("targets", [{"isa": "amx_int8"}, {"isa": "avx512_vnni"}, {"isa": "avx2"}])
+    spec["rollout"] = {"onGateFailure": "bf16"}
+    with pytest.raises(SpecError) as caught:
+        parse_spec(spec)
+    message = str(caught.value)
+    assert "spec.rollout.onGateFailure bf16" in message
+    assert "avx512_vnni, avx2 have none" in message and "amx_int8, avx512_bf16" in message
+    assert "use keep or fp32" in message
+    # The same targets with another policy are fine.
+    spec["rollout"] = {"onGateFailure": "fp32"}
+    assert parse_spec(spec).on_gate_failure == "fp32"
+
+
+def test_bf16_tiers_are_the_native_bf16_tiers() -> None:
+    from qfleet.fleet.spec import BF16_TIERS
+    from qfleet.isa import TIERS
+
+    assert BF16_TIERS == ("amx_int8", "avx512_bf16")
+    assert BF16_TIERS == tuple(tier.name for tier in TIERS if tier.native_bf16)

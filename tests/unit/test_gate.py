@@ -131,3 +131,18 @@ def test_pure_modules_import_no_runtime_libraries() -> None:
     )
     output = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert output.strip() == "[]"
+
+
+def test_a_baseline_not_computed_in_f32_is_refused() -> None:
+    """On bf16 CPUs OpenVINO computes an FP32 model in bf16 unless told f32: no gate against that."""
+    int8 = {"accuracy": 0.989, "pairs": 6000, "inference_precision": "f32"}
+    with pytest.raises(ValueError, match="computed in bf16, not f32"):
+        gate({"accuracy": 0.99, "pairs": 6000, "inference_precision": "bf16"}, int8, max_drop=0.01)
+    assert gate({"accuracy": 0.99, "pairs": 6000, "inference_precision": "f32"}, int8, max_drop=0.01).passed
+    assert gate({"accuracy": 0.99, "pairs": 6000}, int8, max_drop=0.01).passed  # older results: no key
+
+
+def test_the_bf16_variant_is_gated_the_same_way_under_its_own_name() -> None:
+    decision = gate(0.99, 0.95, max_drop=0.01, min_accuracy=0.97, candidate="BF16")
+    assert not decision.passed and decision.message.startswith("BF16 accuracy 95% is below")
+    assert "INT8" not in decision.message

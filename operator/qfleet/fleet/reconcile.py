@@ -9,7 +9,12 @@ kopf handlers in ``qfleet.operator`` only gather the inputs and apply the plan.
 Per target tier the story is: no node of the tier -> wait (``NodesAvailable=False``); no result
 for the current pipeline key -> run a Job; Job finished -> record its result; a passed gate
 makes the new INT8 model the served one, a failed gate keeps what was served (or serves the
-FP32 model with ``onGateFailure: fp32``); replicas follow the camera demand.
+FP32 model with ``onGateFailure: fp32``, or the BF16 model with ``onGateFailure: bf16`` when the
+result has one that passed the same gate, else it keeps and says why); replicas follow the
+camera demand, planned with the FPS of the precision served.
+
+``onGateFailure: bf16`` with a target tier that has no native bf16 never gets here: the spec is
+invalid as a whole (see :func:`qfleet.fleet.spec.parse_spec`).
 """
 
 from __future__ import annotations
@@ -208,6 +213,10 @@ class _Planner:
         if recorded and result is not None:
             served, last_good = self._choose_served(result, served, last_good)
             variant["state"], variant["reason"], variant["message"] = _state_of(result)
+            if variant["state"] == STATE_GATE_FAILED:
+                variant["message"] = (
+                    f"{variant['message']}; {_gate_failure_action(result, self.spec.on_gate_failure)}"
+                )
         elif not nodes and self.jobs.get(job_name) is None:
             variant["state"] = STATE_WAITING_FOR_NODES
             variant["reason"] = c.REASON_NODES_MISSING
@@ -239,6 +248,9 @@ class _Planner:
             return int8, int8
         if self.spec.on_gate_failure == "fp32":
             return self._record(result, "fp32"), last_good
+        if self.spec.on_gate_failure == "bf16" and _bf16_usable(result):
+            return self._record(result, "bf16"), last_good
+        # bf16 without a usable BF16 model (an older Job, or the BF16 gate failed too): as keep.
         # keep: the last model that passed; never an FP32 model of the key that just failed.
         if last_good is not None:
             return last_good, last_good
@@ -247,13 +259,12 @@ class _Planner:
         return None, last_good
 
     def _record(self, result: Mapping[str, Any], precision: str) -> dict[str, Any]:
-        int8 = precision == "int8"
         return {
             "pipelineKey": result["pipelineKey"],
             "precision": precision,
-            "artifact": result["artifact"] if int8 else result["fp32Artifact"],
-            "fpsPerReplica": result["int8Fps"] if int8 else result["fp32Fps"],
-            "accuracy": result["int8Accuracy"] if int8 else result["fp32Accuracy"],
+            "artifact": result["artifact"] if precision == "int8" else result[f"{precision}Artifact"],
+            "fpsPerReplica": result[f"{precision}Fps"],
+            "accuracy": result[f"{precision}Accuracy"],
             "since": self.now,
         }
 
@@ -571,7 +582,7 @@ def _result_record(outcome: JobOutcome, key: str, job_name: str, *, now: str) ->
     finished_at = outcome.finished_at or now
     if outcome.state == "succeeded" and outcome.result is not None:
         result = outcome.result
-        return {
+        record: dict[str, Any] = {
             "pipelineKey": key,
             "job": job_name,
             "succeeded": True,
@@ -591,6 +602,29 @@ def _result_record(outcome: JobOutcome, key: str, job_name: str, *, now: str) ->
             "seconds": result.seconds,
             "finishedAt": finished_at,
         }
+        if result.runtime_isa:
+            record["runtimeIsa"] = result.runtime_isa
+        if result.inference_precision:
+            record["inferencePrecision"] = dict(result.inference_precision)
+        speedup = {
+            _camel(key): value
+            for key, value in result.speedup.items()
+            if key in ("int8_vs_fp32", "int8_vs_bf16")
+        }
+        if speedup:
+            record["speedup"] = speedup
+        if result.bf16 is not None:
+            record.update(
+                bf16Artifact=result.bf16.artifact,
+                bf16Accuracy=result.bf16.accuracy,
+                bf16Fps=result.bf16.fps,
+                bf16Gate={
+                    "passed": result.bf16.gate_passed,
+                    "reason": result.bf16.gate_reason,
+                    "drop": result.bf16.drop,
+                },
+            )
+        return record
     error: dict[str, Any] = {"reason": outcome.reason or "Failed", "message": outcome.message}
     if outcome.stage:
         error["stage"] = outcome.stage
@@ -603,6 +637,38 @@ def _result_record(outcome: JobOutcome, key: str, job_name: str, *, now: str) ->
         "error": error,
         "finishedAt": finished_at,
     }
+
+
+def _camel(snake: str) -> str:
+    first, *rest = snake.split("_")
+    return first + "".join(part.capitalize() for part in rest)
+
+
+def _bf16_usable(result: Mapping[str, Any]) -> bool:
+    """Whether ``result`` holds a BF16 model that passed the same gate as INT8 would have."""
+    return bool(result.get("bf16Artifact")) and bool((result.get("bf16Gate") or {}).get("passed"))
+
+
+def _gate_failure_action(result: Mapping[str, Any], policy: str) -> str:
+    """What a failed INT8 gate leads to under ``policy``, in words for messages and events."""
+    keeping = "keeping the last model that passed"
+    if policy == "fp32":
+        return "serving the FP32 model instead"
+    if policy != "bf16":
+        return keeping
+    if _bf16_usable(result):
+        drop = float((result.get("bf16Gate") or {}).get("drop") or 0.0)
+        return (
+            f"serving the BF16 model instead (accuracy {100 * float(result['bf16Accuracy']):.2f}%, "
+            f"drop {100 * drop:.3f} points, {float(result['bf16Fps']):.1f} faces/s per replica)"
+        )
+    if not result.get("bf16Artifact"):
+        return (
+            f"onGateFailure is bf16 but the result has no BF16 model (a Job of an older qfleet, or "
+            f"its node computed no bf16): {keeping}"
+        )
+    reason = (result.get("bf16Gate") or {}).get("reason") or c.REASON_GATE_FAILED
+    return f"onGateFailure is bf16 but the BF16 model failed the gate too ({reason}): {keeping}"
 
 
 def _state_of(result: Mapping[str, Any]) -> tuple[str, str, str]:
@@ -637,10 +703,9 @@ def _result_event(tier: str, result: Mapping[str, Any], policy: str) -> Event:
     if state == STATE_SUCCEEDED:
         return Event("Normal", c.EVENT_JOB_SUCCEEDED, f"{tier}: {message}")
     if state == STATE_GATE_FAILED:
-        action = (
-            "serving the FP32 model instead" if policy == "fp32" else "keeping the last model that passed"
+        return Event(
+            "Warning", c.EVENT_GATE_FAILED, f"{tier}: {message}; {_gate_failure_action(result, policy)}"
         )
-        return Event("Warning", c.EVENT_GATE_FAILED, f"{tier}: {message}; {action}")
     return Event("Warning", c.EVENT_JOB_FAILED, f"{tier}: {message}")
 
 

@@ -5,6 +5,12 @@ message file; the kubelet copies it into the pod's
 ``status.containerStatuses[0].state.terminated.message``. A passed or failed accuracy gate is a
 *successful* run (exit 0, ``gate.passed`` true or false); a failed run exits non-zero with
 ``{"error": {"stage": ..., "message": ...}}`` when it got far enough to write one.
+
+Each variant's block says what was asked (``precision``) and what OpenVINO computed in
+(``inference_precision``); on tiers with native bf16 a ``bf16`` block (gated against FP32 like
+INT8) and ``bf16_artifact`` come too. Results of older pipelines have neither and still parse
+(their precisions are unknown, and there is no BF16 model to serve). The FP32 block is the gate's
+baseline: one computed in anything but f32 (e.g. bf16, OpenVINO's default on bf16 CPUs) is refused.
 """
 
 from __future__ import annotations
@@ -25,6 +31,20 @@ RESULT_GRACE_SECONDS = 300.0
 
 
 @dataclass(frozen=True)
+class Bf16Result:
+    """The BF16 variant: the FP32 model computed in bf16, gated against FP32 like INT8."""
+
+    #: pvc:// URI of its artifact (the FP32 IR with a ``qfleet.json`` that says bf16).
+    artifact: str
+    accuracy: float
+    fps: float
+    gate_passed: bool
+    gate_reason: str
+    drop: float
+    inference_precision: str | None = None
+
+
+@dataclass(frozen=True)
 class PipelineResult:
     isa: str
     #: pvc:// URIs of the INT8 and FP32 models.
@@ -40,6 +60,14 @@ class PipelineResult:
     drop: float
     versions: Mapping[str, str] = field(default_factory=dict)
     seconds: float | None = None
+    #: The kernels OpenVINO reported for the INT8 model (e.g. "Intel AVX2"); None from older Jobs.
+    runtime_isa: str | None = None
+    #: Per variant ("fp32", "int8", "bf16"): what it was computed in, where the result says.
+    inference_precision: Mapping[str, str] = field(default_factory=dict)
+    #: Present only where the tier computes bf16 natively (and the pipeline was new enough).
+    bf16: Bf16Result | None = None
+    #: "int8_vs_fp32", "int8_vs_bf16": throughput ratios as the pipeline reported them.
+    speedup: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -77,6 +105,13 @@ def parse_result(message: str) -> PipelineResult:
         fp32_accuracy = _number(fp32["accuracy"], "fp32.accuracy")
         int8_accuracy = _number(int8["accuracy"], "int8.accuracy")
         drop = gate.get("drop")
+        precisions = _precisions(data)
+        baseline = precisions.get("fp32")
+        if baseline is not None and baseline != "f32":
+            raise ResultError(
+                f"the pipeline result's FP32 baseline was computed in {baseline}, not f32, so its "
+                "accuracy and FPS are not FP32's; run the Job with a qfleet that pins f32"
+            )
         return PipelineResult(
             isa=str(data["isa"]),
             artifact=artifact,
@@ -91,9 +126,47 @@ def parse_result(message: str) -> PipelineResult:
             drop=_number(drop, "gate.drop") if drop is not None else fp32_accuracy - int8_accuracy,
             versions={str(key): str(value) for key, value in (data.get("versions") or {}).items()},
             seconds=_number(data["seconds"], "seconds") if data.get("seconds") is not None else None,
+            runtime_isa=str(data["runtime_isa"]) if data.get("runtime_isa") else None,
+            inference_precision=precisions,
+            bf16=_bf16(data, fp32_accuracy),
+            speedup={
+                str(key): _number(value, f"speedup.{key}")
+                for key, value in (data.get("speedup") or {}).items()
+                if value is not None
+            },
         )
     except (KeyError, TypeError, AttributeError) as exc:
         raise ResultError(f"the pipeline result lacks {exc}") from None
+
+
+def _precisions(data: Mapping[str, Any]) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for variant in ("fp32", "int8", "bf16"):
+        block = data.get(variant)
+        if isinstance(block, Mapping) and block.get("inference_precision"):
+            found[variant] = str(block["inference_precision"])
+    return found
+
+
+def _bf16(data: Mapping[str, Any], fp32_accuracy: float) -> Bf16Result | None:
+    """The optional BF16 block; it and ``bf16_artifact`` come together or not at all."""
+    block = data.get("bf16")
+    if block is None and data.get("bf16_artifact") is None:
+        return None
+    if not isinstance(block, Mapping) or data.get("bf16_artifact") is None:
+        raise ResultError("the pipeline result has a bf16 block without bf16_artifact, or the reverse")
+    gate = block["gate"]
+    accuracy = _number(block["accuracy"], "bf16.accuracy")
+    drop = gate.get("drop")
+    return Bf16Result(
+        artifact=_uri_of(data["bf16_artifact"], "bf16_artifact"),
+        accuracy=accuracy,
+        fps=_number(block["fps"], "bf16.fps"),
+        gate_passed=bool(gate["passed"]),
+        gate_reason=str(gate.get("reason") or ("Passed" if gate["passed"] else "GateFailed")),
+        drop=_number(drop, "bf16.gate.drop") if drop is not None else fp32_accuracy - accuracy,
+        inference_precision=str(block["inference_precision"]) if block.get("inference_precision") else None,
+    )
 
 
 def _number(value: object, what: str) -> float:

@@ -14,12 +14,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qfleet.fleet.uris import PvcUri, UriError, parse_pvc_uri
-from qfleet.isa import TIER_NAMES
+from qfleet.isa import TIER_NAMES, has_native_bf16
 
 FORMATS = ("mxnet", "onnx", "openvino")
 PRESETS = ("performance", "mixed")
 PLACEMENTS = ("fill", "spread")
-GATE_FAILURE_POLICIES = ("keep", "fp32")
+#: What a tier serves when its new INT8 model fails the gate: ``keep`` the last model that
+#: passed, the new ``fp32`` model (computed in f32), or the new ``bf16`` model when it passed the
+#: same gate (only on tiers with native bf16; see :func:`parse_spec`).
+GATE_FAILURE_POLICIES = ("keep", "fp32", "bf16")
+#: The tiers ``onGateFailure: bf16`` may target (the CRD's validation rule lists the same).
+BF16_TIERS = tuple(name for name in TIER_NAMES if has_native_bf16(name))
 
 #: The defaults the CRD's schema declares (tests/unit/test_crd_schema.py checks they agree).
 DEFAULTS: dict[str, Any] = {
@@ -120,6 +125,10 @@ def parse_spec(spec: Mapping[str, Any] | None) -> ModelSpec:
     image = serving.get("image")
     if image is not None and (not isinstance(image, str) or not image.strip()):
         raise SpecError(f"spec.serving.image must be an image reference, got {image!r}")
+    targets = _targets(spec.get("targets"))
+    on_gate_failure = _choice(rollout, "rollout.onGateFailure", GATE_FAILURE_POLICIES)
+    if on_gate_failure == "bf16":
+        _check_bf16_targets(targets)
 
     return ModelSpec(
         source_format=source_format,
@@ -131,7 +140,7 @@ def parse_spec(spec: Mapping[str, Any] | None) -> ModelSpec:
         lfw=_uri(validation.get("lfw"), "spec.validation.lfw"),
         max_drop=_fraction(validation, "validation.maxDrop"),
         min_accuracy=min_accuracy,
-        targets=_targets(spec.get("targets")),
+        targets=targets,
         serving_image=image.strip() if isinstance(image, str) else None,
         serving_threads=int(threads) if threads is not None else None,
         resources=_resources(serving.get("resources")),
@@ -143,8 +152,25 @@ def parse_spec(spec: Mapping[str, Any] | None) -> ModelSpec:
         target_utilization=_utilization(demand),
         placement=_choice(demand, "demand.placement", PLACEMENTS),
         artifacts=_uri(artifacts.get("uri"), "spec.artifacts.uri"),
-        on_gate_failure=_choice(rollout, "rollout.onGateFailure", GATE_FAILURE_POLICIES),
+        on_gate_failure=on_gate_failure,
     )
+
+
+def _check_bf16_targets(targets: tuple[Target, ...]) -> None:
+    """``onGateFailure: bf16`` is refused for the whole spec when a target cannot compute bf16.
+
+    A BF16 model exists only where the CPU computes bf16 natively; on other tiers the policy
+    could only mean ``keep``, so one spec would promise different things per tier. The user
+    chooses instead: another policy, or the bf16 tiers in a QuantizedModel of their own.
+    """
+    without = [target.isa for target in targets if not has_native_bf16(target.isa)]
+    if without:
+        raise SpecError(
+            f"spec.rollout.onGateFailure bf16 needs native bf16 on every target, but "
+            f"{', '.join(without)} {'has' if len(without) == 1 else 'have'} none (tiers with native "
+            f"bf16: {', '.join(BF16_TIERS)}); use keep or fp32, or put the bf16 tiers in a "
+            "QuantizedModel of their own"
+        )
 
 
 def _section(spec: Mapping[str, Any], name: str, *, required: bool = False) -> Mapping[str, Any]:

@@ -124,6 +124,8 @@ class Metrics:
             if result.get("succeeded"):
                 put(self.accuracy, (*key, isa, "fp32"), float(result["fp32Accuracy"]))
                 put(self.accuracy, (*key, isa, "int8"), float(result["int8Accuracy"]))
+                if result.get("bf16Accuracy") is not None:
+                    put(self.accuracy, (*key, isa, "bf16"), float(result["bf16Accuracy"]))
         for gauge, labels in old - new:
             _remove(gauge, labels)
         self._series[key] = new
