@@ -24,6 +24,7 @@ from qfleet.errors import QfleetError
 #: Verbs in the order ``--help`` lists them.
 VERBS: tuple[str, ...] = (
     "demo",
+    "isa",
     "convert",
     "quantize",
     "validate",
