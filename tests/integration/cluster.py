@@ -16,7 +16,10 @@ the QuantizedModel's ``scale`` subresource maps ``spec.replicas`` to the CRD's
   PersistentVolumeClaim to a folder of :attr:`Cluster.claims`, emptyDirs to temporary ones) and
   the container's ``terminationMessagePath`` to a file whose content becomes the terminated
   state's ``message``. The node's ISA tier reaches the process as ``QFLEET_HOST_ISA`` (it is
-  "running on that node"). Then it writes the pod with its labels (``job-name``,
+  "running on that node"), and where this host can emulate the tier (the tier is at or below
+  the one /proc/cpuinfo shows, with all its flags) OpenVINO's kernels are capped at it
+  (``isa.kernel_cap_env``), so the Job measures that tier's kernels and precision, not this
+  host's: a lower tier can be emulated by capping, a higher one cannot. Then it writes the pod with its labels (``job-name``,
   ``batch.kubernetes.io/job-name``) and container status (``image``, ``imageID``, ``state``);
 - the **Job controller**: retries up to ``backoffLimit``, honours ``podFailurePolicy`` exit
   codes, writes ``succeeded``/``failed`` and the Complete/Failed conditions, and deletes the
@@ -31,6 +34,7 @@ import asyncio
 import collections
 import contextlib
 import copy
+import functools
 import json
 import os
 import re
@@ -48,7 +52,7 @@ import kmock
 import yaml
 from kmock._internal import dicts as kmock_dicts
 
-from qfleet.isa import TIER_NAMES, TIERS
+from qfleet.isa import TIER_NAMES, TIERS, cpuinfo_flags, kernel_cap_env, tier, tier_from_flags
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_PATH = REPO / "crds" / "qfleet.dev_quantizedmodels.yaml"
@@ -903,6 +907,8 @@ class Cluster:
         node_tier = _tier_of(node)
         if node_tier is not None:
             env["QFLEET_HOST_ISA"] = node_tier
+            if can_emulate(node_tier):
+                env.update(kernel_cap_env(node_tier))
         return argv, env, termination_file
 
     async def _finish_job(
@@ -1036,6 +1042,28 @@ def _matches(term: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
         if operator == "DoesNotExist" and key in labels:
             return False
     return True
+
+
+@functools.cache
+def real_host_flags() -> frozenset[str]:
+    """This host's CPU flags from /proc/cpuinfo (never the QFLEET_HOST_ISA override)."""
+    try:
+        return frozenset(cpuinfo_flags(Path("/proc/cpuinfo").read_text(errors="replace")))
+    except OSError:
+        return frozenset()
+
+
+def can_emulate(tier_name: str, flags: frozenset[str] | None = None) -> bool:
+    """Whether capping the kernels at ``tier_name`` runs exactly that tier here: the tier is at or
+    below this host's real one and the host has every flag of it (a Skylake AVX-512 host, say,
+    has no AVX-VNNI although that tier ranks lower)."""
+    flags = real_host_flags() if flags is None else flags
+    host = tier_from_flags(flags)
+    if host is None:
+        return False
+    return TIER_NAMES.index(tier_name) >= TIER_NAMES.index(host) and flags.issuperset(
+        tier(tier_name).cpuinfo_flags
+    )
 
 
 def _tier_of(node: Mapping[str, Any]) -> str | None:

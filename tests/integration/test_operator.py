@@ -22,6 +22,7 @@ from cluster import DEPLOYMENTS, JOBS, Cluster, running_cluster
 from operator_fixtures import NAMESPACE, expected_replicas, model_body, write_datasets
 
 from qfleet.fleet.uris import MOUNT_ROOT
+from qfleet.isa import kernel_cap_env, tier_of_runtime_isa
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -174,6 +175,24 @@ async def test_two_tiers_end_to_end(cluster: Cluster, unused_tcp_port: int) -> N
     assert 'qfleet_camera_demand{model="faces-r100",namespace="faces"} 12.0' in text
     assert 'qfleet_pipeline_duration_seconds_count{isa="avx512_vnni"} 1.0' in text
     assert 'qfleet_reconciles_total{result="ok"}' in text
+
+
+async def test_a_job_runs_the_kernels_of_its_nodes_tier(cluster: Cluster) -> None:
+    """Same ISA is real, not a label: the Job on an avx2 node computes with AVX2 kernels, as the
+    plugin itself reports, on any host these tests run on (every x86 host has AVX2, and a higher
+    one is capped down to it), and the result that says so reaches the status."""
+    await cluster.add_node("avx2-1", "avx2")
+    await start(cluster)
+    await cluster.apply_model(model_body("kernels"))
+    await cluster.wait_for(
+        "the avx2 result", lambda: variant(cluster, "kernels", "avx2").get("result", {}).get("succeeded")
+    )
+    result = variant(cluster, "kernels", "avx2")["result"]
+    assert tier_of_runtime_isa(result["runtimeIsa"]) == "avx2", result["runtimeIsa"]
+    assert result["inferencePrecision"]["fp32"] == "f32" and "bf16Artifact" not in result
+    (job,) = cluster.created(JOBS)
+    env = cluster.runs[job].env
+    assert env["QFLEET_HOST_ISA"] == "avx2" and kernel_cap_env("avx2").items() <= env.items()
 
 
 async def test_camera_change_and_scale_subresource_rescale_without_a_job(cluster: Cluster) -> None:

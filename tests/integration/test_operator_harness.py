@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from cluster import Cluster, only_paths_rewritten, running_cluster
+from cluster import Cluster, can_emulate, only_paths_rewritten, real_host_flags, running_cluster
 from operator_fixtures import NAMESPACE, model_body
 
 from qfleet.fleet.config import FleetConfig
 from qfleet.fleet.manifests import Owner, job_for
 from qfleet.fleet.spec import parse_spec
 from qfleet.fleet.uris import MOUNT_ROOT
+from qfleet.isa import kernel_cap_env
 
 
 @pytest.fixture
@@ -60,6 +62,8 @@ def test_pods_run_their_own_command_with_mounts_mapped(tmp_path: Path) -> None:
     assert argv[argv.index("--termination-log") + 1] == str(termination)
     assert not any(arg.startswith(MOUNT_ROOT) for arg in argv)
     assert env["QFLEET_HOST_ISA"] == "avx2" and env["HOME"] == str(pod_dir / "volumes" / "tmp")
+    if can_emulate("avx2"):  # every x86 host with AVX2: the Job runs AVX2 kernels, not the host's
+        assert env["ONEDNN_MAX_CPU_ISA"] == kernel_cap_env("avx2")["ONEDNN_MAX_CPU_ISA"] == "AVX2"
     message = f'{{"artifact": "{tmp_path / "models"}/qfleet/m/int8/model.xml"}}'
     assert MOUNT_ROOT + "/models/qfleet/m/int8/model.xml" in cluster.pod_paths_in(
         message, job["spec"]["template"], pod_dir
@@ -78,3 +82,40 @@ def test_rewrites_may_move_paths_only() -> None:
     ):
         with pytest.raises(AssertionError):
             only_paths_rewritten((argv, env), bad)
+
+
+AVX2_HOST = frozenset({"avx2"})
+VNNI_HOST = frozenset({"avx2", "avx512f", "avx512_vnni"})
+ZEN4_HOST = VNNI_HOST | {"avx512_bf16"}
+SAPPHIRE_RAPIDS_HOST = ZEN4_HOST | {"amx_int8", "avx_vnni"}
+
+
+@pytest.mark.parametrize(
+    ("flags", "tiers"),
+    [
+        (AVX2_HOST, {"avx2"}),
+        (VNNI_HOST, {"avx2", "avx512", "avx512_vnni"}),  # no AVX-VNNI flag: that tier is not here
+        (ZEN4_HOST, {"avx2", "avx512", "avx512_vnni", "avx512_bf16"}),
+        (SAPPHIRE_RAPIDS_HOST, {"avx2", "avx_vnni", "avx512", "avx512_vnni", "avx512_bf16", "amx_int8"}),
+        (frozenset({"sse4_2"}), set()),
+    ],
+)
+def test_kernels_are_capped_only_at_tiers_this_host_can_run(flags: frozenset[str], tiers: set[str]) -> None:
+    from qfleet.isa import TIER_NAMES
+
+    assert {name for name in TIER_NAMES if can_emulate(name, flags)} == tiers
+
+
+def test_a_higher_tier_than_the_host_is_not_capped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real host's flags decide, not a QFLEET_HOST_ISA the test process may carry."""
+    monkeypatch.setenv("QFLEET_HOST_ISA", "amx_int8")
+    cluster = Cluster.__new__(Cluster)
+    cluster.claims = {"data": tmp_path / "data", "models": tmp_path / "models"}
+    job = job_for(
+        Owner("m", NAMESPACE, "uid"), parse_spec(model_body("m")["spec"]), "avx2", "key", FleetConfig()
+    )
+    node = {"metadata": {"labels": {"feature.node.kubernetes.io/cpu-cpuid.AMXINT8": "true"}}}
+    _, env, _ = cluster.pod_process(job["spec"]["template"], tmp_path / "pod", node)
+    assert env["QFLEET_HOST_ISA"] == "amx_int8"
+    if "amx_int8" not in real_host_flags():  # not capped: the environment stays the test's own
+        assert env.get("ONEDNN_MAX_CPU_ISA") == os.environ.get("ONEDNN_MAX_CPU_ISA")
