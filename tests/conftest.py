@@ -37,6 +37,8 @@ def build_tiny_ir(directory: Path, *, embedding_size: int = 16, seed: int = 0, k
         directory,
         {
             "kind": kind,
+            "precision": kind,
+            "inference_precision": "f32",
             "source": {"format": "openvino", "files": {}},
             "input": {"name": "data", "shape": [-1, 3, 112, 112], "layout": "NCHW", "color": "RGB"},
             "output": {"name": "fc1", "shape": [-1, embedding_size]},

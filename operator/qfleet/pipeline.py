@@ -142,9 +142,10 @@ def _run_stages(
             lfw=spec.lfw if spec.accuracy_control else None,
             progress=spec.progress,
         )
-    # Where the CPU computes bf16 natively, BF16 is what users would otherwise serve: measure it.
+    # On a tier that computes bf16 natively, BF16 is what users would otherwise serve: measure it.
+    # Both the tier (what the node is labelled and planned as) and the plugin must say so.
     variants = {"fp32": fp32_dir, "int8": int8_dir}
-    if native_bf16():
+    if isa.has_native_bf16(isa.detect_host_tier()) and native_bf16():
         variants["bf16"] = fp32_dir
     validations: dict[str, dict[str, Any]] = {}
     for precision, directory in variants.items():
@@ -264,7 +265,8 @@ def termination_message(result: dict[str, Any], limit: int = TERMINATION_MESSAGE
             budget -= max(16, budget // 4)
         trimmed["error"] = error | {"message": message}
     if _size(trimmed) > limit:  # still too big: keep only what the operator cannot do without
-        keep = ("isa", "artifact", "fp32_artifact", "bf16_artifact", "fp32", "int8", "bf16", "gate", "error")
+        keep = ("isa", "runtime_isa", "artifact", "fp32_artifact", "bf16_artifact", "fp32", "int8", "bf16")
+        keep += ("gate", "speedup", "error")
         trimmed = {key: trimmed[key] for key in keep if key in trimmed}
     return _dumps(trimmed)
 

@@ -17,6 +17,9 @@ from qfleet.model.convert import convert_model
 from qfleet.model.mxnet_io import import_mxnet
 from qfleet.outputs import sha256_file
 
+#: Numeric comparisons pin f32: OpenVINO defaults to bf16 on CPUs with native bf16.
+F32 = {"INFERENCE_PRECISION_HINT": "f32"}
+
 
 def faces(batch: int, *, seed: int = 1, size: int = 112) -> np.ndarray:
     """Raw 0..255 RGB NCHW float32, the input every qfleet IR takes."""
@@ -26,7 +29,7 @@ def faces(batch: int, *, seed: int = 1, size: int = 112) -> np.ndarray:
 def infer(xml: Path, batch: np.ndarray) -> np.ndarray:
     import openvino as ov
 
-    compiled = ov.Core().compile_model(str(xml), "CPU")
+    compiled = ov.Core().compile_model(str(xml), "CPU", F32)  # a numeric comparison: f32 on any host
     return np.asarray(compiled(batch)[0])
 
 

@@ -9,9 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from qfleet import isa
 from qfleet.cli import main
 from qfleet.lfw.dataset import encode_image, write_lfw_bin
-from qfleet.pipeline import TERMINATION_MESSAGE_LIMIT
+from qfleet.model.runtime import native_bf16
+from qfleet.pipeline import TERMINATION_MESSAGE_LIMIT, write_bf16_artifact
 
 
 @pytest.fixture
@@ -85,6 +87,16 @@ def test_pipeline_writes_artifacts_and_a_valid_termination_message(
     assert printed["artifact"] == result["artifact"]
     int8_meta = json.loads((out / "int8" / "qfleet.json").read_text())
     assert int8_meta["kind"] == "int8" and int8_meta["isa"] == "avx2"
+    # Precision is part of every number: asked and used, per block and per artifact.
+    assert result["fp32"]["precision"] == "fp32" and result["fp32"]["inference_precision"] == "f32"
+    assert result["int8"]["precision"] == "int8" and result["int8"]["inference_precision"] == "f32"
+    assert int8_meta["precision"] == "int8" and int8_meta["inference_precision"] == "f32"
+    fp32_meta = json.loads((out / "fp32" / "qfleet.json").read_text())
+    assert fp32_meta["precision"] == "fp32" and fp32_meta["inference_precision"] == "f32"
+    # The avx2 tier has no native bf16, so there is no BF16 variant, whatever this host has.
+    assert "bf16" not in result and "bf16_artifact" not in result and not (out / "bf16").exists()
+    assert set(result["speedup"]) == {"int8_vs_fp32"}
+    assert result["runtime_isa"] and json.loads((out / "validation-fp32.json").read_text())["runtime_isa"]
     for name in ("result.json", "validation-fp32.json", "validation-int8.json", "benchmark-int8.json"):
         assert (out / name).is_file(), name
 
@@ -130,3 +142,38 @@ def test_wrong_isa_is_refused_before_any_work(
     error = json.loads(log.read_text())["error"]
     assert error["stage"] == "isa" and "avx2" in error["message"] and "amx_int8" in error["message"]
     assert json.loads(log.read_text())["timings"].keys() == {"isa"}
+
+
+@pytest.mark.skipif(not native_bf16(), reason="OpenVINO has no native bf16 on this host")
+def test_a_bf16_tier_measures_fp32_bf16_and_int8(
+    tiny_ir: Callable[..., Path], face_data: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tier = isa.detect_host_tier()
+    if not isa.has_native_bf16(tier):
+        pytest.skip(f"this host's tier {tier} is not a bf16 tier")
+    out, log = tmp_path / "out", tmp_path / "log"
+    assert main(_pipeline_argv(tiny_ir(), face_data, out, log, "--max-drop", "0.5")) == 0
+    message = log.read_text()
+    assert len(message.encode()) <= TERMINATION_MESSAGE_LIMIT
+    result = json.loads(message)
+    assert result["fp32"]["inference_precision"] == "f32"  # the gate's baseline is never bf16
+    assert result["bf16"]["precision"] == "bf16" and result["bf16"]["inference_precision"] == "bf16"
+    assert set(result["speedup"]) == {"int8_vs_fp32", "int8_vs_bf16"}
+    assert result["bf16"]["gate"]["passed"] in (True, False)
+    bf16_meta = json.loads((out / "bf16" / "qfleet.json").read_text())
+    assert bf16_meta["precision"] == "bf16" and bf16_meta["isa"] == tier
+    assert (out / "bf16" / "model.bin").read_bytes() == (out / "fp32" / "model.bin").read_bytes()
+
+
+def test_bf16_artifact_is_the_fp32_ir_recorded_as_bf16(tiny_ir: Callable[..., Path], tmp_path: Path) -> None:
+    fp32_dir = tiny_ir("fp32").parent
+    validation = {
+        "inference_precision": "bf16",
+        "runtime_isa": "Intel AVX-512 with Intel DL Boost and bfloat16 support",
+    }
+    write_bf16_artifact(fp32_dir, tmp_path / "bf16", validation, isa_tier="avx512_bf16")
+    metadata = json.loads((tmp_path / "bf16" / "qfleet.json").read_text())
+    assert metadata["precision"] == "bf16" and metadata["inference_precision"] == "bf16"
+    assert metadata["isa"] == "avx512_bf16" and metadata["kind"] == "fp32"
+    assert (tmp_path / "bf16" / "model.xml").read_bytes() == (fp32_dir / "model.xml").read_bytes()
+    assert json.loads((fp32_dir / "qfleet.json").read_text())["precision"] == "fp32"  # untouched

@@ -18,6 +18,9 @@ from qfleet.serving.server import STATE, ServerConfig, build_app, load_engine, s
 
 MakeClient = Callable[..., Any]
 
+#: Numeric comparisons pin f32: OpenVINO defaults to bf16 on CPUs with native bf16.
+F32 = {"INFERENCE_PRECISION_HINT": "f32"}
+
 
 @pytest.fixture
 async def make_client(tiny_ir: Callable[..., Path]) -> AsyncIterator[MakeClient]:
@@ -48,7 +51,7 @@ def reference_embeddings(model_xml: Path, faces: np.ndarray) -> np.ndarray:
     """What OpenVINO computes for the same faces without the server."""
     import openvino as ov
 
-    compiled = ov.Core().compile_model(model_xml, "CPU")
+    compiled = ov.Core().compile_model(model_xml, "CPU", F32)
     return np.asarray(compiled({0: faces.astype(np.float32)})[compiled.output(0)])
 
 
@@ -300,7 +303,10 @@ async def test_metrics_count_requests_faces_and_latency(make_client: MakeClient)
     assert metric(text, "qfleet_server_inflight_requests") == 0
     assert metric(text, "qfleet_server_faces_per_second") > 0
     assert metric(text, "qfleet_server_ready") == 1
-    assert 'qfleet_server_model_info{isa="any",kind="fp32",model="tiny"} 1.0' in text
+    assert (
+        'qfleet_server_model_info{inference_precision="f32",isa="any",kind="fp32",model="tiny",precision="fp32"} 1.0'
+        in text
+    )
 
 
 async def test_a_cancelled_request_does_not_disturb_the_others(

@@ -26,6 +26,9 @@ from qfleet.model.embed import embed_pairset, run_embedding, validate_model
 
 PAIRS = 40
 
+#: Numeric comparisons pin f32: OpenVINO defaults to bf16 on CPUs with native bf16.
+F32 = {"INFERENCE_PRECISION_HINT": "f32"}
+
 
 def synthetic_faces(pairs: int, *, noise: float = 20.0, seed: int = 0) -> tuple[list[bytes], list[bool]]:
     """Identities are smooth random colour fields; each image adds noise. Every third image is a
@@ -71,7 +74,7 @@ def direct_embeddings(model_xml: Path, pairset: PairSet, *, flip: bool) -> np.nd
     """One image at a time through a plainly compiled model, synchronous inference."""
     import openvino as ov
 
-    compiled = ov.Core().compile_model(str(model_xml), "CPU")
+    compiled = ov.Core().compile_model(str(model_xml), "CPU", F32)
     rows = []
     for index in range(len(pairset.images)):
         rgb = decode_image(pairset.images[index], (112, 112))
@@ -144,7 +147,7 @@ def test_compiled_model_is_used_as_given(tiny_ir: Callable[..., Path], lfw_bin: 
 
     model = tiny_ir()
     pairset = load_lfw_bin(lfw_bin)
-    compiled = ov.Core().compile_model(str(model), "CPU")  # dynamic batch, default hint
+    compiled = ov.Core().compile_model(str(model), "CPU", F32)  # dynamic batch, default hint
     result = validate_model(compiled, pairset, progress=False)
     assert result["accuracy"] == pytest.approx(validate_model(model, pairset, progress=False)["accuracy"])
     assert result["model"] == "<compiled model>"

@@ -65,3 +65,35 @@ def test_the_checker_sees_imports_inside_functions(tmp_path: Path) -> None:
     sample = tmp_path / "sample.py"
     sample.write_text("def f():\n    import kopf\n    from kubernetes import client\n")
     assert {"kopf", "kubernetes"} <= imported_modules(sample)
+
+
+def compile_calls(path: Path) -> list[int]:
+    """Lines of ``<anything>.compile_model(...)`` calls (OpenVINO's ``Core.compile_model`` or
+    ``openvino.compile_model``) and of ``CompiledModel(...)`` constructions in a file."""
+    lines: list[int] = []
+    tree = ast.parse(path.read_text(), filename=str(path))
+    for node in ast.walk(tree):
+        # `from openvino import compile_model` (or from openvino.runtime) counts too.
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("openvino"):
+            lines += [node.lineno for alias in node.names if alias.name in ("compile_model", "CompiledModel")]
+        if isinstance(node, ast.Call):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+            if name in ("compile_model", "CompiledModel") and isinstance(func, ast.Attribute):
+                owner = func.value
+                # qfleet's own runtime.compile_model(...) is the one door; anything else is not.
+                if not (isinstance(owner, ast.Name) and owner.id == "runtime"):
+                    lines.append(node.lineno)
+    return lines
+
+
+def test_every_compile_goes_through_the_runtime_module() -> None:
+    """OpenVINO computes in bf16 unless told otherwise on bf16-capable CPUs: only runtime.py,
+    which always names the precision and checks it, may call OpenVINO's compile_model."""
+    offenders = {
+        str(path.relative_to(PACKAGE)): lines
+        for path in PACKAGE.rglob("*.py")
+        if path.name != "runtime.py" and (lines := compile_calls(path))
+    }
+    assert not offenders, f"compile_model outside qfleet/model/runtime.py: {offenders}"
+    assert compile_calls(PACKAGE / "model" / "runtime.py"), "the runtime module compiles models"

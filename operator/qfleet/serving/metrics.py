@@ -91,7 +91,7 @@ class ServerMetrics:
         model_name: str,
         model_kind: str,
         model_isa: str,
-        model_precision: str = "fp32",
+        model_precision: str | None = None,
         inference_precision: str = "f32",
         rate_window_s: float = DEFAULT_RATE_WINDOW_S,
         clock: Callable[[], float] = time.monotonic,
@@ -146,7 +146,7 @@ class ServerMetrics:
             model=model_name,
             kind=model_kind,
             isa=model_isa,
-            precision=model_precision,
+            precision=model_precision or model_kind,
             inference_precision=inference_precision,
         ).set(1)
 
