@@ -9,38 +9,87 @@ from typing import Any
 
 from qfleet.outputs import write_json
 
+#: Column titles, in table order.
+TITLES: dict[str, str] = {"fp32": "FP32", "bf16": "BF16", "int8": "INT8"}
+#: Bar colours of the PNG, per precision.
+COLOURS: dict[str, str] = {"fp32": "#7f7f7f", "bf16": "#ff7f0e", "int8": "#1f77b4"}
 
-def summary_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """(metric, FP32, INT8) rows of the demo table."""
-    fp32, int8, plans = result["fp32"], result["int8"], result["plan"]
-    return [
-        ("LFW accuracy", f"{fp32['accuracy']:.4f}", f"{int8['accuracy']:.4f}"),
-        ("accuracy drop", "", f"{result['gate']['drop']:+.4f} ({result['gate']['reason']})"),
-        ("faces/s per replica", f"{fp32['fps']:.1f}", f"{int8['fps']:.1f}"),
-        ("INT8/FP32 speed-up", "", f"{int8['fps'] / fp32['fps']:.2f}x"),
-        ("median latency (ms)", f"{fp32['latency_ms_median']:.2f}", f"{int8['latency_ms_median']:.2f}"),
-        ("model size (MB)", f"{result['size_mb']['fp32']:.2f}", f"{result['size_mb']['int8']:.2f}"),
-        ("replicas for demand", str(plans["fp32"]["replicas"]), str(plans["int8"]["replicas"])),
+
+def precisions(result: dict[str, Any]) -> list[str]:
+    """The variants the pipeline measured, in table order: FP32, BF16 (only on hosts with
+    native bf16, where the result has a ``bf16`` block), INT8."""
+    return [precision for precision in ("fp32", "bf16", "int8") if precision in result]
+
+
+def computed_in(block: dict[str, Any]) -> str:
+    """What a variant computed in, as the plugin reported it: f32, bf16, or int8 + its float part."""
+    inference = str(block.get("inference_precision") or "f32")
+    return f"int8 + {inference}" if block.get("precision") == "int8" else inference
+
+
+def _gate_cell(gate: dict[str, Any] | None) -> str:
+    return f"{gate['drop']:+.4f} ({gate['reason']})" if gate else ""
+
+
+def summary_rows(result: dict[str, Any]) -> list[tuple[str, ...]]:
+    """(metric, one cell per precision) rows of the demo table; the first row is the header."""
+    columns = precisions(result)
+    blocks = {p: result[p] for p in columns}
+    fps = {p: float(blocks[p]["fps"]) for p in columns}
+    gates = {"fp32": None, "int8": result["gate"], "bf16": result.get("bf16", {}).get("gate")}
+    sizes = result.get("size_mb", {})
+    plans = result["plan"]
+    rows: list[tuple[str, ...]] = [
+        ("", *(TITLES[p] for p in columns)),
+        ("computed in", *(computed_in(blocks[p]) for p in columns)),
+        ("LFW accuracy", *(f"{blocks[p]['accuracy']:.4f}" for p in columns)),
+        ("accuracy drop vs FP32", *(_gate_cell(gates[p]) for p in columns)),
+        ("faces/s per replica", *(f"{fps[p]:.1f}" for p in columns)),
+        ("speed-up vs FP32", *(f"{fps[p] / fps['fp32']:.2f}x" for p in columns)),
     ]
+    if "bf16" in blocks:
+        rows.append(
+            (
+                "INT8 speed-up vs BF16",
+                *(f"{fps['int8'] / fps['bf16']:.2f}x" if p == "int8" else "" for p in columns),
+            )
+        )
+    rows += [
+        ("median latency (ms)", *(f"{blocks[p]['latency_ms_median']:.2f}" for p in columns)),
+        ("model size (MB)", *(f"{sizes[p]:.2f}" if p in sizes else "" for p in columns)),
+        ("replicas for demand", *(str(plans[p]["replicas"]) for p in columns)),
+    ]
+    return rows
+
+
+def _per_replica(result: dict[str, Any]) -> str:
+    threads = result.get("threads")
+    if threads is None:
+        return "each replica all of this machine's cores"
+    return f"each replica {threads} CPU core{'s' if threads != 1 else ''} (INFERENCE_NUM_THREADS={threads})"
 
 
 def render_table(result: dict[str, Any]) -> str:
     demand = result["demand"]
-    rows = [("", "FP32", "INT8"), *summary_rows(result)]
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    rows = summary_rows(result)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    kernels = result.get("runtime_isa") or "unreported kernels"
     lines = [
-        f"qfleet demo on ISA tier {result['isa']}: {result['pairs']} LFW-protocol pairs, demand "
-        f"{demand['cameras']} cameras x {demand['camera_fps']:g} FPS x {demand['faces_per_frame']:g} faces "
-        f"= {demand['faces_per_second']:.0f} faces/s at {demand['utilization']:.0%} target utilisation",
+        f"qfleet demo on ISA tier {result['isa']} ({kernels}): {result['pairs']} LFW-protocol pairs",
+        f"demand {demand['cameras']} cameras x {demand['camera_fps']:g} FPS x {demand['faces_per_frame']:g} faces "
+        f"= {demand['faces_per_second']:.0f} faces/s at {demand['utilization']:.0%} target utilisation, "
+        f"{_per_replica(result)}",
     ]
     for index, row in enumerate(rows):
         lines.append(
             "  ".join(
                 cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row)
-            )
+            ).rstrip()
         )
         if index == 0:
             lines.append("  ".join("-" * width for width in widths))
+    if "bf16" not in result:
+        lines.append("no BF16 column: this CPU has no native bf16 (`qfleet isa` shows why)")
     return "\n".join(lines)
 
 
@@ -61,17 +110,14 @@ def _plot(path: Path, result: dict[str, Any]) -> None:
     matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
 
-    labels = ["FP32", "INT8"]
-    colours = ["#7f7f7f", "#1f77b4"]
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
+    columns = precisions(result)
+    labels = [f"{TITLES[p]}\n({computed_in(result[p])})" for p in columns]
+    colours = [COLOURS[p] for p in columns]
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.6))
     panels = [
-        ("faces/s per replica", [result["fp32"]["fps"], result["int8"]["fps"]], "{:.0f}"),
-        ("LFW accuracy", [result["fp32"]["accuracy"], result["int8"]["accuracy"]], "{:.4f}"),
-        (
-            "replicas for the demand",
-            [result["plan"]["fp32"]["replicas"], result["plan"]["int8"]["replicas"]],
-            "{:d}",
-        ),
+        ("faces/s per replica", [result[p]["fps"] for p in columns], "{:.0f}"),
+        ("LFW accuracy", [result[p]["accuracy"] for p in columns], "{:.4f}"),
+        ("replicas for the demand", [result["plan"][p]["replicas"] for p in columns], "{:d}"),
     ]
     for axis, (title, values, fmt) in zip(axes, panels, strict=True):
         bars = axis.bar(labels, values, color=colours)
@@ -89,31 +135,38 @@ def _plot(path: Path, result: dict[str, Any]) -> None:
             axis.set_ylim(0, max(values) * 1.15 or 1)
         if title.startswith("replicas"):
             axis.yaxis.get_major_locator().set_params(integer=True)
-    fig.suptitle(
-        f"qfleet demo on {result['isa']}: INT8 is {result['int8']['fps'] / result['fp32']['fps']:.2f}x FP32"
-    )
+    int8_fps = result["int8"]["fps"]
+    ratios = ", ".join(f"{int8_fps / result[p]['fps']:.2f}x {TITLES[p]}" for p in columns if p != "int8")
+    fig.suptitle(f"qfleet demo on {result['isa']}: INT8 is {ratios}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 def _html(result: dict[str, Any]) -> str:
+    header, *body = summary_rows(result)
+    head = "".join(f"<th>{html.escape(cell)}</th>" for cell in header)
     rows = "\n".join(
-        f"<tr><th>{html.escape(m)}</th><td>{html.escape(a)}</td><td>{html.escape(b)}</td></tr>"
-        for m, a, b in summary_rows(result)
+        f"<tr><th>{html.escape(metric)}</th>"
+        + "".join(f"<td>{html.escape(cell)}</td>" for cell in cells)
+        + "</tr>"
+        for metric, *cells in body
     )
     demand = result["demand"]
+    names = " against ".join(TITLES[p] for p in precisions(result))
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>qfleet demo</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}}th{{text-align:left}}</style></head>
 <body><h1>qfleet demo</h1>
-<p>ISA tier <b>{html.escape(str(result["isa"]))}</b>; {result["pairs"]} LFW-protocol pairs;
+<p>ISA tier <b>{html.escape(str(result["isa"]))}</b> ({html.escape(str(result.get("runtime_isa")))});
+{result["pairs"]} LFW-protocol pairs;
 demand {demand["cameras"]} cameras &times; {demand["camera_fps"]:g} FPS &times;
-{demand["faces_per_frame"]:g} faces = {demand["faces_per_second"]:.0f} faces/s.</p>
-<table><tr><th></th><th>FP32</th><th>INT8</th></tr>
+{demand["faces_per_frame"]:g} faces = {demand["faces_per_second"]:.0f} faces/s at
+{demand["utilization"]:.0%} target utilisation, {html.escape(_per_replica(result))}.</p>
+<table><tr>{head}</tr>
 {rows}
 </table>
-<p><img src="report.png" alt="FPS, accuracy and replicas, FP32 against INT8"></p>
+<p><img src="report.png" alt="FPS, accuracy and replicas, {names}"></p>
 </body></html>
 """
