@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qfleet import isa
+from qfleet import defaults, isa
 from qfleet.errors import IsaMismatchError, QfleetError
 from qfleet.model.metadata import MODEL_XML, library_versions
 from qfleet.outputs import atomic_output_dir, write_json
@@ -34,12 +34,15 @@ log = logging.getLogger(__name__)
 
 #: Kubernetes truncates termination messages beyond this many bytes.
 TERMINATION_MESSAGE_LIMIT = 4096
-DEFAULT_TERMINATION_LOG = "/dev/termination-log"
+DEFAULT_TERMINATION_LOG = defaults.TERMINATION_LOG
 RESULT_FILE = "result.json"
 
 
 @dataclass(frozen=True)
 class PipelineSpec:
+    """What one pipeline run does; ``qfleet pipeline``'s arguments and a Job's ``args`` are its
+    two spellings (:meth:`to_args` writes the second, the CLI parser reads it back)."""
+
     source: str
     fmt: str
     calibration: str
@@ -47,15 +50,49 @@ class PipelineSpec:
     out: str
     expect_isa: str | None = None
     epoch: int | None = None
-    preset: str = "performance"
-    subset_size: int = 300
-    max_drop: float = 0.01
+    preset: str = defaults.PRESET
+    subset_size: int = defaults.SUBSET_SIZE
+    max_drop: float = defaults.MAX_DROP
     min_accuracy: float | None = None
     accuracy_control: bool = False
     threads: int | None = None
-    benchmark_seconds: float = 10.0
+    benchmark_seconds: float = defaults.BENCHMARK_SECONDS
     flip: bool = True
     progress: bool = True
+    #: Where the result goes besides stdout (None: the pod's termination-log file when it exists).
+    termination_log: str | None = None
+
+    def to_args(self) -> list[str]:
+        """The ``qfleet pipeline`` arguments that run this spec (every value spelled out, so a
+        Job never depends on the defaults of the image it happens to run)."""
+        args = ["--source", self.source, "--format", self.fmt]
+        if self.epoch is not None:
+            args += ["--epoch", str(self.epoch)]
+        args += ["--calibration", self.calibration, "--lfw", self.lfw, "--out", self.out]
+        if self.expect_isa is not None:
+            args += ["--expect-isa", self.expect_isa]
+        args += ["--preset", self.preset, "--subset-size", str(self.subset_size)]
+        args += ["--max-drop", _number(self.max_drop)]
+        if self.min_accuracy is not None:
+            args += ["--min-accuracy", _number(self.min_accuracy)]
+        if self.accuracy_control:
+            args.append("--accuracy-control")
+        if self.threads is not None:
+            args += ["--threads", str(self.threads)]
+        args += ["--benchmark-seconds", _number(self.benchmark_seconds)]
+        if not self.flip:
+            args.append("--no-flip")
+        if self.termination_log is not None:
+            args += ["--termination-log", self.termination_log]
+        args.append("--json")
+        if not self.progress:
+            args.append("-q")
+        return args
+
+
+def _number(value: float) -> str:
+    """A float as the shortest text that reads back to the same value (0.001, not 1e-03)."""
+    return repr(float(value))
 
 
 class StageFailed(Exception):
@@ -265,7 +302,16 @@ def termination_message(result: dict[str, Any], limit: int = TERMINATION_MESSAGE
             budget -= max(16, budget // 4)
         trimmed["error"] = error | {"message": message}
     if _size(trimmed) > limit:  # still too big: keep only what the operator cannot do without
-        keep = ("isa", "runtime_isa", "artifact", "fp32_artifact", "bf16_artifact", "fp32", "int8", "bf16")
+        keep: tuple[str, ...] = (
+            "isa",
+            "runtime_isa",
+            "artifact",
+            "fp32_artifact",
+            "bf16_artifact",
+            "fp32",
+            "int8",
+            "bf16",
+        )
         keep += ("gate", "speedup", "error")
         trimmed = {key: trimmed[key] for key in keep if key in trimmed}
     return _dumps(trimmed)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from qfleet.model.runtime import PRECISIONS
+
 HELP = "measure an IR's throughput (FPS) and latency on this CPU"
 DESCRIPTION = (
     "THROUGHPUT hint, the plugin's optimal number of infer requests kept busy through an\n"
@@ -19,7 +21,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="CPU threads for inference (default: all)")
     parser.add_argument(
         "--precision",
-        choices=("fp32", "int8", "bf16"),
+        choices=PRECISIONS,
         default=None,
         help="variant to compile: fp32 (computed in f32), int8, bf16 (needs native bf16); "
         "default: what the model's qfleet.json records",

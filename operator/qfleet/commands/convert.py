@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from qfleet import defaults
 from qfleet.errors import InputError
 
 HELP = "convert an MXNet checkpoint, ONNX model or OpenVINO IR into an FP32 OpenVINO IR"
@@ -51,9 +52,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--source", required=True, metavar="PATH", help="checkpoint prefix, .onnx file or .xml"
     )
-    parser.add_argument(
-        "--format", required=True, choices=("mxnet", "onnx", "openvino"), help="what --source is"
-    )
+    parser.add_argument("--format", required=True, choices=defaults.SOURCE_FORMATS, help="what --source is")
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory (replaced on success)")
     parser.add_argument(
         "--epoch", type=int, default=None, help="MXNet checkpoint epoch (default 1, or the only one)"

@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from qfleet import isa
+from qfleet import defaults, isa
 from qfleet.pipeline import (
     PipelineSpec,
     default_termination_log,
@@ -31,7 +31,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--source", required=True, help="model: MXNet checkpoint prefix, .onnx file or IR .xml"
     )
-    parser.add_argument("--format", dest="fmt", required=True, choices=("mxnet", "onnx", "openvino"))
+    parser.add_argument("--format", dest="fmt", required=True, choices=defaults.SOURCE_FORMATS)
     parser.add_argument(
         "--epoch", type=int, default=None, help="MXNet checkpoint epoch (default: 1 or the only one)"
     )
@@ -43,13 +43,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--expect-isa", choices=isa.TIER_NAMES, default=None, help="refuse to run on another tier"
     )
-    parser.add_argument("--preset", choices=("performance", "mixed"), default="performance")
-    parser.add_argument("--subset-size", type=int, default=300, help="calibration samples (default 300)")
+    parser.add_argument(
+        "--preset",
+        choices=defaults.PRESETS,
+        default=defaults.PRESET,
+        help="NNCF preset (default %(default)s)",
+    )
+    parser.add_argument(
+        "--subset-size",
+        type=int,
+        default=defaults.SUBSET_SIZE,
+        help="calibration samples (default %(default)s)",
+    )
     parser.add_argument(
         "--max-drop",
         type=float,
-        default=0.01,
-        help="largest allowed LFW accuracy drop, absolute (default 0.01)",
+        default=defaults.MAX_DROP,
+        help="largest allowed LFW accuracy drop, absolute (default %(default)s, as the CRD's maxDrop)",
     )
     parser.add_argument("--min-accuracy", type=float, default=None, help="lowest allowed INT8 LFW accuracy")
     parser.add_argument(
@@ -61,18 +71,22 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--threads", type=int, default=None, help="CPU threads (the serving pod's CPU budget)"
     )
     parser.add_argument(
-        "--benchmark-seconds", type=float, default=10.0, help="seconds per benchmark (default 10)"
+        "--benchmark-seconds",
+        type=float,
+        default=defaults.BENCHMARK_SECONDS,
+        help="seconds per benchmark (default %(default)s)",
     )
     parser.add_argument("--no-flip", action="store_true", help="no horizontal-flip test-time augmentation")
     parser.add_argument(
         "--termination-log",
         default=None,
-        help="file for the JSON result (default /dev/termination-log when it exists)",
+        help=f"file for the JSON result (default {defaults.TERMINATION_LOG} when it exists)",
     )
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    spec = PipelineSpec(
+def spec_from_args(args: argparse.Namespace) -> PipelineSpec:
+    """The parsed command line as a :class:`PipelineSpec` (the inverse of ``to_args``)."""
+    return PipelineSpec(
         source=args.source,
         fmt=args.fmt,
         epoch=args.epoch,
@@ -89,10 +103,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         benchmark_seconds=args.benchmark_seconds,
         flip=not args.no_flip,
         progress=not args.quiet,
+        termination_log=args.termination_log,
     )
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    spec = spec_from_args(args)
     result = run_pipeline(spec)
     message = termination_message(result)
-    write_termination_log(args.termination_log or default_termination_log(), message)
+    write_termination_log(spec.termination_log or default_termination_log(), message)
     if "error" in result:
         error = result["error"]
         print(f"qfleet pipeline: error in stage {error['stage']}: {error['message']}", file=sys.stderr)

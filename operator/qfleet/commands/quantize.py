@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from qfleet import defaults
 from qfleet.isa import TIER_NAMES
 
 HELP = "quantize an FP32 IR to INT8 with NNCF on this host's ISA tier"
@@ -32,7 +33,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help=f"calibration images to use (default {DEFAULT_SUBSET_SIZE})",
     )
     parser.add_argument(
-        "--preset", choices=PRESETS, default="performance", help="NNCF preset (default performance)"
+        "--preset", choices=PRESETS, default=defaults.PRESET, help="NNCF preset (default %(default)s)"
     )
     parser.add_argument(
         "--expect-isa", choices=TIER_NAMES, help="refuse to quantize on a host of another ISA tier"

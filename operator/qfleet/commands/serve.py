@@ -12,7 +12,9 @@ DESCRIPTION = (
     "Serve an OpenVINO IR face model over HTTP with the Open Inference Protocol (KServe v2 REST),\n"
     "JSON tensors and the binary tensor data extension, so KServe/Triton/OVMS clients work.\n"
     "Endpoints: /v2, /v2/health/{live,ready}, /v2/models/NAME[/ready|/infer], /metrics.\n"
-    "An INT8 model only starts on the ISA tier it was quantized for (see --allow-isa-mismatch).\n"
+    "The model computes in the precision its qfleet.json records (fp32 always in f32; int8; bf16).\n"
+    "An INT8 or BF16 model only starts on the ISA tier it was validated on, and a bf16 one only\n"
+    "where the CPU computes bf16 natively (see --allow-isa-mismatch).\n"
     "Overload (over --max-concurrency requests in flight) is answered 503 with Retry-After.\n"
     "SIGTERM: readiness goes false, in-flight requests are answered, then the process exits 0."
 )
@@ -51,7 +53,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--allow-isa-mismatch",
         action="store_true",
-        help="serve an INT8 model on a host of another ISA tier than it was quantized on (a warning)",
+        help="serve an INT8/BF16 model on a host of another ISA tier than it was validated on, "
+        "a bf16 one in f32 where bf16 is not native (a warning)",
     )
     parser.add_argument(
         "--max-body-bytes",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from qfleet.model.runtime import PRECISIONS
+
 HELP = "LFW verification accuracy of a model (insightface's 10-fold protocol)"
 DESCRIPTION = (
     "Embeds every image of an insightface lfw.bin (or an LFW pairs.txt with its folder of aligned\n"
@@ -24,7 +26,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU inference threads (default: all)")
     parser.add_argument(
         "--precision",
-        choices=("fp32", "int8", "bf16"),
+        choices=PRECISIONS,
         default=None,
         help="variant to compile: fp32 (computed in f32), int8, bf16 (needs native bf16); "
         "default: what the model's qfleet.json records",

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qfleet import defaults
 from qfleet.errors import ConversionError, InputError
 from qfleet.model.metadata import (
     MODEL_XML,
@@ -36,7 +37,7 @@ from qfleet.outputs import atomic_output_dir, sha256_file
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("mxnet", "onnx", "openvino")
+FORMATS = defaults.SOURCE_FORMATS
 #: insightface's input: one 112x112 RGB face crop.
 DEFAULT_INPUT_SHAPE = (1, 3, 112, 112)
 _STAGES = {

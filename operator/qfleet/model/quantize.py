@@ -24,6 +24,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from qfleet import defaults
 from qfleet.errors import InputError, QfleetError, QuantizationError
 from qfleet.model.metadata import (
     MODEL_XML,
@@ -41,8 +42,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PRESETS: tuple[str, ...] = ("performance", "mixed")
-DEFAULT_SUBSET_SIZE = 300
+PRESETS = defaults.PRESETS
+DEFAULT_SUBSET_SIZE = defaults.SUBSET_SIZE
 
 
 def check_host_isa(expect_isa: str | None) -> str | None:
@@ -115,7 +116,7 @@ def quantize_model(
     calibration: str | os.PathLike[str] | Sequence[npt.NDArray[np.float32]],
     out_dir: str | os.PathLike[str],
     subset_size: int = DEFAULT_SUBSET_SIZE,
-    preset: str = "performance",
+    preset: str = defaults.PRESET,
     expect_isa: str | None = None,
     max_drop: float | None = None,
     lfw: str | os.PathLike[str] | None = None,
