@@ -25,7 +25,7 @@ DESCRIPTION = (
     __doc__.strip().split("\n\n", 1)[1].replace("\n", " ")
     + "\n\nThe plan gives each replica one CPU core (--threads 1, a serving pod with `cpu: 1`) and"
     " defaults to 500 cameras x 6 FPS x 7 faces per frame (21000 faces/s): the demo model is small"
-    " (about 1000 FP32 faces/s per core), so a few dozen cameras would fit in one or two replicas of"
+    " (hundreds to a few thousand FP32 faces/s per core), so a few dozen cameras would fit in one or two replicas of"
     " any precision and hide what INT8 saves. --cameras and --threads size it to your case."
 )
 
