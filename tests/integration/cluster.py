@@ -588,6 +588,25 @@ class Cluster:
         path = self.root / f"{log_name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
+    @staticmethod
+    def reconciles(metrics_port: int) -> float:
+        """How many reconciles the operator serving metrics on ``metrics_port`` has finished (0
+        before its metrics are up): the observable event to await after a (re)start, instead of
+        sleeping until it probably resumed its models."""
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2) as response:
+                text = response.read().decode()
+        except (urllib.error.URLError, OSError):
+            return 0.0
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("qfleet_reconciles_total{")
+        )
+
     # -- the controllers -----------------------------------------------------------------------
 
     async def start(self) -> None:
