@@ -126,4 +126,4 @@ def test_bf16_tiers_are_the_native_bf16_tiers() -> None:
     from qfleet.isa import TIERS
 
     assert BF16_TIERS == ("amx_int8", "avx512_bf16")
-    assert BF16_TIERS == tuple(tier.name for tier in TIERS if tier.native_bf16)
+    assert tuple(tier.name for tier in TIERS if tier.native_bf16) == BF16_TIERS

@@ -147,7 +147,18 @@ def test_server_metrics_exposition() -> None:
     assert 'qfleet_server_requests_total{code="400",endpoint="infer"} 1.0' in text
     assert "qfleet_server_faces_inferred_total 7.0" in text
     assert "qfleet_server_request_latency_seconds_count 1.0" in text
-    assert 'qfleet_server_model_info{isa="avx2",kind="int8",model="m"} 1.0' in text
+    assert (
+        'qfleet_server_model_info{inference_precision="f32",isa="avx2",kind="int8",model="m",precision="int8"} 1.0'
+        in text
+    )
+    bf16 = ServerMetrics(
+        model_name="m",
+        model_kind="fp32",
+        model_isa="avx512_bf16",
+        model_precision="bf16",
+        inference_precision="bf16",
+    )
+    assert 'inference_precision="bf16",isa="avx512_bf16"' in bf16.exposition().decode()
     # A second server in the same process has counters of its own.
     assert (
         "qfleet_server_faces_inferred_total 0.0"
