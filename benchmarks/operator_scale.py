@@ -42,8 +42,8 @@ import kmock  # noqa: E402
 from cluster import DEPLOYMENTS, NODES, Cluster, Emulator  # noqa: E402
 
 from qfleet.fleet import names  # noqa: E402
-from qfleet.fleet.plan import needed_replicas  # noqa: E402
-from qfleet.fleet.reconcile import current_pipeline_key  # noqa: E402
+from qfleet.fleet.planner import current_pipeline_key  # noqa: E402
+from qfleet.fleet.replicas import needed_replicas  # noqa: E402
 from qfleet.fleet.spec import parse_spec  # noqa: E402
 from qfleet.operator.settings import OperatorSettings  # noqa: E402
 

@@ -257,7 +257,7 @@ async def test_server_errors_500_are_retried_with_backoff(cluster: Cluster) -> N
 
 
 def test_retry_delays_double_from_half_a_second_to_a_minute_with_jitter() -> None:
-    from qfleet.operator.reconciler import retry_delay
+    from qfleet.operator.applier import retry_delay
 
     assert [retry_delay(n, jitter=0) for n in (1, 2, 3, 4, 8, 20, 5000)] == [0.5, 1, 2, 4, 60, 60, 60]
     assert (retry_delay(3, jitter=-1), retry_delay(3, jitter=1)) == (1.6, 2.4)  # +-20%

@@ -11,7 +11,7 @@ import pytest
 from qfleet.fleet import conditions as c
 from qfleet.fleet.config import FleetConfig
 from qfleet.fleet.nodes import Inventory, node_info
-from qfleet.fleet.reconcile import Observed, Plan, plan
+from qfleet.fleet.planner import Observed, Plan, plan
 from qfleet.isa import TIER_NAMES, TIERS
 
 CONFIG = FleetConfig(toolkit_image="toolkit:1", server_image="server:1")

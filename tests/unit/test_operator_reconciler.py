@@ -7,10 +7,10 @@ import copy
 from typing import Any
 
 from qfleet.fleet.nodes import node_info
-from qfleet.fleet.reconcile import Event
+from qfleet.fleet.planner import Event
 from qfleet.isa import NFD_PREFIX
+from qfleet.operator.applier import NODES_KEY, Caches, Reconciler
 from qfleet.operator.metrics import Metrics
-from qfleet.operator.reconciler import NODES_KEY, Caches, Reconciler
 from qfleet.operator.settings import OperatorSettings
 
 MODEL: dict[str, Any] = {

@@ -6,7 +6,7 @@ import math
 import pytest
 
 from qfleet.cli import main
-from qfleet.fleet.plan import Demand, needed_replicas, plan_replicas
+from qfleet.fleet.replicas import Demand, needed_replicas, plan_replicas
 
 
 def test_users_case_int8() -> None:

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from qfleet.fleet.config import FleetConfig
 from qfleet.fleet.nodes import Inventory, node_info
-from qfleet.fleet.reconcile import Observed, plan
+from qfleet.fleet.planner import Observed, plan
 from qfleet.isa import TIER_NAMES, TIERS
 
 T0, T1, T2 = "2030-01-01T00:00:00Z", "2030-01-01T00:05:00Z", "2030-01-01T00:10:00Z"

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from qfleet.errors import InputError, QfleetError
-from qfleet.fleet.plan import DEFAULT_UTILIZATION, Demand, plan_replicas
+from qfleet.fleet.replicas import DEFAULT_UTILIZATION, Demand, plan_replicas
 
 HELP = "run convert -> quantize -> LFW gate -> benchmark -> fleet plan on a built-in model and data"
 DESCRIPTION = (

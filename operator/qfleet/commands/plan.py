@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from qfleet.errors import InputError
-from qfleet.fleet.plan import DEFAULT_UTILIZATION, Demand, plan_replicas
+from qfleet.fleet.replicas import DEFAULT_UTILIZATION, Demand, plan_replicas
 
 HELP = "replicas needed for a camera load, from the measured FPS per replica"
 DESCRIPTION = (

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from qfleet.fleet.plan import needed_replicas
+from qfleet.fleet.replicas import needed_replicas
 
 FILL = "fill"
 SPREAD = "spread"

@@ -6,7 +6,7 @@ Errors, on purpose:
   same spec will never work, kopf stops retrying until the spec changes;
 - an unavailable API (5xx, 429, connection, timeout) or a 409 Conflict is a
   ``kopf.TemporaryError`` whose delay backs off exponentially (0.5 s to a minute, see
-  :func:`~qfleet.operator.reconciler.retry_delay`); a 403 one with a long delay (someone has to
+  :func:`~qfleet.operator.applier.retry_delay`); a 403 one with a long delay (someone has to
   fix RBAC; the resource will not change);
 - kopf itself gives up when one of its watchers fails (a watch answered with HTTP 410 Gone, for
   one) and its shutdown can then hang, leaving a process that looks alive and does nothing: the
@@ -30,10 +30,10 @@ import kopf
 
 from qfleet.fleet import names
 from qfleet.fleet.nodes import node_info
-from qfleet.fleet.reconcile import Event
+from qfleet.fleet.planner import Event
+from qfleet.operator.applier import NODES_KEY, Reconciler, retry_delay, retryable
 from qfleet.operator.kube import ApiError, KubeApi, load_credentials
 from qfleet.operator.metrics import Metrics
-from qfleet.operator.reconciler import NODES_KEY, Reconciler, retry_delay, retryable
 from qfleet.operator.settings import OperatorSettings
 
 MODEL = (names.GROUP, names.VERSION, names.PLURAL)

@@ -21,7 +21,7 @@ from typing import Any
 from qfleet.fleet import conditions as c
 from qfleet.fleet import names
 from qfleet.fleet.nodes import Inventory, NodeInfo
-from qfleet.fleet.reconcile import Event, Observed, Plan, plan
+from qfleet.fleet.planner import Event, Observed, Plan, plan
 from qfleet.operator.kube import ApiError, KubeApi, namespaced
 from qfleet.operator.metrics import Metrics
 from qfleet.operator.settings import OperatorSettings

@@ -35,7 +35,7 @@ from qfleet.fleet.manifests import (
     template_hash,
 )
 from qfleet.fleet.nodes import Inventory
-from qfleet.fleet.plan import Demand
+from qfleet.fleet.replicas import Demand
 from qfleet.fleet.results import JobOutcome, job_outcome
 from qfleet.fleet.scaling import FleetPlan, Pool, plan_fleet
 from qfleet.fleet.spec import ModelSpec, SpecError, parse_spec
