@@ -130,7 +130,8 @@ async def test_two_tiers_end_to_end(cluster: Cluster, unused_tcp_port: int) -> N
         expected = [*container["command"], *container["args"]]
         assert as_seen_in_the_pod(cluster, run) == expected
         assert (
-            "--benchmark-seconds" in expected and expected[expected.index("--benchmark-seconds") + 1] == "1"
+            "--benchmark-seconds" in expected
+            and float(expected[expected.index("--benchmark-seconds") + 1]) == 1
         )
 
     # Each tier serves its own INT8 model, placed on its tier, scaled to the cameras.

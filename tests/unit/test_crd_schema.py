@@ -12,6 +12,7 @@ import jsonschema
 import pytest
 import yaml
 
+from qfleet import defaults
 from qfleet.fleet import names
 from qfleet.fleet.spec import BF16_TIERS, DEFAULTS, GATE_FAILURE_POLICIES, parse_spec
 from qfleet.isa import TIER_NAMES
@@ -136,7 +137,9 @@ def test_enums_match_the_code(schema: dict[str, Any]) -> None:
     nodes = dict(walk(schema))
     assert nodes[".spec.targets[].isa"]["enum"] == list(TIER_NAMES)
     assert nodes[".spec.source.format"]["enum"] == ["mxnet", "onnx", "openvino"]
+    assert nodes[".spec.source.format"]["enum"] == list(defaults.SOURCE_FORMATS)
     assert nodes[".spec.quantization.preset"]["enum"] == ["performance", "mixed"]
+    assert nodes[".spec.quantization.preset"]["enum"] == list(defaults.PRESETS)
     assert nodes[".spec.demand.placement"]["enum"] == ["fill", "spread"]
     assert nodes[".spec.rollout.onGateFailure"]["enum"] == ["keep", "fp32", "bf16"]
     assert nodes[".spec.rollout.onGateFailure"]["enum"] == list(GATE_FAILURE_POLICIES)
@@ -180,6 +183,13 @@ def test_schema_defaults_are_the_operators_defaults(schema: dict[str, Any]) -> N
         if path.startswith(".spec.") and "default" in node and node["default"] != {}
     }
     assert declared == DEFAULTS
+    # The defaults the command line shares: a hand-run pipeline gates like the operator's Job.
+    shared = {
+        "quantization.preset": defaults.PRESET,
+        "quantization.subsetSize": defaults.SUBSET_SIZE,
+        "validation.maxDrop": defaults.MAX_DROP,
+    }
+    assert {path: declared[path] for path in shared} == shared
 
 
 @pytest.mark.parametrize("sample", SAMPLES, ids=[path.name for path in SAMPLES])

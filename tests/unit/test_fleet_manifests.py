@@ -63,6 +63,17 @@ def test_job_runs_the_pipeline_contract() -> None:
     assert container["image"] == "reg/toolkit:1"
 
 
+def test_job_args_are_one_pipeline_spec_spelled_out() -> None:
+    """The Job's args are ``PipelineSpec.to_args()``: read back by the command line, they give the
+    same spec, with every value written (nothing left to the defaults of the image)."""
+    job = job_for(OWNER, make_spec(), "avx512_vnni", "0123456789", CONFIG)
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    spec = pipeline_command.spec_from_args(pipeline_parser().parse_args(args))
+    assert spec.to_args() == args
+    for flag in ("--preset", "--subset-size", "--max-drop", "--benchmark-seconds", "--threads"):
+        assert flag in args, flag
+
+
 def test_job_measures_with_the_serving_cpu_budget() -> None:
     job = job_for(OWNER, make_spec(), "avx2", "k", CONFIG)
     resources = job["spec"]["template"]["spec"]["containers"][0]["resources"]

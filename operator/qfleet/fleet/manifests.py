@@ -14,14 +14,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from qfleet import defaults
 from qfleet.fleet import names
 from qfleet.fleet.config import FleetConfig
 from qfleet.fleet.nodes import parse_cpu
 from qfleet.fleet.spec import ModelSpec
 from qfleet.fleet.uris import PvcUri
 from qfleet.isa import node_affinity
+from qfleet.pipeline import PipelineSpec
 
-TERMINATION_LOG = "/dev/termination-log"
+TERMINATION_LOG = defaults.TERMINATION_LOG
 #: Exit codes of ``qfleet`` for user errors (bad input, wrong ISA): retrying cannot help.
 USER_ERROR_EXIT_CODES = (2, 3)
 PIPELINE_CONTAINER = "pipeline"
@@ -157,36 +159,22 @@ def job_for(owner: Owner, spec: ModelSpec, tier: str, key: str, config: FleetCon
     annotations = {names.ANNOTATION_MODEL_NAME: owner.name}
     out = artifacts_dir(owner, spec, tier, key)
     threads = threads_for(spec, config)
-    args = ["--source", spec.source.pod_path, "--format", spec.source_format]
-    if spec.epoch is not None:
-        args += ["--epoch", str(spec.epoch)]
-    args += [
-        "--calibration",
-        spec.calibration.pod_path,
-        "--lfw",
-        spec.lfw.pod_path,
-        "--out",
-        out.pod_path,
-        "--expect-isa",
-        tier,
-        "--preset",
-        spec.preset,
-        "--subset-size",
-        str(spec.subset_size),
-        "--max-drop",
-        _number(spec.max_drop),
-    ]
-    if spec.min_accuracy is not None:
-        args += ["--min-accuracy", _number(spec.min_accuracy)]
-    args += [
-        "--threads",
-        str(threads),
-        "--benchmark-seconds",
-        _number(config.benchmark_seconds),
-        "--termination-log",
-        TERMINATION_LOG,
-        "--json",
-    ]
+    args = PipelineSpec(
+        source=spec.source.pod_path,
+        fmt=spec.source_format,
+        epoch=spec.epoch,
+        calibration=spec.calibration.pod_path,
+        lfw=spec.lfw.pod_path,
+        out=out.pod_path,
+        expect_isa=tier,
+        preset=spec.preset,
+        subset_size=spec.subset_size,
+        max_drop=spec.max_drop,
+        min_accuracy=spec.min_accuracy,
+        threads=threads,
+        benchmark_seconds=config.benchmark_seconds,
+        termination_log=TERMINATION_LOG,
+    ).to_args()
     volumes, mounts = _claim_volumes(list(spec.claims), writable={spec.artifacts.claim})
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
@@ -357,11 +345,6 @@ def _probe(path: str, port: int, *, period: int, failures: int) -> dict[str, Any
         "failureThreshold": failures,
         "timeoutSeconds": 2,
     }
-
-
-def _number(value: float) -> str:
-    """A float for a command line, exact and without noise: 0.001 -> '0.001', 30.0 -> '30'."""
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
 def template_hash(deployment: Mapping[str, Any]) -> str | None:

@@ -13,11 +13,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from qfleet import defaults
 from qfleet.fleet.uris import PvcUri, UriError, parse_pvc_uri
 from qfleet.isa import TIER_NAMES, has_native_bf16
 
-FORMATS = ("mxnet", "onnx", "openvino")
-PRESETS = ("performance", "mixed")
+FORMATS = defaults.SOURCE_FORMATS
+PRESETS = defaults.PRESETS
 PLACEMENTS = ("fill", "spread")
 #: What a tier serves when its new INT8 model fails the gate: ``keep`` the last model that
 #: passed, the new ``fp32`` model (computed in f32), or the new ``bf16`` model when it passed the
@@ -26,11 +27,12 @@ GATE_FAILURE_POLICIES = ("keep", "fp32", "bf16")
 #: The tiers ``onGateFailure: bf16`` may target (the CRD's validation rule lists the same).
 BF16_TIERS = tuple(name for name in TIER_NAMES if has_native_bf16(name))
 
-#: The defaults the CRD's schema declares (tests/unit/test_crd_schema.py checks they agree).
+#: The defaults the CRD's schema declares (tests/unit/test_crd_schema.py checks they agree); those
+#: the command line shares come from :mod:`qfleet.defaults`.
 DEFAULTS: dict[str, Any] = {
-    "quantization.preset": "performance",
-    "quantization.subsetSize": 300,
-    "validation.maxDrop": 0.001,
+    "quantization.preset": defaults.PRESET,
+    "quantization.subsetSize": defaults.SUBSET_SIZE,
+    "validation.maxDrop": defaults.MAX_DROP,
     "serving.minReplicas": 1,
     "serving.maxReplicas": 64,
     "demand.cameras": 0,
