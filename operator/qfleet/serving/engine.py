@@ -1,11 +1,14 @@
-"""OpenVINO inference for the server: a THROUGHPUT-compiled model fed through an AsyncInferQueue.
+"""OpenVINO inference for the server: a THROUGHPUT-compiled model fed by a pool of infer requests.
 
 The event loop never waits on inference. Each request's faces are cut into inference batches of
 at most ``max_batch`` faces and queued; a batch starts as soon as one of the compiled model's
-infer requests is idle, and OpenVINO's callback (on its own thread) hands the outputs back to the
-loop with ``call_soon_threadsafe``. ``AsyncInferQueue.start_async`` would block the caller when
-no infer request is idle, so the engine counts idle requests itself and only starts a batch when
-one is free; the rest wait in a FIFO on the loop.
+infer requests is idle: a worker thread of the engine's own pool runs it synchronously
+(``InferRequest.infer`` releases the GIL while the plugin works) and the loop gets the outputs
+back as the worker's future completes. No Python callback runs on OpenVINO's threads: such a
+callback waits for the GIL on a plugin thread, and at shutdown the compiled model's destructor
+(holding the GIL) joins that thread -- a deadlock ``qfleet benchmark`` and validation avoid the
+same way. Idle requests are counted on the loop, so a batch only starts when one is free; the
+rest wait in a FIFO on the loop.
 
 With ``max_batch`` 1 (the default) every face is its own inference, spread over the streams
 exactly like ``benchmark_app`` and ``qfleet benchmark`` measure it (batch 1, one infer request per
@@ -17,12 +20,12 @@ batch starts when ``max_batch`` faces are waiting, or when the oldest waiting fa
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -236,9 +239,9 @@ class InferenceEngine:
             self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
         )
         self.threads = int(self._compiled.get_property("INFERENCE_NUM_THREADS"))
-        self._queue = ov.AsyncInferQueue(self._compiled, self.infer_requests)
-        self._queue.set_callback(self._on_done)
-        self._idle = self.infer_requests
+        self._requests = [self._compiled.create_infer_request() for _ in range(self.infer_requests)]
+        self._idle_requests = list(range(self.infer_requests))
+        self._workers = ThreadPoolExecutor(self.infer_requests, thread_name_prefix="qfleet-infer")
         self._waiting: deque[_Job] = deque()
         self._waiting_faces = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -283,7 +286,7 @@ class InferenceEngine:
     def _dispatch(self) -> None:
         loop = self._loop
         assert loop is not None
-        while self._idle and self._waiting_faces:
+        while self._idle_requests and self._waiting_faces:
             self._drop_abandoned()
             if not self._waiting:
                 return
@@ -331,44 +334,35 @@ class InferenceEngine:
     def _start(self, pieces: list[_Piece]) -> None:
         if not pieces:
             return
+        assert self._loop is not None
         arrays = [job.faces[first:end] for job, first, end in pieces]
         batch = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
-        self._idle -= 1
-        try:
-            self._queue.start_async({0: batch}, pieces)
-        except Exception as exc:  # an OpenVINO refusal is a server bug: fail these requests, keep serving
-            self._idle += 1
-            log.exception("OpenVINO refused a batch of %d faces", batch.shape[0])
-            for job, _, _ in pieces:
-                if not job.future.done():
-                    job.future.set_exception(exc)
-            return
+        index = self._idle_requests.pop()
+        done = self._loop.run_in_executor(self._workers, self._run, index, batch)
+        done.add_done_callback(lambda finished: self._complete(index, pieces, finished))
         if self._on_batch is not None:
             self._on_batch(int(batch.shape[0]))
 
-    def _on_done(self, request: Any, pieces: list[_Piece]) -> None:
-        """OpenVINO's callback thread: copy the outputs (the request is reused) and go to the loop."""
-        outputs: list[npt.NDArray[Any]] | None
-        error: BaseException | None = None
-        try:
-            outputs = [
-                request.get_output_tensor(index).data.copy() for index in range(len(self._output_names))
-            ]
-        except Exception as exc:
-            outputs, error = None, exc
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return
-        # OpenVINO marks the request idle just after this callback returns, so the start_async that
-        # _complete may issue can wait a few microseconds for it (with the GIL released).
-        # The loop may close between the check and the call (shutdown): then nobody is waiting.
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(self._complete, pieces, outputs, error)
+    def _run(self, index: int, batch: npt.NDArray[Any]) -> list[npt.NDArray[Any]]:
+        """A worker thread: one inference; copies the outputs (the request is reused)."""
+        request = self._requests[index]
+        request.infer({0: batch})
+        return [request.get_output_tensor(i).data.copy() for i in range(len(self._output_names))]
 
     def _complete(
-        self, pieces: list[_Piece], outputs: list[npt.NDArray[Any]] | None, error: BaseException | None
+        self, index: int, pieces: list[_Piece], finished: asyncio.Future[list[npt.NDArray[Any]]]
     ) -> None:
-        self._idle += 1
+        self._idle_requests.append(index)
+        outputs: list[npt.NDArray[Any]] | None = None
+        error: BaseException | None = None
+        if finished.cancelled():
+            error = RuntimeError("inference was cancelled")
+        elif finished.exception() is not None:
+            # An OpenVINO refusal is a server bug: fail these requests, keep serving.
+            error = finished.exception()
+            log.error("OpenVINO failed a batch: %s", error)
+        else:
+            outputs = finished.result()
         offset = 0
         for job, first, end in pieces:
             count = end - first
@@ -388,14 +382,9 @@ class InferenceEngine:
                 job.future.set_result(job.outputs)
         self._dispatch()
 
-    @property
-    def busy(self) -> int:
-        """Infer requests running now."""
-        return self.infer_requests - self._idle
-
     def close(self) -> None:
         """Wait for running inferences (call after the server stopped taking requests)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._queue.wait_all()
+        self._workers.shutdown(wait=True)
