@@ -217,6 +217,26 @@ def _parse_header(tokens: list[str], where: str) -> tuple[int, int]:
     return int(tokens[0]), int(tokens[1])
 
 
+def _parse_pair_line(
+    tokens: list[str], same: bool, where: str, fold: int
+) -> tuple[tuple[str, int], tuple[str, int]]:
+    """((name, number), (name, number)) of one pair line: 'name n1 n2' or 'name1 n1 name2 n2'."""
+    if same and len(tokens) != 3:
+        raise DatasetError(
+            f"{where}: expected a matched pair 'name n1 n2' (fold {fold + 1}), got {' '.join(tokens)!r}"
+        )
+    if not same and len(tokens) != 4:
+        raise DatasetError(
+            f"{where}: expected a mismatched pair 'name1 n1 name2 n2' (fold {fold + 1}), "
+            f"got {' '.join(tokens)!r}"
+        )
+    if same:
+        name = _check_name(tokens[0], where)
+        return (name, _image_number(tokens[1], where)), (name, _image_number(tokens[2], where))
+    first = (_check_name(tokens[0], where), _image_number(tokens[1], where))
+    return first, (_check_name(tokens[2], where), _image_number(tokens[3], where))
+
+
 def _parse_pairs_txt(path: Path) -> tuple[int, list[_PairLine]]:
     try:
         text = path.read_text(encoding="utf-8")
@@ -243,23 +263,7 @@ def _parse_pairs_txt(path: Path) -> tuple[int, list[_PairLine]]:
                         f"{path}: has {len(pairs)} pair lines but its header promises {expected} "
                         f"({folds} folds x ({per_fold} matched + {per_fold} mismatched))"
                     ) from None
-                where = f"{path}, line {number}"
-                if same and len(tokens) != 3:
-                    raise DatasetError(
-                        f"{where}: expected a matched pair 'name n1 n2' (fold {fold + 1}), got {' '.join(tokens)!r}"
-                    )
-                if not same and len(tokens) != 4:
-                    raise DatasetError(
-                        f"{where}: expected a mismatched pair 'name1 n1 name2 n2' (fold {fold + 1}), "
-                        f"got {' '.join(tokens)!r}"
-                    )
-                if same:
-                    name = _check_name(tokens[0], where)
-                    first = (name, _image_number(tokens[1], where))
-                    second = (name, _image_number(tokens[2], where))
-                else:
-                    first = (_check_name(tokens[0], where), _image_number(tokens[1], where))
-                    second = (_check_name(tokens[2], where), _image_number(tokens[3], where))
+                first, second = _parse_pair_line(tokens, same, f"{path}, line {number}", fold)
                 pairs.append(_PairLine(number, first, second, same))
     extra = next(body, None)
     if extra is not None:

@@ -128,6 +128,19 @@ def split_source(source: str | os.PathLike[str]) -> tuple[Path, int | None]:
     return path, None
 
 
+def _default_epoch(prefix: Path, epochs: Sequence[int]) -> int:
+    """Epoch 1 when present, else the only epoch; several without 1 is the user's choice."""
+    if 1 in epochs:
+        return 1
+    if len(epochs) == 1:
+        return epochs[0]
+    listed = ", ".join(str(e) for e in epochs)
+    raise InputError(
+        f"MXNet checkpoint {prefix} has several epochs ({listed}) and none is 1",
+        hint="choose one with --epoch",
+    )
+
+
 def locate_checkpoint(source: str | os.PathLike[str], *, epoch: int | None = None) -> CheckpointFiles:
     """Find ``PREFIX-symbol.json`` and the params file of ``epoch``.
 
@@ -155,16 +168,7 @@ def locate_checkpoint(source: str | os.PathLike[str], *, epoch: int | None = Non
             hint="copy the checkpoint's .params file next to its symbol file",
         )
     if epoch is None:
-        if 1 in epochs:
-            epoch = 1
-        elif len(epochs) == 1:
-            epoch = epochs[0]
-        else:
-            listed = ", ".join(str(e) for e in epochs)
-            raise InputError(
-                f"MXNet checkpoint {prefix} has several epochs ({listed}) and none is 1",
-                hint="choose one with --epoch",
-            )
+        epoch = _default_epoch(prefix, epochs)
     params = params_path(prefix, epoch)
     if epoch not in epochs:
         listed = ", ".join(str(e) for e in epochs)
@@ -334,8 +338,21 @@ def _check_shapes(
             hint="use the params file saved with this symbol",
         )
     wrong = [n for n in needed if tuple(params[n].shape) != tuple(needed[n])]
-    if not wrong:
-        return tuple(out_shapes[0])
+    if wrong:
+        _report_wrong_shapes(files, symbol, input_name, input_shape, params, needed, wrong)
+    return tuple(out_shapes[0])
+
+
+def _report_wrong_shapes(
+    files: CheckpointFiles,
+    symbol: Any,
+    input_name: str,
+    input_shape: tuple[int, ...],
+    params: dict[str, Any],
+    needed: dict[str, Any],
+    wrong: list[str],
+) -> None:
+    """Raise the error for params whose shapes differ from what the symbol needs at ``input_shape``."""
     first = wrong[0]
     detail = (
         f"parameter {first!r} has shape {_fmt_shape(params[first].shape)} in the params "

@@ -257,6 +257,35 @@ def _requested_outputs(
     return tuple(chosen)
 
 
+def _input_tensor(
+    entry: dict[str, Any], spec: TensorSpec, blob: memoryview, offset: int, header_length: str | None
+) -> tuple[npt.NDArray[Any], str, int]:
+    """One input's tensor (from JSON ``data`` or the binary part at ``offset``), its datatype and
+    the offset after it."""
+    name = spec.name
+    datatype = entry.get("datatype")
+    if datatype not in ACCEPTED_INPUT_DATATYPES:
+        raise ProtocolError(
+            f"input '{name}' has datatype {datatype!r}; send one of {', '.join(ACCEPTED_INPUT_DATATYPES)}"
+        )
+    shape = _shape(entry.get("shape"), f"input '{name}'")
+    _check_shape(shape, spec)
+    input_params = _object(entry.get("parameters"), f"input '{name}' 'parameters'")
+    has_data = "data" in entry
+    if "binary_data_size" in input_params:
+        if has_data:
+            raise ProtocolError(f"input '{name}' has both 'data' and binary_data_size; send one")
+        if header_length is None:
+            raise ProtocolError(f"input '{name}' has binary_data_size but the request has no {HEADER_LENGTH}")
+        array, offset = _binary_tensor(
+            blob, offset, size=input_params["binary_data_size"], datatype=datatype, shape=shape, name=name
+        )
+        return array, datatype, offset
+    if has_data:
+        return _json_tensor(entry["data"], datatype=datatype, shape=shape, name=name), datatype, offset
+    raise ProtocolError(f"input '{name}' has neither 'data' nor parameters.binary_data_size")
+
+
 def parse_infer_request(
     body: bytes, *, signature: ModelSignature, header_length: str | None = None
 ) -> InferRequest:
@@ -295,31 +324,7 @@ def parse_infer_request(
             raise ProtocolError(f"unknown input {name!r}; the model takes only '{spec.name}'")
         if faces is not None:
             raise ProtocolError(f"input '{name}' is given twice")
-        datatype = entry.get("datatype")
-        if datatype not in ACCEPTED_INPUT_DATATYPES:
-            raise ProtocolError(
-                f"input '{name}' has datatype {datatype!r}; send one of {', '.join(ACCEPTED_INPUT_DATATYPES)}"
-            )
-        shape = _shape(entry.get("shape"), f"input '{name}'")
-        _check_shape(shape, spec)
-        input_params = _object(entry.get("parameters"), f"input '{name}' 'parameters'")
-        has_data = "data" in entry
-        if "binary_data_size" in input_params:
-            if has_data:
-                raise ProtocolError(f"input '{name}' has both 'data' and binary_data_size; send one")
-            if header_length is None:
-                raise ProtocolError(
-                    f"input '{name}' has binary_data_size but the request has no {HEADER_LENGTH}"
-                )
-            array, offset = _binary_tensor(
-                blob, offset, size=input_params["binary_data_size"], datatype=datatype, shape=shape, name=name
-            )
-        elif has_data:
-            array = _json_tensor(entry["data"], datatype=datatype, shape=shape, name=name)
-        else:
-            raise ProtocolError(f"input '{name}' has neither 'data' nor parameters.binary_data_size")
-        faces = array
-        sent_datatype = datatype
+        faces, sent_datatype, offset = _input_tensor(entry, spec, blob, offset, header_length)
     if faces is None:  # pragma: no cover - the loop above either sets it or raises
         raise ProtocolError(f"missing input '{spec.name}'")
     if offset != len(blob):
