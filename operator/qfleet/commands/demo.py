@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from qfleet import defaults
 from qfleet.errors import InputError, QfleetError
 from qfleet.fleet.replicas import DEFAULT_UTILIZATION, Demand, plan_replicas
 
@@ -56,7 +57,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--utilization", type=float, default=DEFAULT_UTILIZATION, help="target utilisation (default 0.8)"
     )
-    parser.add_argument("--max-drop", type=float, default=0.01, help="accuracy gate: largest allowed drop")
+    parser.add_argument(
+        "--max-drop",
+        type=float,
+        default=defaults.MAX_DROP,
+        help="accuracy gate: largest allowed drop (default %(default)s, as the operator's)",
+    )
     parser.add_argument(
         "--threads",
         type=int,
