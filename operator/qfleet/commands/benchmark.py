@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from qfleet.model.runtime import PRECISIONS
+from qfleet.commands import add_precision_argument
 
 HELP = "measure an IR's throughput (FPS) and latency on this CPU"
 DESCRIPTION = (
@@ -19,13 +19,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model.xml of an OpenVINO IR")
     parser.add_argument("--seconds", type=float, default=10.0, help="measured duration (default 10)")
     parser.add_argument("--threads", type=int, help="CPU threads for inference (default: all)")
-    parser.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default=None,
-        help="variant to compile: fp32 (computed in f32), int8, bf16 (needs native bf16); "
-        "default: what the model's qfleet.json records",
-    )
+    add_precision_argument(parser)
     parser.add_argument("--batch", type=int, default=1, help="images per inference request (default 1)")
 
 

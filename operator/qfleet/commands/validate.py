@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from qfleet.model.runtime import PRECISIONS
+from qfleet.commands import add_precision_argument
 
 HELP = "LFW verification accuracy of a model (insightface's 10-fold protocol)"
 DESCRIPTION = (
@@ -24,13 +24,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", help="folder of aligned crops <name>/<name>_<NNNN>.jpg (with --pairs)")
     parser.add_argument("--no-flip", action="store_true", help="do not add the mirrored image's embedding")
     parser.add_argument("--threads", type=int, default=None, help="CPU inference threads (default: all)")
-    parser.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default=None,
-        help="variant to compile: fp32 (computed in f32), int8, bf16 (needs native bf16); "
-        "default: what the model's qfleet.json records",
-    )
+    add_precision_argument(parser)
     parser.add_argument("--batch", type=int, default=None, help="model inputs per infer request (default 2)")
 
 
