@@ -12,6 +12,7 @@ from qfleet.fleet import conditions as c
 from qfleet.fleet.config import FleetConfig
 from qfleet.fleet.nodes import Inventory, node_info
 from qfleet.fleet.planner import Observed, Plan, plan
+from qfleet.fleet.status import condition_to_dict, parse_status
 from qfleet.isa import TIER_NAMES, TIERS
 
 CONFIG = FleetConfig(toolkit_image="toolkit:1", server_image="server:1")
@@ -117,9 +118,9 @@ def ready(deployment: dict[str, Any]) -> dict[str, Any]:
 
 
 def condition(result: Plan, type_: str) -> dict[str, Any]:
-    found = c.find(result.status["conditions"], type_)
+    found = c.find(result.model_status.conditions, type_)
     assert found is not None
-    return dict(found)
+    return condition_to_dict(found)
 
 
 def event_reasons(result: Plan) -> list[str]:
@@ -220,9 +221,9 @@ def test_ready_is_a_fixed_point() -> None:
 
 
 def condition_of(body: dict[str, Any], type_: str) -> dict[str, Any]:
-    found = c.find(body["status"]["conditions"], type_)
+    found = c.find(parse_status(body["status"]).conditions, type_)
     assert found is not None
-    return dict(found)
+    return condition_to_dict(found)
 
 
 def test_camera_change_only_rescales() -> None:

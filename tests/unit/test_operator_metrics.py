@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import generate_latest
 
+from qfleet.fleet.status import GateRecord, ResultRecord, parse_status
 from qfleet.operator.metrics import Metrics
 
 STATUS = {
@@ -26,7 +27,7 @@ def sample(metrics: Metrics, name: str, **labels: str) -> float | None:
 
 def test_model_gauges_follow_the_status_and_are_removed_with_it() -> None:
     metrics = Metrics()
-    metrics.model_status("faces", "arcface", STATUS)
+    metrics.model_status("faces", "arcface", parse_status(STATUS))
     key = {"namespace": "faces", "model": "arcface"}
     assert sample(metrics, "qfleet_camera_demand", **key) == 64
     assert sample(metrics, "qfleet_demand_faces_per_second", **key) == 384
@@ -38,7 +39,7 @@ def test_model_gauges_follow_the_status_and_are_removed_with_it() -> None:
         **STATUS,
         "variants": [{**STATUS["variants"][0], "served": {"precision": "fp32", "fpsPerReplica": 326.0}}],
     }
-    metrics.model_status("faces", "arcface", fp32)
+    metrics.model_status("faces", "arcface", parse_status(fp32))
     assert sample(metrics, "qfleet_fps_per_replica", **key, isa="avx512_vnni", precision="int8") is None
     assert sample(metrics, "qfleet_fps_per_replica", **key, isa="avx512_vnni", precision="fp32") == 326
     metrics.forget("faces", "arcface")
@@ -48,11 +49,9 @@ def test_model_gauges_follow_the_status_and_are_removed_with_it() -> None:
 
 def test_results_and_reconciles_are_counted() -> None:
     metrics = Metrics()
-    metrics.new_result(
-        "avx2",
-        {"succeeded": True, "seconds": 95.0, "gate": {"passed": False, "reason": "BelowMinimumAccuracy"}},
-    )
-    metrics.new_result("avx2", {"succeeded": False})
+    gate = GateRecord(passed=False, reason="BelowMinimumAccuracy")
+    metrics.new_result("avx2", ResultRecord("key", "job", True, "t1", gate=gate, seconds=95.0))
+    metrics.new_result("avx2", ResultRecord("key", "job", False, "t1"))
     metrics.reconciled("ok", 0.01)
     assert sample(metrics, "qfleet_pipelines_total", isa="avx2", outcome="succeeded") == 1
     assert sample(metrics, "qfleet_pipelines_total", isa="avx2", outcome="failed") == 1

@@ -19,8 +19,9 @@ Phases, from the user's point of view:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
+
+from qfleet.fleet.status import Condition
 
 PENDING = "Pending"
 QUANTIZING = "Quantizing"
@@ -85,7 +86,7 @@ EVENT_PHASE = "PhaseChanged"
 
 
 def condition(
-    conditions: Sequence[Mapping[str, Any]],
+    conditions: Sequence[Condition],
     type_: str,
     status: str,
     reason: str,
@@ -93,29 +94,22 @@ def condition(
     *,
     generation: int | None,
     now: str,
-) -> dict[str, Any]:
+) -> Condition:
     """A condition; keeps the earlier ``lastTransitionTime`` when ``status`` did not change."""
     previous = find(conditions, type_)
-    changed = previous is None or previous.get("status") != status
-    result: dict[str, Any] = {
-        "type": type_,
-        "status": status,
-        "reason": reason,
-        "message": message,
-        "lastTransitionTime": now if changed or previous is None else previous.get("lastTransitionTime", now),
-    }
-    if generation is not None:
-        result["observedGeneration"] = generation
-    return result
+    kept = previous.last_transition_time if previous is not None and previous.status == status else ""
+    return Condition(
+        type=type_,
+        status=status,
+        reason=reason,
+        message=message,
+        last_transition_time=kept or now,
+        observed_generation=generation,
+    )
 
 
-def find(conditions: Sequence[Mapping[str, Any]] | None, type_: str) -> Mapping[str, Any] | None:
-    for item in conditions or ():
-        if item.get("type") == type_:
+def find(conditions: Sequence[Condition], type_: str) -> Condition | None:
+    for item in conditions:
+        if item.type == type_:
             return item
     return None
-
-
-def is_true(conditions: Sequence[Mapping[str, Any]] | None, type_: str) -> bool:
-    found = find(conditions, type_)
-    return found is not None and found.get("status") == TRUE

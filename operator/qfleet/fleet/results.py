@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+from qfleet.fleet.status import SPEEDUPS, Bf16Record, GateRecord, JobError, ResultRecord
 from qfleet.fleet.uris import pod_path_to_uri
 
 JobState = Literal["running", "succeeded", "failed"]
@@ -97,54 +98,65 @@ def parse_result(message: str) -> PipelineResult:
     if not isinstance(data, dict):
         raise ResultError("the termination message is not a JSON object")
     try:
-        fp32 = data["fp32"]
-        int8 = data["int8"]
-        gate = data["gate"]
-        artifact = _uri_of(data["artifact"], "artifact")
-        fp32_artifact = _uri_of(data["fp32_artifact"], "fp32_artifact")
-        fp32_accuracy = _number(fp32["accuracy"], "fp32.accuracy")
-        int8_accuracy = _number(int8["accuracy"], "int8.accuracy")
-        drop = gate.get("drop")
-        precisions = _precisions(data)
-        baseline = precisions.get("fp32")
-        if baseline is not None and baseline != "f32":
-            raise ResultError(
-                f"the pipeline result's FP32 baseline was computed in {baseline}, not f32, so its "
-                "accuracy and FPS are not FP32's; run the Job with a qfleet that pins f32"
-            )
-        return PipelineResult(
-            isa=str(data["isa"]),
-            artifact=artifact,
-            fp32_artifact=fp32_artifact,
-            fp32_accuracy=fp32_accuracy,
-            int8_accuracy=int8_accuracy,
-            fp32_fps=_number(fp32["fps"], "fp32.fps"),
-            int8_fps=_number(int8["fps"], "int8.fps"),
-            gate_passed=bool(gate["passed"]),
-            gate_reason=str(gate.get("reason") or ("Passed" if gate["passed"] else "GateFailed")),
-            gate_message=str(gate.get("message") or ""),
-            drop=_number(drop, "gate.drop") if drop is not None else fp32_accuracy - int8_accuracy,
-            versions={str(key): str(value) for key, value in (data.get("versions") or {}).items()},
-            seconds=_number(data["seconds"], "seconds") if data.get("seconds") is not None else None,
-            runtime_isa=str(data["runtime_isa"]) if data.get("runtime_isa") else None,
-            inference_precision=precisions,
-            bf16=_bf16(data, fp32_accuracy),
-            speedup={
-                str(key): _number(value, f"speedup.{key}")
-                for key, value in (data.get("speedup") or {}).items()
-                if value is not None
-            },
-        )
+        return _pipeline_result(data)
     except (KeyError, TypeError, AttributeError) as exc:
         raise ResultError(f"the pipeline result lacks {exc}") from None
 
 
+def _pipeline_result(data: Mapping[str, Any]) -> PipelineResult:
+    fp32 = data["fp32"]
+    int8 = data["int8"]
+    gate = data["gate"]
+    fp32_accuracy = _number(fp32["accuracy"], "fp32.accuracy")
+    int8_accuracy = _number(int8["accuracy"], "int8.accuracy")
+    return PipelineResult(
+        isa=str(data["isa"]),
+        artifact=_uri_of(data["artifact"], "artifact"),
+        fp32_artifact=_uri_of(data["fp32_artifact"], "fp32_artifact"),
+        fp32_accuracy=fp32_accuracy,
+        int8_accuracy=int8_accuracy,
+        fp32_fps=_number(fp32["fps"], "fp32.fps"),
+        int8_fps=_number(int8["fps"], "int8.fps"),
+        gate_passed=bool(gate["passed"]),
+        gate_reason=_gate_reason(gate),
+        gate_message=str(gate.get("message") or ""),
+        drop=_drop(gate, fp32_accuracy - int8_accuracy, "gate.drop"),
+        versions={str(key): str(value) for key, value in (data.get("versions") or {}).items()},
+        seconds=_number(data["seconds"], "seconds") if data.get("seconds") is not None else None,
+        runtime_isa=str(data["runtime_isa"]) if data.get("runtime_isa") else None,
+        inference_precision=_precisions(data),
+        bf16=_bf16(data, fp32_accuracy),
+        speedup={
+            str(key): _number(value, f"speedup.{key}")
+            for key, value in (data.get("speedup") or {}).items()
+            if value is not None
+        },
+    )
+
+
+def _gate_reason(gate: Mapping[str, Any]) -> str:
+    return str(gate.get("reason") or ("Passed" if gate["passed"] else "GateFailed"))
+
+
+def _drop(gate: Mapping[str, Any], computed: float, what: str) -> float:
+    """The gate's drop as the pipeline reported it; computed from the accuracies by older ones."""
+    drop = gate.get("drop")
+    return _number(drop, what) if drop is not None else computed
+
+
 def _precisions(data: Mapping[str, Any]) -> dict[str, str]:
+    """What each variant computed in; an FP32 baseline not computed in f32 is refused."""
     found: dict[str, str] = {}
     for variant in ("fp32", "int8", "bf16"):
         block = data.get(variant)
         if isinstance(block, Mapping) and block.get("inference_precision"):
             found[variant] = str(block["inference_precision"])
+    baseline = found.get("fp32")
+    if baseline is not None and baseline != "f32":
+        raise ResultError(
+            f"the pipeline result's FP32 baseline was computed in {baseline}, not f32, so its "
+            "accuracy and FPS are not FP32's; run the Job with a qfleet that pins f32"
+        )
     return found
 
 
@@ -157,14 +169,13 @@ def _bf16(data: Mapping[str, Any], fp32_accuracy: float) -> Bf16Result | None:
         raise ResultError("the pipeline result has a bf16 block without bf16_artifact, or the reverse")
     gate = block["gate"]
     accuracy = _number(block["accuracy"], "bf16.accuracy")
-    drop = gate.get("drop")
     return Bf16Result(
         artifact=_uri_of(data["bf16_artifact"], "bf16_artifact"),
         accuracy=accuracy,
         fps=_number(block["fps"], "bf16.fps"),
         gate_passed=bool(gate["passed"]),
-        gate_reason=str(gate.get("reason") or ("Passed" if gate["passed"] else "GateFailed")),
-        drop=_number(drop, "bf16.gate.drop") if drop is not None else fp32_accuracy - accuracy,
+        gate_reason=_gate_reason(gate),
+        drop=_drop(gate, fp32_accuracy - accuracy, "bf16.gate.drop"),
         inference_precision=str(block["inference_precision"]) if block.get("inference_precision") else None,
     )
 
@@ -223,62 +234,127 @@ def job_outcome(job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]], *, no
     """The state of ``job`` and, once it finished, its result or why it failed."""
     name = str((job.get("metadata") or {}).get("name", ""))
     status = job.get("status") or {}
-    finished = [(term, pod) for pod in pods_of_job(name, pods) if (term := _terminated(pod)) is not None]
-    finished.sort(key=lambda item: str(item[0].get("finishedAt") or ""))
+    terminated = [term for pod in pods_of_job(name, pods) if (term := _terminated(pod)) is not None]
+    terminated.sort(key=lambda term: str(term.get("finishedAt") or ""))
     complete = _job_condition(job, "Complete") or _job_condition(job, "SuccessCriteriaMet")
     failed = _job_condition(job, "Failed")
-
     if complete is not None or ((status.get("succeeded") or 0) >= 1 and failed is None):
         finished_at = status.get("completionTime") or (complete or {}).get("lastTransitionTime")
-        succeeded_pods = [term for term, _ in finished if term.get("exitCode") == 0]
-        if not succeeded_pods:
-            lost = _seconds_between(finished_at, now) > RESULT_GRACE_SECONDS
-            if not lost:
-                return JobOutcome(state="succeeded", awaiting_result=True, finished_at=finished_at)
-            return JobOutcome(
-                state="failed",
-                reason="ResultLost",
-                message=f"Job {name} completed but its pod (and the result it held) is gone",
-                finished_at=finished_at,
-            )
-        message = str(succeeded_pods[-1].get("message") or "")
-        try:
-            result = parse_result(message)
-        except ResultError as exc:
-            return JobOutcome(state="failed", reason="ResultUnreadable", message=str(exc), exit_code=0)
-        return JobOutcome(state="succeeded", result=result, exit_code=0, finished_at=finished_at)
-
+        return _succeeded(name, terminated, finished_at, now=now)
     if failed is not None:
-        reason = str(failed.get("reason") or "Failed")
-        job_message = str(failed.get("message") or "")
-        finished_at = failed.get("lastTransitionTime")
-        if finished:
-            term = finished[-1][0]
-            stage, detail = _failure_details(str(term.get("message") or ""))
-            exit_code = term.get("exitCode")
-            text = detail or job_message
-            # The container's own reason says what no message can: OOMKilled, ContainerCannotRun...
-            why = (
-                [f"container {term['reason']}"]
-                if term.get("reason") not in (None, "", "Error", "Completed")
-                else []
-            )
-            if term.get("reason") == "OOMKilled":
-                why.append("it needs more memory than its limit")
-            if exit_code is not None:
-                why.append(f"exit code {exit_code}")
-            if why:
-                text = f"{text} ({', '.join(why)})" if text else ", ".join(why)
-            return JobOutcome(
-                state="failed",
-                reason=reason,
-                stage=stage,
-                message=text,
-                exit_code=int(exit_code) if isinstance(exit_code, int) else None,
-                finished_at=finished_at,
-            )
-        return JobOutcome(state="failed", reason=reason, message=job_message, finished_at=finished_at)
+        return _failed(failed, terminated)
     return JobOutcome(state="running")
+
+
+def _succeeded(
+    name: str, terminated: Sequence[Mapping[str, Any]], finished_at: str | None, *, now: str
+) -> JobOutcome:
+    """A complete Job: the result its succeeded pod holds (or why there is none to read)."""
+    succeeded_pods = [term for term in terminated if term.get("exitCode") == 0]
+    if not succeeded_pods:
+        if _seconds_between(finished_at, now) <= RESULT_GRACE_SECONDS:
+            return JobOutcome(state="succeeded", awaiting_result=True, finished_at=finished_at)
+        return JobOutcome(
+            state="failed",
+            reason="ResultLost",
+            message=f"Job {name} completed but its pod (and the result it held) is gone",
+            finished_at=finished_at,
+        )
+    message = str(succeeded_pods[-1].get("message") or "")
+    try:
+        result = parse_result(message)
+    except ResultError as exc:
+        return JobOutcome(state="failed", reason="ResultUnreadable", message=str(exc), exit_code=0)
+    return JobOutcome(state="succeeded", result=result, exit_code=0, finished_at=finished_at)
+
+
+def _failed(failed: Mapping[str, Any], terminated: Sequence[Mapping[str, Any]]) -> JobOutcome:
+    """A failed Job: the Job's reason, and what its last pod said (stage, message, exit code)."""
+    reason = str(failed.get("reason") or "Failed")
+    job_message = str(failed.get("message") or "")
+    finished_at = failed.get("lastTransitionTime")
+    if not terminated:
+        return JobOutcome(state="failed", reason=reason, message=job_message, finished_at=finished_at)
+    term = terminated[-1]
+    stage, detail = _failure_details(str(term.get("message") or ""))
+    exit_code = term.get("exitCode")
+    return JobOutcome(
+        state="failed",
+        reason=reason,
+        stage=stage,
+        message=_with_container_reason(detail or job_message, term),
+        exit_code=int(exit_code) if isinstance(exit_code, int) else None,
+        finished_at=finished_at,
+    )
+
+
+def _with_container_reason(text: str, term: Mapping[str, Any]) -> str:
+    """``text`` with what the container's own state says and no message can: OOMKilled,
+    ContainerCannotRun..., and the exit code."""
+    why = (
+        [f"container {term['reason']}"] if term.get("reason") not in (None, "", "Error", "Completed") else []
+    )
+    if term.get("reason") == "OOMKilled":
+        why.append("it needs more memory than its limit")
+    if term.get("exitCode") is not None:
+        why.append(f"exit code {term['exitCode']}")
+    if not why:
+        return text
+    return f"{text} ({', '.join(why)})" if text else ", ".join(why)
+
+
+def result_record(outcome: JobOutcome, pipeline_key: str, job_name: str, *, now: str) -> ResultRecord:
+    """A finished Job's outcome as the status keeps it (``status.variants[].result``)."""
+    finished_at = outcome.finished_at or now
+    if outcome.state == "succeeded" and outcome.result is not None:
+        return _succeeded_record(outcome.result, pipeline_key, job_name, finished_at=finished_at)
+    return ResultRecord(
+        pipeline_key=pipeline_key,
+        job=job_name,
+        succeeded=False,
+        finished_at=finished_at,
+        error=JobError(
+            reason=outcome.reason or "Failed",
+            message=outcome.message,
+            stage=outcome.stage,
+            exit_code=outcome.exit_code,
+        ),
+    )
+
+
+def _succeeded_record(
+    result: PipelineResult, pipeline_key: str, job_name: str, *, finished_at: str
+) -> ResultRecord:
+    bf16 = result.bf16
+    return ResultRecord(
+        pipeline_key=pipeline_key,
+        job=job_name,
+        succeeded=True,
+        finished_at=finished_at,
+        artifact=result.artifact,
+        fp32_artifact=result.fp32_artifact,
+        fp32_accuracy=result.fp32_accuracy,
+        int8_accuracy=result.int8_accuracy,
+        accuracy_drop=result.drop,
+        fp32_fps=result.fp32_fps,
+        int8_fps=result.int8_fps,
+        gate=GateRecord(result.gate_passed, result.gate_reason, result.gate_message),
+        versions=dict(result.versions),
+        seconds=result.seconds,
+        runtime_isa=result.runtime_isa or None,
+        inference_precision=dict(result.inference_precision),
+        speedup={key: value for key, value in result.speedup.items() if key in SPEEDUPS},
+        bf16=Bf16Record(
+            artifact=bf16.artifact,
+            accuracy=bf16.accuracy,
+            fps=bf16.fps,
+            gate_passed=bf16.gate_passed,
+            gate_reason=bf16.gate_reason,
+            gate_drop=bf16.drop,
+        )
+        if bf16 is not None
+        else None,
+    )
 
 
 def _seconds_between(earlier: object, later: str) -> float:

@@ -9,7 +9,6 @@ status is the operator's memory), writes go through :class:`~qfleet.operator.kub
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 import time
@@ -251,12 +250,26 @@ class Reconciler:
         await self._apply(model, result, logger)
         return result
 
-    async def _apply(self, model: Mapping[str, Any], result: Plan, logger: logging.LoggerAdapter) -> None:  # type: ignore[type-arg]
+    async def _apply(self, model: Mapping[str, Any], result: Plan, logger: _ModelLogger) -> None:
         metadata = model.get("metadata") or {}
-        namespace, name = str(metadata["namespace"]), str(metadata["name"])
-        jobs = namespaced("batch/v1", "jobs", namespace)
-        deployments = namespaced("apps/v1", "deployments", namespace)
+        namespace = str(metadata["namespace"])
+        await self._apply_jobs(model, result, namespace, logger)
+        await self._apply_deployments(result, namespace, logger)
+        for tier, record in result.new_results.items():
+            self.metrics.new_result(tier, record)
+        await self._apply_status(model, result, logger)
+        for event in result.events:
+            self.post_event(model, event)
+        self.metrics.model_status(namespace, str(metadata["name"]), result.model_status)
 
+    async def _apply_jobs(
+        self,
+        model: Mapping[str, Any],
+        result: Plan,
+        namespace: str,
+        logger: _ModelLogger,
+    ) -> None:
+        jobs = namespaced("batch/v1", "jobs", namespace)
         for job_name in result.delete_jobs:
             if await self.api.delete(f"{jobs}/{job_name}"):
                 logger.info("deleted obsolete Job %s", job_name)
@@ -272,6 +285,9 @@ class Reconciler:
                     model,
                     Event("Normal", c.EVENT_JOB_CREATED, f"{tier}: started quantization Job {job_name}"),
                 )
+
+    async def _apply_deployments(self, result: Plan, namespace: str, logger: _ModelLogger) -> None:
+        deployments = namespaced("apps/v1", "deployments", namespace)
         for change in result.deployments:
             path = f"{deployments}/{change.name}"
             if change.action == "create" and await self.api.create(deployments, change.body):
@@ -294,17 +310,18 @@ class Reconciler:
             if await self.api.delete(f"{deployments}/{deployment_name}"):
                 logger.info("deleted Deployment %s of a removed target", deployment_name)
 
-        for tier, record in result.new_results.items():
-            self.metrics.new_result(tier, record)
+    async def _apply_status(self, model: Mapping[str, Any], result: Plan, logger: _ModelLogger) -> None:
+        """Patch the status when it changed (fields no longer written are removed)."""
+        metadata = model.get("metadata") or {}
         old_status = model.get("status") or {}
-        new_status = json.loads(json.dumps(result.status))
-        if new_status != old_status:
-            patch = {key: None for key in old_status if key not in new_status}
-            patch.update(new_status)
-            path = namespaced(names.API_VERSION, names.PLURAL, namespace, name, "status")
-            await self.api.merge_patch(path, {"status": patch})
-            if new_status.get("phase") != old_status.get("phase"):
-                logger.info("phase %s -> %s", old_status.get("phase") or "New", new_status.get("phase"))
-        for event in result.events:
-            self.post_event(model, event)
-        self.metrics.model_status(namespace, name, new_status)
+        new_status = result.status
+        if new_status == old_status:
+            return
+        patch = {key: None for key in old_status if key not in new_status}
+        patch.update(new_status)
+        path = namespaced(
+            names.API_VERSION, names.PLURAL, str(metadata["namespace"]), str(metadata["name"]), "status"
+        )
+        await self.api.merge_patch(path, {"status": patch})
+        if new_status.get("phase") != old_status.get("phase"):
+            logger.info("phase %s -> %s", old_status.get("phase") or "New", new_status.get("phase"))

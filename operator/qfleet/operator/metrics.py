@@ -7,10 +7,10 @@ expects); gauges describe each model's current state and are dropped when the mo
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from qfleet.fleet.status import DemandStatus, ModelStatus, ResultRecord
 
 _DURATION_BUCKETS = (30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800)
 
@@ -80,21 +80,19 @@ class Metrics:
         self.reconciles.labels(result=result).inc()
         self.reconcile_seconds.observe(seconds)
 
-    def new_result(self, isa: str, result: Mapping[str, Any]) -> None:
+    def new_result(self, isa: str, result: ResultRecord) -> None:
         """Count a Job's result the first time the operator records it."""
-        if not result.get("succeeded"):
+        if not result.succeeded:
             self.pipelines.labels(isa=isa, outcome="failed").inc()
             return
         self.pipelines.labels(isa=isa, outcome="succeeded").inc()
-        if result.get("seconds") is not None:
-            self.pipeline_seconds.labels(isa=isa).observe(float(result["seconds"]))
-        gate = result.get("gate") or {}
-        passed = bool(gate.get("passed"))
+        if result.seconds is not None:
+            self.pipeline_seconds.labels(isa=isa).observe(result.seconds)
         self.gate_outcomes.labels(
-            isa=isa, passed=str(passed).lower(), reason=str(gate.get("reason", ""))
+            isa=isa, passed=str(result.gate.passed).lower(), reason=result.gate.reason
         ).inc()
 
-    def model_status(self, namespace: str, model: str, status: Mapping[str, Any]) -> None:
+    def model_status(self, namespace: str, model: str, status: ModelStatus) -> None:
         """Set the gauges of one model from its new status (and drop series that went away)."""
         key = (namespace, model)
         old = self._series.get(key, set())
@@ -104,28 +102,26 @@ class Metrics:
             gauge.labels(*labels).set(value)
             new.add((gauge, labels))
 
-        demand = status.get("demand") or {}
-        capacity = status.get("capacity") or {}
-        put(self.cameras, key, float(demand.get("cameras") or 0))
-        put(self.demand_fps, key, float(demand.get("facesPerSecond") or 0))
-        put(self.shortfall_fps, key, float(capacity.get("shortfallFacesPerSecond") or 0))
-        for variant in status.get("variants") or []:
-            isa = str(variant.get("isa"))
-            if "replicas" in variant:
-                put(self.desired_replicas, (*key, isa), float(variant["replicas"]))
-            served = variant.get("served") or {}
-            if served:
+        demand = status.demand or DemandStatus(cameras=0, faces_per_second=0.0)
+        put(self.cameras, key, float(demand.cameras))
+        put(self.demand_fps, key, demand.faces_per_second)
+        put(self.shortfall_fps, key, status.capacity.shortfall_faces_per_second if status.capacity else 0.0)
+        for variant in status.variants:
+            isa = variant.isa
+            if variant.replicas is not None:
+                put(self.desired_replicas, (*key, isa), float(variant.replicas))
+            if variant.served is not None:
                 put(
                     self.fps_per_replica,
-                    (*key, isa, str(served["precision"])),
-                    float(served["fpsPerReplica"]),
+                    (*key, isa, variant.served.precision),
+                    variant.served.fps_per_replica,
                 )
-            result = variant.get("result") or {}
-            if result.get("succeeded"):
-                put(self.accuracy, (*key, isa, "fp32"), float(result["fp32Accuracy"]))
-                put(self.accuracy, (*key, isa, "int8"), float(result["int8Accuracy"]))
-                if result.get("bf16Accuracy") is not None:
-                    put(self.accuracy, (*key, isa, "bf16"), float(result["bf16Accuracy"]))
+            result = variant.result
+            if result is not None and result.succeeded:
+                put(self.accuracy, (*key, isa, "fp32"), result.fp32_accuracy)
+                put(self.accuracy, (*key, isa, "int8"), result.int8_accuracy)
+                if result.bf16 is not None:
+                    put(self.accuracy, (*key, isa, "bf16"), result.bf16.accuracy)
         for gauge, labels in old - new:
             _remove(gauge, labels)
         self._series[key] = new
