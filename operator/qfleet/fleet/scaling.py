@@ -66,10 +66,8 @@ def plan_fleet(
         replicas[isa] = min(max_replicas, max(replicas[isa], wanted))
 
     if placement == SPREAD:
-        total_cpu = sum(max(pool.allocatable_cpu, 0.0) for pool in pools)
-        for pool in pools:
-            weight = pool.allocatable_cpu / total_cpu if total_cpu > 0 else 1 / len(pools)
-            grow(pool.isa, demand_fps * weight)
+        for isa, share in _cpu_shares(pools).items():
+            grow(isa, demand_fps * share)
     # Demand within float noise of the capacity counts as covered (needed_replicas rounds the
     # replica ratio to 9 decimals); a millionth of a face per second is no shortfall either.
     tolerance = 1e-6 + 1e-9 * (demand_fps + max(planned.values()))
@@ -83,3 +81,10 @@ def plan_fleet(
     capacity = sum(replicas[isa] * planned[isa] for isa in replicas)
     shortfall = max(0.0, demand_fps - capacity)
     return FleetPlan(demand_fps, replicas, capacity, shortfall if shortfall > tolerance else 0.0)
+
+
+def _cpu_shares(pools: Sequence[Pool]) -> dict[str, float]:
+    """Each pool's share of the demand for ``spread``: its tier's part of the allocatable CPU
+    (equal shares when no pool reports any)."""
+    total_cpu = sum(max(pool.allocatable_cpu, 0.0) for pool in pools)
+    return {pool.isa: pool.allocatable_cpu / total_cpu if total_cpu > 0 else 1 / len(pools) for pool in pools}

@@ -107,26 +107,13 @@ def parse_spec(spec: Mapping[str, Any] | None) -> ModelSpec:
     rollout = _section(spec, "rollout")
     artifacts = _section(spec, "artifacts", required=True)
 
-    min_replicas = _integer(serving, "serving.minReplicas", minimum=0)
-    max_replicas = _integer(serving, "serving.maxReplicas", minimum=1)
-    if max_replicas < min_replicas:
-        raise SpecError(
-            f"serving.maxReplicas ({max_replicas}) is below serving.minReplicas ({min_replicas}); "
-            "raise maxReplicas or lower minReplicas"
-        )
-    epoch = source.get("epoch")
-    if epoch is not None and (not _is_int(epoch) or epoch < 0):
-        raise SpecError(f"spec.source.epoch must be an integer >= 0, got {epoch!r}")
+    # Checked in this order, so that a spec with several mistakes names the same one first.
+    min_replicas, max_replicas = _replicas(serving)
+    epoch = _epoch(source)
     source_format = _choice(source, "source.format", FORMATS, required=True)
-    min_accuracy = validation.get("minAccuracy")
-    if min_accuracy is not None:
-        min_accuracy = _fraction(validation, "validation.minAccuracy")
-    threads = serving.get("threads")
-    if threads is not None and (not _is_int(threads) or threads < 1):
-        raise SpecError(f"spec.serving.threads must be an integer >= 1, got {threads!r}")
-    image = serving.get("image")
-    if image is not None and (not isinstance(image, str) or not image.strip()):
-        raise SpecError(f"spec.serving.image must be an image reference, got {image!r}")
+    min_accuracy = _min_accuracy(validation)
+    threads = _threads(serving)
+    image = _image(serving)
     targets = _targets(spec.get("targets"))
     on_gate_failure = _choice(rollout, "rollout.onGateFailure", GATE_FAILURE_POLICIES)
     if on_gate_failure == "bf16":
@@ -135,7 +122,7 @@ def parse_spec(spec: Mapping[str, Any] | None) -> ModelSpec:
     return ModelSpec(
         source_format=source_format,
         source=_uri(source.get("uri"), "spec.source.uri"),
-        epoch=int(epoch) if epoch is not None else None,
+        epoch=epoch,
         preset=_choice(quantization, "quantization.preset", PRESETS),
         subset_size=_integer(quantization, "quantization.subsetSize", minimum=1),
         calibration=_uri(quantization.get("calibration"), "spec.quantization.calibration"),
@@ -143,8 +130,8 @@ def parse_spec(spec: Mapping[str, Any] | None) -> ModelSpec:
         max_drop=_fraction(validation, "validation.maxDrop"),
         min_accuracy=min_accuracy,
         targets=targets,
-        serving_image=image.strip() if isinstance(image, str) else None,
-        serving_threads=int(threads) if threads is not None else None,
+        serving_image=image,
+        serving_threads=threads,
         resources=_resources(serving.get("resources")),
         min_replicas=min_replicas,
         max_replicas=max_replicas,
@@ -156,6 +143,44 @@ def parse_spec(spec: Mapping[str, Any] | None) -> ModelSpec:
         artifacts=_uri(artifacts.get("uri"), "spec.artifacts.uri"),
         on_gate_failure=on_gate_failure,
     )
+
+
+def _replicas(serving: Mapping[str, Any]) -> tuple[int, int]:
+    min_replicas = _integer(serving, "serving.minReplicas", minimum=0)
+    max_replicas = _integer(serving, "serving.maxReplicas", minimum=1)
+    if max_replicas < min_replicas:
+        raise SpecError(
+            f"serving.maxReplicas ({max_replicas}) is below serving.minReplicas ({min_replicas}); "
+            "raise maxReplicas or lower minReplicas"
+        )
+    return min_replicas, max_replicas
+
+
+def _epoch(source: Mapping[str, Any]) -> int | None:
+    epoch = source.get("epoch")
+    if epoch is not None and (not _is_int(epoch) or epoch < 0):
+        raise SpecError(f"spec.source.epoch must be an integer >= 0, got {epoch!r}")
+    return int(epoch) if epoch is not None else None
+
+
+def _min_accuracy(validation: Mapping[str, Any]) -> float | None:
+    if validation.get("minAccuracy") is None:
+        return None
+    return _fraction(validation, "validation.minAccuracy")
+
+
+def _threads(serving: Mapping[str, Any]) -> int | None:
+    threads = serving.get("threads")
+    if threads is not None and (not _is_int(threads) or threads < 1):
+        raise SpecError(f"spec.serving.threads must be an integer >= 1, got {threads!r}")
+    return int(threads) if threads is not None else None
+
+
+def _image(serving: Mapping[str, Any]) -> str | None:
+    image = serving.get("image")
+    if image is not None and (not isinstance(image, str) or not image.strip()):
+        raise SpecError(f"spec.serving.image must be an image reference, got {image!r}")
+    return image.strip() if isinstance(image, str) else None
 
 
 def _check_bf16_targets(targets: tuple[Target, ...]) -> None:
