@@ -47,7 +47,6 @@ import math
 import os
 import platform
 import re
-import resource
 import statistics
 import subprocess
 import sys
@@ -61,9 +60,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _common import (
+    RESULTS,
+    busy_cpu_seconds,
+    children_cpu_seconds,
+    cpu_model,
+    replace_marked_block,
+    script_parser,
+)
 from iresnet import UNITS, build_checkpoint
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 #: The block of RESULTS.md that ``--update-results`` replaces.
 BEGIN_MARK = "<!-- int8_vs_fp32.py output: begin -->"
 END_MARK = "<!-- int8_vs_fp32.py output: end -->"
@@ -198,21 +204,6 @@ def run_benchmark_app(model_xml: Path, *, precision: str, seconds: int, batch: i
 # --- measuring on a shared machine ------------------------------------------------------------
 
 
-def _busy_seconds() -> float:
-    """CPU seconds all processes on this machine spent busy (/proc/stat: user..steal, no idle)."""
-    try:
-        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    except OSError:
-        return float("nan")
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def measure(
     tool: str, model_xml: Path, *, precision: str, batch: int, args: argparse.Namespace
 ) -> dict[str, Any]:
@@ -224,16 +215,16 @@ def measure(
     run = run_qfleet if tool == "qfleet" else run_benchmark_app
     result: dict[str, Any] = {}
     for attempt in range(1, args.attempts + 1):
-        wall, busy, children = time.perf_counter(), _busy_seconds(), _children_cpu()
+        wall, busy, children = time.perf_counter(), busy_cpu_seconds(), children_cpu_seconds()
         try:
             result = run(model_xml, precision=precision, seconds=args.seconds, batch=batch)
         except RuntimeError as exc:  # keep going: one failed measurement should not end the run
             result = {"fps": float("nan"), "error": str(exc)}
         elapsed = time.perf_counter() - wall
-        others = (_busy_seconds() - busy - (_children_cpu() - children)) / elapsed
+        others = (busy_cpu_seconds() - busy - (children_cpu_seconds() - children)) / elapsed
         result["others_cores"] = max(0.0, others) if not math.isnan(others) else others
         result["wall_s"] = round(elapsed, 1)
-        result["tool_cpu_s"] = round(_children_cpu() - children, 1)  # the tool's own CPU time
+        result["tool_cpu_s"] = round(children_cpu_seconds() - children, 1)  # the tool's own CPU time
         result["attempts"] = attempt
         if "error" in result or not result["others_cores"] > args.max_others:
             break
@@ -383,19 +374,6 @@ def run_tier(
 
 
 # --- report -----------------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    """The "model name" of /proc/cpuinfo (the platform's processor name where it has none)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        text = ""
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name":
-            return value.strip()
-    return platform.processor() or "unknown CPU"
 
 
 def _select(runs: list[dict[str, Any]], **key: Any) -> list[dict[str, Any]]:
@@ -619,16 +597,6 @@ def verdicts(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def update_results(path: Path, fragment: str) -> None:
-    """Replace the text between BEGIN_MARK and END_MARK in ``path`` (both must be there)."""
-    text = path.read_text(encoding="utf-8")
-    begin, end = text.find(BEGIN_MARK), text.find(END_MARK)
-    if begin < 0 or end < begin:
-        raise SystemExit(f"{path}: no {BEGIN_MARK} ... {END_MARK} block to replace")
-    text = text[: begin + len(BEGIN_MARK)] + "\n\n" + fragment.strip() + "\n\n" + text[end:]
-    path.write_text(text, encoding="utf-8")
-
-
 # --- main -------------------------------------------------------------------------------------
 
 
@@ -661,9 +629,7 @@ def _shown_argv(argv: list[str]) -> list[str]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from qfleet.isa import TIER_NAMES
 
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = script_parser(__doc__)
     parser.add_argument("--models", type=_ints, default=[50, 100], help="iResNet depths (default 50,100)")
     parser.add_argument(
         "--tiers",
@@ -770,7 +736,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             json.dumps({"rows": rows, "tiers": tiers}, indent=1, default=str), encoding="utf-8"
         )
     if args.update_results:
-        update_results(args.results, fragment)
+        replace_marked_block(args.results, BEGIN_MARK, END_MARK, fragment)
         print(f"updated the marked block of {args.results}", file=sys.stderr)
     return {"rows": rows, "tiers": tiers}
 

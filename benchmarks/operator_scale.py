@@ -20,18 +20,14 @@ Goal: p95 under 2 s at 1000 models, and no worse per change than at 100.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
-import math
 import os
 import random
-import re
 import statistics
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,33 +37,35 @@ sys.path.insert(0, str(REPO / "tests" / "integration"))
 import kmock  # noqa: E402
 from cluster import DEPLOYMENTS, NODES, Cluster, Emulator  # noqa: E402
 
+from _common import (  # noqa: E402
+    CAMERA_FPS,
+    FACES_PER_FRAME,
+    NAMESPACE,
+    RESULTS,
+    TIERS,
+    UTILIZATION,
+    cpu_model,
+    model_spec,
+    percentile,
+    quantized_status,
+    replace_section,
+    script_parser,
+    status_kib,
+    utc_stamp,
+)
 from qfleet.fleet import names  # noqa: E402
 from qfleet.fleet.planner import current_pipeline_key  # noqa: E402
 from qfleet.fleet.replicas import needed_replicas  # noqa: E402
 from qfleet.fleet.spec import parse_spec  # noqa: E402
 from qfleet.operator.settings import OperatorSettings  # noqa: E402
 
-RESULTS = REPO / "benchmarks" / "RESULTS.md"
 SECTION_TITLE = "## Operator scale"
-NAMESPACE = "fleet"
-TIERS = (("amx_int8", 2400.0), ("avx512_vnni", 579.0), ("avx2", 326.0))
-UTILIZATION = 0.8
-CAMERA_FPS, FACES_PER_FRAME = 6, 1
 OPERATOR_ENV = {"QFLEET_RESYNC_SECONDS": "3600"}
 
 
 def model_body(index: int, tier: str, fps: float, cameras: int, config: Any) -> dict[str, Any]:
     name = f"site-{index:04d}"
-    spec = {
-        "source": {"format": "onnx", "uri": f"pvc://models/{name}/model.onnx"},
-        "quantization": {"calibration": "pvc://data/calib"},
-        "validation": {"lfw": "pvc://data/lfw.bin", "maxDrop": 0.001},
-        "targets": [{"isa": tier}],
-        "serving": {"resources": {"limits": {"cpu": "8"}}, "minReplicas": 1, "maxReplicas": 64},
-        "demand": {"cameras": cameras, "cameraFps": CAMERA_FPS, "facesPerFrame": FACES_PER_FRAME,
-                   "targetUtilization": UTILIZATION},
-        "artifacts": {"uri": "pvc://models/qfleet"},
-    }  # fmt: skip
+    spec = model_spec(f"pvc://models/{name}/model.onnx", tier, cameras)
     body: dict[str, Any] = {
         "apiVersion": names.API_VERSION,
         "kind": names.KIND,
@@ -75,39 +73,15 @@ def model_body(index: int, tier: str, fps: float, cameras: int, config: Any) -> 
         "spec": spec,
     }
     key = current_pipeline_key(body, parse_spec(spec), config)
-    artifact = f"pvc://models/qfleet/{name}/{key}/{tier}"
-    record = {"pipelineKey": key, "precision": "int8", "artifact": f"{artifact}/int8/model.xml",
-              "fpsPerReplica": fps, "accuracy": 0.996, "since": "2030-01-01T00:00:00Z"}  # fmt: skip
-    result = {
-        "pipelineKey": key, "job": names.job_name(name, tier, key), "succeeded": True,
-        "artifact": record["artifact"], "fp32Artifact": f"{artifact}/fp32/model.xml",
-        "fp32Accuracy": 0.9963, "int8Accuracy": 0.996, "accuracyDrop": 0.0003, "fp32Fps": fps / 1.77,
-        "int8Fps": fps, "gate": {"passed": True, "reason": "Passed", "message": "within 0.1 points"},
-        "versions": {}, "seconds": 300.0, "finishedAt": "2030-01-01T00:00:00Z",
-    }  # fmt: skip
-    body["status"] = {
-        "variants": [{"isa": tier, "pipelineKey": key, "job": result["job"], "state": "Succeeded",
-                      "result": result, "served": record, "lastGood": record}],
-    }  # fmt: skip
+    job = names.job_name(name, tier, key)
+    body["status"] = quantized_status(
+        name, tier, key, fps, job=job, gate_message="within 0.1 points", seconds=300.0
+    )
     return body
 
 
 def replicas_for(cameras: int, fps: float) -> int:
     return max(1, min(64, needed_replicas(cameras * CAMERA_FPS * FACES_PER_FRAME, fps, UTILIZATION)))
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
-
-
-def memory_kib(pid: int) -> dict[str, int]:
-    found: dict[str, int] = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmHWM", "VmRSS"):
-            found[key] = int(value.split()[0])
-    return found
 
 
 async def measure(models: int, nodes: int, changes: int, burst: int, seed: int) -> dict[str, Any]:
@@ -168,7 +142,7 @@ async def measure(models: int, nodes: int, changes: int, burst: int, seed: int) 
             burst_started = time.perf_counter()
             burst_latencies = await asyncio.gather(*(change(name) for name in burst_names))
             burst_total = time.perf_counter() - burst_started
-            memory = memory_kib(process.pid)
+            memory = status_kib(process.pid, "VmHWM", "VmRSS")
             api = []
             for name in rng.sample(sorted(fleet), min(20, models)):
                 begin = time.perf_counter()
@@ -243,28 +217,8 @@ def render(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def update_results(path: Path, section: str) -> None:
-    """Put ``section`` into ``path`` in place of an earlier one of the same title (others untouched)."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION_TITLE)}\s*$.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section.rstrip("\n") + "\n\n", text, count=1).rstrip("\n") + "\n"
-    else:
-        text = text.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n"
-    path.write_text(text)
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = script_parser(__doc__)
     parser.add_argument(
         "--models", type=int, nargs="+", default=[100, 1000], help="fleet sizes (default 100 1000)"
     )
@@ -283,13 +237,13 @@ def main(argv: list[str] | None = None) -> int:
     meta = {
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
-        "measured_at": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "measured_at": utc_stamp("%Y-%m-%d"),
         "load": ", ".join(f"{value:.1f}" for value in os.getloadavg()),
     }
     section = render(results, meta)
     print(section)
     if not args.no_write:
-        update_results(args.results, section)
+        replace_section(args.results, SECTION_TITLE, section)
     return 0
 
 

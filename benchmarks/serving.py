@@ -23,27 +23,29 @@ with ``--results``, into the "Serving" section of ``benchmarks/RESULTS.md``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import functools
 import json
 import os
-import platform
-import re
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from datetime import UTC, datetime
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 
+from _common import (
+    CpuMeter,
+    cpu_model,
+    qfleet_json,
+    replace_section,
+    script_parser,
+    server_process,
+    utc_stamp,
+)
 from qfleet.isa import detect_host_tier
 from qfleet.model.metadata import read_metadata
 from qfleet.serving.loadtest import LoadSpec, loadtest, percentiles_ms
@@ -55,90 +57,6 @@ SECTION_TITLE = "## Serving"
 #: (0.8), the issue's 0.9x ("no errors, p95 a small multiple of unloaded") and 1.3x (overload).
 OFFERED_FACTORS = (0.8, 0.9, 1.3)
 DEFAULT_WORK = Path(tempfile.gettempdir()) / "qfleet-benchmarks" / "serving"
-
-
-def _busy_cpu_s() -> float:
-    """CPU seconds all processes on this machine have spent busy (from /proc/stat)."""
-    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def _process_cpu_s(pid: int) -> float:
-    try:
-        after_name = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(after_name[11]) + int(after_name[12])) / os.sysconf("SC_CLK_TCK")
-
-
-class CpuMeter:
-    """How much CPU *other* processes took during each phase: the machine may be shared.
-
-    Others = all busy CPU time (/proc/stat) minus this script's, its finished children's (the
-    ``qfleet benchmark`` runs) and the running server's, per second of the phase. On a machine
-    of C cores, others near 0 means a clean measurement; near C means the numbers are halved.
-    """
-
-    def __init__(self) -> None:
-        self.server_pid: int | None = None
-        self.phases: dict[str, dict[str, float]] = {}
-
-    def _own_cpu_s(self) -> float:
-        me = resource.getrusage(resource.RUSAGE_SELF)
-        children = resource.getrusage(resource.RUSAGE_CHILDREN)
-        total = me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
-        return total + (_process_cpu_s(self.server_pid) if self.server_pid else 0.0)
-
-    @contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        started, busy, own = time.monotonic(), _busy_cpu_s(), self._own_cpu_s()
-        yield
-        elapsed = max(time.monotonic() - started, 1e-9)
-        others = (_busy_cpu_s() - busy) - (self._own_cpu_s() - own)
-        self.phases[name] = {
-            "others_cores": round(max(others, 0.0) / elapsed, 2),
-            "load_average_1m": round(os.getloadavg()[0], 2),
-        }
-
-    def others_now(self, seconds: float = 2.0) -> float:
-        """Cores that other processes use right now (sampled over ``seconds``)."""
-        busy, own = _busy_cpu_s(), self._own_cpu_s()
-        time.sleep(seconds)
-        return max((_busy_cpu_s() - busy) - (self._own_cpu_s() - own), 0.0) / seconds
-
-    def wait_quiet(self, max_cores: float, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while self.others_now() > max_cores and time.monotonic() < deadline:
-            pass
-
-    def measure(
-        self, name: str, phase: Callable[[], T], *, max_cores: float, wait_s: float, attempts: int = 3
-    ) -> T:
-        """Run ``phase`` when the machine is quiet; repeat it (keeping the cleanest) if others interfered."""
-        best: tuple[T, dict[str, float]] | None = None
-        for attempt in range(1, attempts + 1):
-            self.wait_quiet(max_cores, wait_s)
-            with self.phase(name):
-                value = phase()
-            record = {**self.phases[name], "attempts": attempt}
-            if best is None or record["others_cores"] < best[1]["others_cores"]:
-                best = (value, record)
-            if record["others_cores"] <= max_cores:
-                break
-        assert best is not None
-        self.phases[name] = best[1]
-        return best[0]
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def build_int8_model(work: Path, *, depth: int = 50, calibration_samples: int = 30) -> Path:
@@ -167,29 +85,6 @@ def build_int8_model(work: Path, *, depth: int = 50, calibration_samples: int = 
     print(f"quantizing it to INT8 with {calibration_samples} calibration crops", file=sys.stderr)
     quantize_model(fp32_dir / "model.xml", calibration=crops, out_dir=int8_xml.parent, progress=False)
     return int8_xml
-
-
-@contextmanager
-def server_process(model_xml: Path, *args: str) -> Iterator[tuple[str, int]]:
-    """``qfleet serve`` in its own process, as in a pod; yields its URL and process id."""
-    log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)  # noqa: SIM115 - read while running
-    process = subprocess.Popen(
-        [sys.executable, "-m", "qfleet.cli", "serve", "--model", str(model_xml), "--port", "0", *args],
-        stdout=subprocess.DEVNULL,
-        stderr=log,
-    )
-    try:
-        deadline = time.monotonic() + 300
-        while not (found := re.search(r"listening on (http://\S+)", Path(log.name).read_text())):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"server did not start:\n{Path(log.name).read_text()}")
-            time.sleep(0.1)
-        yield found.group(1), process.pid
-    finally:
-        process.terminate()
-        process.wait(timeout=120)
-        log.close()
-        os.unlink(log.name)
 
 
 async def _model_input(session: Any, url: str) -> tuple[str, str, list[int]]:
@@ -246,31 +141,14 @@ async def closed_loop(
 
 def direct_benchmark(model_xml: Path, *, seconds: float, threads: int | None) -> dict[str, Any]:
     """``qfleet benchmark --json`` in its own process (what the quantization Job runs)."""
-    command = [
-        sys.executable,
-        "-m",
-        "qfleet.cli",
-        "benchmark",
-        "--model",
-        str(model_xml),
-        "--seconds",
-        str(seconds),
-    ]
-    command += [] if threads is None else ["--threads", str(threads)]
+    args = ["benchmark", "--model", str(model_xml), "--seconds", str(seconds)]
+    args += [] if threads is None else ["--threads", str(threads)]
     for attempt in (1, 2):
         try:
-            done = subprocess.run(
-                [*command, "--json", "-q"],
-                capture_output=True,
-                text=True,
-                timeout=3 * seconds + 120,
-                check=True,
-            )
+            return qfleet_json(*args, timeout=3 * seconds + 120)
         except subprocess.TimeoutExpired:
             # Seen once under heavy machine load: the benchmark process hung at exit. Retry once.
             print(f"qfleet benchmark timed out (attempt {attempt})", file=sys.stderr)
-            continue
-        return dict(json.loads(done.stdout.splitlines()[-1]))
     raise RuntimeError("qfleet benchmark did not finish twice in a row")
 
 
@@ -298,15 +176,15 @@ def run(
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "isa": detect_host_tier(),
-        "measured_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "measured_at": utc_stamp(),
         "faces_per_frame": faces_per_frame,
         "quiet_cores": quiet_cores,
         "phases": meter.phases,
     }
     direct: list[dict[str, Any]] = []
     saturated: list[dict[str, Any]] = []
-    with server_process(model_xml, *serve_args) as (url, server_pid):
-        meter.server_pid = server_pid
+    with server_process(model_xml, *serve_args) as (url, server):
+        meter.server_pid = server.pid
         # Alternate direct and HTTP so that load from other processes hits both alike; the
         # server process sits idle while the direct benchmark runs.
         for index in range(rounds + 1):
@@ -459,21 +337,8 @@ def _ms(latency: dict[str, float | None]) -> str:
     return " / ".join("-" if value is None else f"{value:.0f}" for value in values)
 
 
-def update_results(path: Path, section: str) -> None:
-    """Put ``section`` into ``path`` in place of an earlier "Serving" section (others untouched)."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION_TITLE)}\s*$.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section.rstrip("\n") + "\n\n", text, count=1).rstrip("\n") + "\n"
-    else:
-        text = text.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n"
-    path.write_text(text)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = script_parser(__doc__)
     parser.add_argument(
         "--model", type=Path, help="an INT8 model.xml (default: build iResNet-50 INT8 under --work)"
     )
@@ -513,7 +378,7 @@ def main() -> None:
     )
     section = markdown(result)
     if args.results:
-        update_results(args.results, section)
+        replace_section(args.results, SECTION_TITLE, section)
     print(json.dumps(result, indent=2) if args.json else section)
 
 

@@ -30,21 +30,17 @@ no errors and the last windows' p95 within a small factor of the first ones'.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import collections
 import itertools
 import json
 import os
 import random
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -55,20 +51,33 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import kmock  # noqa: E402
 from cluster import DEPLOYMENTS, JOBS, NODES, PODS, Cluster, Emulator, _matches, now  # noqa: E402
 
+from _common import (  # noqa: E402
+    CAMERA_FPS,
+    FACES_PER_FRAME,
+    MAX_REPLICAS,
+    NAMESPACE,
+    RESULTS,
+    TIERS,
+    UTILIZATION,
+    cpu_model,
+    model_spec,
+    percentile,
+    qfleet_json,
+    quantized_status,
+    replace_section,
+    rss_mib,
+    script_parser,
+    server_process,
+    utc_stamp,
+)
 from qfleet.fleet import names  # noqa: E402
 from qfleet.fleet.planner import current_pipeline_key  # noqa: E402
 from qfleet.fleet.replicas import needed_replicas  # noqa: E402
 from qfleet.fleet.spec import parse_spec  # noqa: E402
 from qfleet.operator.settings import OperatorSettings  # noqa: E402
 
-RESULTS = REPO / "benchmarks" / "RESULTS.md"
 SECTION_TITLE = "## Soak"
-NAMESPACE = "fleet"
-TIERS = (("amx_int8", 2400.0), ("avx512_vnni", 579.0), ("avx2", 326.0))
 FPS = dict(TIERS)
-UTILIZATION = 0.8
-CAMERA_FPS, FACES_PER_FRAME = 6, 1
-MAX_REPLICAS = 64
 OPERATOR_ENV: dict[str, str] = {}
 CHANGE_KINDS = (("cameras", 0.6), ("source", 0.15), ("create", 0.125), ("delete", 0.125))
 
@@ -187,16 +196,7 @@ class Fleet:
 
 
 def spec_for(name: str, tier: str, cameras: int, version: int) -> dict[str, Any]:
-    return {
-        "source": {"format": "onnx", "uri": f"pvc://models/{name}/v{version}/model.onnx"},
-        "quantization": {"calibration": "pvc://data/calib"},
-        "validation": {"lfw": "pvc://data/lfw.bin", "maxDrop": 0.001},
-        "targets": [{"isa": tier}],
-        "serving": {"resources": {"limits": {"cpu": "8"}}, "minReplicas": 1, "maxReplicas": MAX_REPLICAS},
-        "demand": {"cameras": cameras, "cameraFps": CAMERA_FPS, "facesPerFrame": FACES_PER_FRAME,
-                   "targetUtilization": UTILIZATION},
-        "artifacts": {"uri": "pvc://models/qfleet"},
-    }  # fmt: skip
+    return model_spec(f"pvc://models/{name}/v{version}/model.onnx", tier, cameras)
 
 
 def quantized_body(name: str, spec: dict[str, Any], config: Any) -> dict[str, Any]:
@@ -205,18 +205,10 @@ def quantized_body(name: str, spec: dict[str, Any], config: Any) -> dict[str, An
                             "metadata": {"name": name, "namespace": NAMESPACE}, "spec": spec}  # fmt: skip
     tier = spec["targets"][0]["isa"]
     key = current_pipeline_key(body, parse_spec(spec), config)
-    artifact = f"pvc://models/qfleet/{name}/{key}/{tier}"
-    record = {"pipelineKey": key, "precision": "int8", "artifact": f"{artifact}/int8/model.xml",
-              "fpsPerReplica": FPS[tier], "accuracy": 0.996, "since": "2030-01-01T00:00:00Z"}  # fmt: skip
-    result = {
-        "pipelineKey": key, "job": names.job_name(name, tier, key), "succeeded": True,
-        "artifact": record["artifact"], "fp32Artifact": f"{artifact}/fp32/model.xml", "fp32Accuracy": 0.9963,
-        "int8Accuracy": 0.996, "accuracyDrop": 0.0003, "fp32Fps": FPS[tier] / 1.77, "int8Fps": FPS[tier],
-        "gate": {"passed": True, "reason": "Passed", "message": "recorded"}, "versions": {}, "seconds": 1.0,
-        "finishedAt": "2030-01-01T00:00:00Z",
-    }  # fmt: skip
-    body["status"] = {"variants": [{"isa": tier, "pipelineKey": key, "job": result["job"], "state": "Succeeded",
-                                    "result": result, "served": record, "lastGood": record}]}  # fmt: skip
+    job = names.job_name(name, tier, key)
+    body["status"] = quantized_status(
+        name, tier, key, FPS[tier], job=job, gate_message="recorded", seconds=1.0
+    )
     return body
 
 
@@ -270,19 +262,6 @@ def mismatches(cluster: Cluster, fleet: Fleet) -> list[str]:
     return problems
 
 
-def rss_mib(pid: int) -> float:
-    """Resident memory of a process (``smaps_rollup`` is exact; ``status``'s VmRSS is batched)."""
-    for source, key in ((f"/proc/{pid}/smaps_rollup", "Rss:"), (f"/proc/{pid}/status", "VmRSS:")):
-        try:
-            lines = Path(source).read_text().splitlines()
-        except OSError:
-            continue
-        for line in lines:
-            if line.startswith(key):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def slope_per_minute(samples: list[tuple[float, float]]) -> float:
     """Least-squares slope of (seconds, MiB) samples, in MiB per minute."""
     if len(samples) < 3:
@@ -298,11 +277,6 @@ def largest_step(samples: list[tuple[float, float]]) -> dict[str, float]:
     steps = [(later[1] - earlier[1], later[0]) for earlier, later in itertools.pairwise(samples)]
     rise, at = max(steps, default=(0.0, 0.0))
     return {"mib": round(rise, 1), "at_s": round(at)}
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, int(q * len(ordered) + 0.999999) - 1))] if ordered else 0.0
 
 
 # -- part 1 -----------------------------------------------------------------------------------------------
@@ -483,33 +457,18 @@ def late_creations(cluster: Cluster, fleet: Fleet) -> int:
 # -- part 2 -----------------------------------------------------------------------------------------------
 
 
-def qfleet(*args: str, timeout: float) -> dict[str, Any]:
-    done = subprocess.run([sys.executable, "-m", "qfleet.cli", *args, "--json", "-q"], capture_output=True,
-                          text=True, timeout=timeout, check=True)  # fmt: skip
-    return dict(json.loads(done.stdout.splitlines()[-1]))
-
-
 def soak_server(
     *, model: Path, minutes: float, load: float, window: float, cameras: int, faces: int
 ) -> dict[str, Any]:
-    capacity = qfleet("benchmark", "--model", str(model), "--seconds", "20", timeout=300)["fps"]
+    capacity = qfleet_json("benchmark", "--model", str(model), "--seconds", "20", timeout=300)["fps"]
     camera_fps = load * capacity / (cameras * faces)
-    log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)  # noqa: SIM115 - read while running
-    server = subprocess.Popen([sys.executable, "-m", "qfleet.cli", "serve", "--model", str(model), "--port", "0"],
-                              stdout=subprocess.DEVNULL, stderr=log)  # fmt: skip
-    try:
-        deadline = time.monotonic() + 300
-        while not (found := re.search(r"listening on (http://\S+)", Path(log.name).read_text())):
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"server did not start:\n{Path(log.name).read_text()}")
-            time.sleep(0.1)
-        url = found.group(1)
+    with server_process(model) as (url, server):
         windows: list[dict[str, Any]] = []
         started = time.monotonic()
         while time.monotonic() - started < minutes * 60:
-            report = qfleet("loadtest", "--url", url, "--cameras", str(cameras), "--camera-fps", f"{camera_fps:.4f}",
-                            "--faces-per-frame", str(faces), "--seconds", str(window), "--binary",
-                            timeout=window + 120)  # fmt: skip
+            report = qfleet_json("loadtest", "--url", url, "--cameras", str(cameras), "--camera-fps",
+                                 f"{camera_fps:.4f}", "--faces-per-frame", str(faces), "--seconds", str(window),
+                                 "--binary", timeout=window + 120)  # fmt: skip
             windows.append({
                 "at_s": round(time.monotonic() - started), "achieved_fps": report["achieved_fps"],
                 "offered_fps": report["offered_fps"], "errors": report["errors"],
@@ -518,11 +477,6 @@ def soak_server(
             })  # fmt: skip
             print(json.dumps(windows[-1]), file=sys.stderr, flush=True)
         alive = server.poll() is None
-    finally:
-        server.terminate()
-        server.wait(timeout=120)
-        log.close()
-        os.unlink(log.name)
     p95 = [w["latency_ms"]["p95"] for w in windows]
     third = max(1, len(windows) // 3)
     return {
@@ -557,12 +511,7 @@ def default_model() -> Path:
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    return f"{cpu}, {os.cpu_count()} cores"
+    return f"{cpu_model()}, {os.cpu_count()} cores"
 
 
 def render(operator: dict[str, Any] | None, server: dict[str, Any] | None, meta: dict[str, Any]) -> str:
@@ -616,21 +565,8 @@ def render(operator: dict[str, Any] | None, server: dict[str, Any] | None, meta:
     return "\n".join(lines)
 
 
-def update_results(path: Path, section: str) -> None:
-    """Put ``section`` into ``path`` in place of an earlier one of the same title (others untouched)."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION_TITLE)}\s*$.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section.rstrip("\n") + "\n\n", text, count=1).rstrip("\n") + "\n"
-    else:
-        text = text.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n"
-    path.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = script_parser(__doc__)
     parser.add_argument("--part", choices=("operator", "server", "both"), default="both")
     parser.add_argument("--minutes", type=float, default=10.0, help="duration of each part (default 10)")
     parser.add_argument("--models", type=int, default=1000, help="QuantizedModels (default 1000)")
@@ -664,14 +600,14 @@ def main(argv: list[str] | None = None) -> int:
     meta = {
         "argv": " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": machine(),
-        "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "when": utc_stamp(),
         "load": f"{os.getloadavg()[0]:.1f}",
         "job_seconds": args.job_seconds,
     }
     section = render(operator, server, meta)
     print(section)
     if not args.no_write:
-        update_results(args.results, section)
+        replace_section(args.results, SECTION_TITLE, section)
     failed = (operator is not None and (not operator["converged"] or not operator["operator_alive"])) or (
         server is not None and (server["errors"] > 0 or not server["server_alive"])
     )

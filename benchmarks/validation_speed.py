@@ -17,7 +17,6 @@ small fast model, where decoding costs the most relative to inference.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import statistics
@@ -28,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from _common import script_parser
 from qfleet.lfw.dataset import PairSet, encode_image
 from qfleet.model.benchmark import benchmark_model
 from qfleet.model.embed import DEFAULT_BATCH, validate_model
@@ -170,9 +170,7 @@ def measure(
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = script_parser(__doc__)
     parser.add_argument(
         "--model", type=Path, help="model.xml to measure (default: build an iResNet-shaped IR)"
     )
