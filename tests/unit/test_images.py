@@ -1,15 +1,18 @@
 """Static checks of the container images (no Docker engine is needed).
 
-Each Dockerfile must build from a pinned base, in stages, copy only files that exist and that the
-.dockerignore lets through, run a real ``qfleet`` subcommand as a non-root numeric user, and carry
-OCI labels. Each image's requirements file must be enough for the verbs it runs and must leave out
-what it does not need: an import blocker that hides every distribution outside the image's
-requirements (and their dependencies) proves it, for the server by actually serving a model.
+All three images build from ``images/Dockerfile``, one target each, sharing one build stage (the
+virtual environment and the qfleet wheel) and one runtime stage. Each image must build from a
+pinned base, in stages, install only its own requirements file, copy only files that exist and
+that the .dockerignore lets through, run a real ``qfleet`` subcommand as a non-root numeric user,
+and carry OCI labels. Each image's requirements file must be enough for the verbs it runs and must
+leave out what it does not need: an import blocker that hides every distribution outside the
+image's requirements (and their dependencies) proves it, for the server by actually serving a model.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import functools
 import importlib.metadata
 import json
 import os
@@ -32,6 +35,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 
 REPO = Path(__file__).resolve().parents[2]
+DOCKERFILE = REPO / "images" / "Dockerfile"
 IMAGES = ("operator", "toolkit", "server")
 
 #: The qfleet verbs each image is for. Every one of them must work with only the image's packages.
@@ -82,15 +86,69 @@ class Stage:
     def all(self, keyword: str) -> list[Instruction]:
         return [i for i in self.instructions if i.keyword == keyword]
 
+    def copied_from(self) -> set[str]:
+        """The stages this one copies files from (``COPY --from=<stage>``)."""
+        return {copy_sources(i)[1]["from"] for i in self.all("COPY") if "from" in copy_sources(i)[1]}
+
 
 @dataclass
 class Dockerfile:
     global_args: dict[str, str]
     stages: list[Stage]
 
+    def stage(self, name: str) -> Stage:
+        found = [s for s in self.stages if s.name == name]
+        assert len(found) == 1, f"{len(found)} stages named {name}"
+        return found[0]
+
+    def lineage(self, name: str) -> list[Stage]:
+        """The stage ``name`` and the stages it is built FROM, the nearest first."""
+        names = {s.name for s in self.stages}
+        chain = [self.stage(name)]
+        while chain[-1].base in names:
+            chain.append(self.stage(chain[-1].base))
+        return chain
+
+    def needs(self, name: str) -> list[Stage]:
+        """Every stage that building ``name`` builds: its lineage and what those copy from, recursively."""
+        seen: dict[str, Stage] = {}
+        todo = [name]
+        while todo:
+            for stage in self.lineage(todo.pop()):
+                if stage.name not in seen:
+                    seen[str(stage.name)] = stage
+                    todo.extend(stage.copied_from())
+        return list(seen.values())
+
+    def external_base(self, name: str) -> str:
+        """The image that stage ``name`` starts from in the end, with the global ARGs filled in."""
+        return resolve_base(self, self.lineage(name)[-1].base)
+
+
+@dataclass
+class Image:
+    """One target of the Dockerfile as the image it builds: its configuration and its build stages."""
+
+    dockerfile: Dockerfile
+    target: str
+
+    def config(self, keyword: str) -> list[Instruction]:
+        """The ``keyword`` instructions that make up the image's configuration, in the order they apply.
+
+        ENV, LABEL, USER, ENTRYPOINT ... of a stage carry over to the stages built FROM it.
+        """
+        lineage = reversed(self.dockerfile.lineage(self.target))
+        return [i for stage in lineage for i in stage.all(keyword)]
+
     @property
     def final(self) -> Stage:
-        return self.stages[-1]
+        return self.dockerfile.stage(self.target)
+
+    @property
+    def build_stages(self) -> list[Stage]:
+        """The stages this image's files come from, outside its own lineage (not shipped)."""
+        shipped = {s.name for s in self.dockerfile.lineage(self.target)}
+        return [s for s in self.dockerfile.needs(self.target) if s.name not in shipped]
 
 
 def parse_dockerfile(path: Path) -> Dockerfile:
@@ -166,8 +224,13 @@ def dockerignore_patterns() -> list[str]:
     return [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
 
 
-def dockerfile(image: str) -> Dockerfile:
-    return parse_dockerfile(REPO / "images" / image / "Dockerfile")
+@functools.cache
+def dockerfile() -> Dockerfile:
+    return parse_dockerfile(DOCKERFILE)
+
+
+def image(name: str) -> Image:
+    return Image(dockerfile(), name)
 
 
 def requirements(image: str) -> list[Requirement]:
@@ -177,61 +240,112 @@ def requirements(image: str) -> list[Requirement]:
     ]
 
 
+def requirements_copied(stages: list[Stage]) -> set[str]:
+    """The ``images/*/requirements.txt`` files that these stages copy in."""
+    return {
+        source
+        for stage in stages
+        for instruction in stage.all("COPY")
+        for source in copy_sources(instruction)[0]
+        if re.fullmatch(r"images/[^/]+/requirements\.txt", source)
+    }
+
+
 # --- Dockerfile structure ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("image", IMAGES)
-def test_base_image_is_pinned_by_exact_tag_and_digest(image: str) -> None:
-    parsed = dockerfile(image)
-    external = [
-        resolve_base(parsed, s.base) for s in parsed.stages if s.base not in {t.name for t in parsed.stages}
-    ]
+def test_one_dockerfile_builds_every_image() -> None:
+    found = sorted(str(p.relative_to(REPO)) for p in (REPO / "images").rglob("*Dockerfile*"))
+    assert found == ["images/Dockerfile"], f"expected one Dockerfile with a target per image, found {found}"
+    names = [s.name for s in dockerfile().stages]
+    assert all(names), "every stage needs a name: the images are built by --target"
+    assert len(set(names)) == len(names), names
+    assert set(IMAGES) <= set(names)
+
+
+def test_a_build_without_a_target_fails() -> None:
+    """The last stage is what `docker build` makes without --target: it must fail, not pass for an image."""
+    last = dockerfile().stages[-1]
+    assert last.name not in IMAGES
+    runs = " ".join(i.arguments for i in last.all("RUN"))
+    assert re.search(r"\bexit 1\b", runs), f"the last stage ({last.name}) builds without failing"
+    assert all(last not in dockerfile().needs(name) for name in IMAGES)
+
+
+@pytest.mark.parametrize("name", IMAGES)
+def test_base_image_is_pinned_by_exact_tag_and_digest(name: str) -> None:
+    parsed = dockerfile()
+    stage_names = {s.name for s in parsed.stages}
+    external = [resolve_base(parsed, s.base) for s in parsed.needs(name) if s.base not in stage_names]
     assert external, "no base image"
     for base in external:
         assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm@sha256:[0-9a-f]{64}", base), base
 
 
 def test_all_images_share_one_base() -> None:
-    bases = {resolve_base(dockerfile(image), dockerfile(image).final.base) for image in IMAGES}
+    bases = {dockerfile().external_base(name) for name in IMAGES}
     assert len(bases) == 1, bases
 
 
-@pytest.mark.parametrize("image", IMAGES)
-def test_multi_stage_build_installs_the_wheel_of_this_repository(image: str) -> None:
-    parsed = dockerfile(image)
-    assert len(parsed.stages) >= 2, "expected a build stage and a final stage"
-    build_runs = " ".join(i.arguments for s in parsed.stages[:-1] for i in s.all("RUN"))
+def test_images_share_one_build_stage_and_one_runtime_stage() -> None:
+    """The wheel is built once, in a stage every image's build uses; the runtime base is one stage."""
+    parsed = dockerfile()
+    wheel_builders = [s for s in parsed.stages if any("pip wheel" in i.arguments for i in s.all("RUN"))]
+    assert len(wheel_builders) == 1, [s.name for s in wheel_builders]
+    venv_makers = [s for s in parsed.stages if any("-m venv" in i.arguments for i in s.all("RUN"))]
+    assert len(venv_makers) == 1, [s.name for s in venv_makers]
+    for name in IMAGES:
+        build_stages = image(name).build_stages
+        assert wheel_builders[0] in build_stages and venv_makers[0] in build_stages, name
+    runtime_lineages = [{s.name for s in parsed.lineage(name)[1:]} for name in IMAGES]
+    assert set.intersection(*runtime_lineages), "the images share no runtime stage"
+
+
+@pytest.mark.parametrize("name", IMAGES)
+def test_each_image_installs_its_own_requirements_and_no_other(name: str) -> None:
+    """What keeps MXNet and NNCF out of the server and OpenVINO out of the operator."""
+    assert requirements_copied(dockerfile().needs(name)) == {f"images/{name}/requirements.txt"}
+    # A stage that more than one image builds installs no image's requirements.
+    shared = [s for s in dockerfile().needs(name) if sum(s in dockerfile().needs(n) for n in IMAGES) > 1]
+    assert shared and not requirements_copied(shared), [s.name for s in shared]
+    for stage in shared:
+        assert not any("--requirement" in i.arguments or " -r " in i.arguments for i in stage.all("RUN"))
+
+
+@pytest.mark.parametrize("name", IMAGES)
+def test_multi_stage_build_installs_the_wheel_of_this_repository(name: str) -> None:
+    built = image(name)
+    assert built.build_stages, "expected build stages apart from the image's own"
+    build_runs = " ".join(i.arguments for s in built.build_stages for i in s.all("RUN"))
     assert "pip wheel" in build_runs and "qfleet-*.whl" in build_runs
-    stage_names = {s.name for s in parsed.stages[:-1]}
-    copied_from = {copy_sources(i)[1].get("from") for i in parsed.final.all("COPY")}
-    assert copied_from & stage_names, "the final stage copies nothing from the build stage"
-    # The final stage installs nothing with pip: everything comes built from the build stage.
-    assert not any("pip" in i.arguments for i in parsed.final.all("RUN"))
+    copied_from = {copy_sources(i)[1].get("from") for i in built.config("COPY")}
+    assert copied_from & {s.name for s in built.build_stages}, "the image copies nothing from its build"
+    # The image itself installs nothing with pip: everything comes built from the build stages.
+    assert not any("pip" in i.arguments for i in built.config("RUN"))
 
 
-@pytest.mark.parametrize("image", IMAGES)
-def test_every_copy_source_exists_and_is_in_the_build_context(image: str) -> None:
+def test_every_copy_source_exists_and_is_in_the_build_context() -> None:
     patterns = dockerignore_patterns()
-    parsed = dockerfile(image)
     checked = 0
-    for stage in parsed.stages:
+    for stage in dockerfile().stages:
         for instruction in stage.all("COPY") + stage.all("ADD"):
             sources, flags = copy_sources(instruction)
             if "from" in flags:
+                assert flags["from"] in {s.name for s in dockerfile().stages}, instruction
                 continue
             for source in sources:
                 relative = source.rstrip("/")
-                assert (REPO / relative).exists(), f"{image}: COPY source {source} does not exist"
-                assert dockerignore_allows(relative, patterns), f"{image}: .dockerignore drops {source}"
+                assert (REPO / relative).exists(), f"{stage.name}: COPY source {source} does not exist"
+                assert dockerignore_allows(relative, patterns), f"{stage.name}: .dockerignore drops {source}"
                 if (REPO / relative).is_dir():
                     kept = [
                         p
                         for p in (REPO / relative).rglob("*.py")
                         if dockerignore_allows(str(p.relative_to(REPO)), patterns)
                     ]
-                    assert kept, f"{image}: .dockerignore drops every file under {source}"
+                    assert kept, f"{stage.name}: .dockerignore drops every file under {source}"
                 checked += 1
-    assert checked >= 3
+    assert checked >= 3 + len(IMAGES)
 
 
 def test_dockerignore_keeps_the_virtualenv_and_tests_out() -> None:
@@ -246,53 +360,54 @@ def test_dockerignore_keeps_the_virtualenv_and_tests_out() -> None:
     assert dockerignore_allows("operator/qfleet/cli.py", patterns)
 
 
-@pytest.mark.parametrize("image", IMAGES)
-def test_final_user_is_numeric_and_not_root(image: str) -> None:
-    users = dockerfile(image).final.all("USER")
-    assert users, f"{image}: the final stage sets no USER and would run as root"
+@pytest.mark.parametrize("name", IMAGES)
+def test_final_user_is_numeric_and_not_root(name: str) -> None:
+    users = image(name).config("USER")
+    assert users, f"{name}: the image sets no USER and would run as root"
     user, _, group = users[-1].arguments.partition(":")
     assert user.isdigit() and int(user) != 0, (
-        f"{image}: USER {users[-1].arguments} (kubelet's runAsNonRoot needs a numeric uid)"
+        f"{name}: USER {users[-1].arguments} (kubelet's runAsNonRoot needs a numeric uid)"
     )
     assert not group or (group.isdigit() and int(group) != 0)
 
 
-@pytest.mark.parametrize("image", IMAGES)
-def test_entrypoint_is_a_real_qfleet_subcommand(image: str) -> None:
+@pytest.mark.parametrize("name", IMAGES)
+def test_entrypoint_is_a_real_qfleet_subcommand(name: str) -> None:
     from qfleet.cli import build_parser
 
-    final = dockerfile(image).final
-    entrypoints = final.all("ENTRYPOINT")
-    assert entrypoints, f"{image}: no ENTRYPOINT"
+    built = image(name)
+    entrypoints = built.config("ENTRYPOINT")
+    assert entrypoints, f"{name}: no ENTRYPOINT"
     entrypoint = entrypoints[-1].exec_form()
-    assert entrypoint, f"{image}: ENTRYPOINT must use the exec (JSON) form so signals reach qfleet"
+    assert entrypoint, f"{name}: ENTRYPOINT must use the exec (JSON) form so signals reach qfleet"
     assert entrypoint[0] == "qfleet"
-    command = final.all("CMD")
+    command = built.config("CMD")
     argv = entrypoint[1:] + ((command[-1].exec_form() or []) if command else [])
-    assert argv, f"{image}: neither ENTRYPOINT nor CMD names a subcommand"
+    assert argv, f"{name}: neither ENTRYPOINT nor CMD names a subcommand"
     parser = build_parser()
     verbs = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
-    assert argv[0] in verbs, f"{image}: `qfleet {argv[0]}` is not a subcommand ({', '.join(verbs)})"
-    assert argv[0] in VERBS_BY_IMAGE[image]
+    assert argv[0] in verbs, f"{name}: `qfleet {argv[0]}` is not a subcommand ({', '.join(verbs)})"
+    assert argv[0] in VERBS_BY_IMAGE[name]
     # The image's default arguments parse; without a CMD the caller (the operator's pod spec)
     # supplies the options, so only the subcommand itself is checked (``--help`` exits 0).
     try:
         parser.parse_args(argv if command else [*argv, "--help"])
     except SystemExit as exc:
-        assert exc.code == 0, f"{image}: `qfleet {' '.join(argv)}` does not parse"
+        assert exc.code == 0, f"{name}: `qfleet {' '.join(argv)}` does not parse"
 
 
-@pytest.mark.parametrize("image", IMAGES)
-def test_oci_labels(image: str) -> None:
-    labels = " ".join(i.arguments for i in dockerfile(image).final.all("LABEL"))
+@pytest.mark.parametrize("name", IMAGES)
+def test_oci_labels(name: str) -> None:
+    labels = " ".join(i.arguments for i in image(name).config("LABEL"))
     for label in OCI_LABELS:
-        assert f"{label}=" in labels, f"{image}: missing label {label}"
-    assert f'org.opencontainers.image.title="qfleet-{image}"' in labels
+        assert f"{label}=" in labels, f"{name}: missing label {label}"
+    assert f'org.opencontainers.image.title="qfleet-{name}"' in labels
+    assert labels.count("org.opencontainers.image.title=") == 1
 
 
-@pytest.mark.parametrize("image", IMAGES)
-def test_path_and_writable_home_for_a_read_only_root(image: str) -> None:
-    env = " ".join(i.arguments for i in dockerfile(image).final.all("ENV"))
+@pytest.mark.parametrize("name", IMAGES)
+def test_path_and_writable_home_for_a_read_only_root(name: str) -> None:
+    env = " ".join(i.arguments for i in image(name).config("ENV"))
     assert "PATH=/opt/qfleet/bin:" in env
     assert "HOME=/tmp" in env and "PYTHONDONTWRITEBYTECODE=1" in env
 
