@@ -8,7 +8,10 @@ back as the worker's future completes. No Python callback runs on OpenVINO's thr
 callback waits for the GIL on a plugin thread, and at shutdown the compiled model's destructor
 (holding the GIL) joins that thread -- a deadlock ``qfleet benchmark`` and validation avoid the
 same way. Idle requests are counted on the loop, so a batch only starts when one is free; the
-rest wait in a FIFO on the loop.
+rest wait in a FIFO on the loop. The thread hop costs tens of microseconds per inference: nothing
+measurable on an iResNet-50 (HTTP delivered 98% of ``qfleet benchmark``'s FPS), up to a fifth of
+the throughput of a sub-millisecond model whose serving is bound by HTTP anyway
+(``benchmarks/serving.py``).
 
 With ``max_batch`` 1 (the default) every face is its own inference, spread over the streams
 exactly like ``benchmark_app`` and ``qfleet benchmark`` measure it (batch 1, one infer request per
