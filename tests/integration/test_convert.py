@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mxnet_models import mxnet_reference, save_mobilefacenet, save_symbol_checkpoint
 from qfleet.model import mxnet_io
 from qfleet.model.convert import convert_model
 from qfleet.model.mxnet_io import import_mxnet
 from qfleet.outputs import sha256_file
+from tests.support.mxnet_models import mxnet_reference, save_mobilefacenet, save_symbol_checkpoint
 
 #: Numeric comparisons pin f32: OpenVINO defaults to bf16 on CPUs with native bf16.
 F32 = {"INFERENCE_PRECISION_HINT": "f32"}

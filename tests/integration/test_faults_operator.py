@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster import DEPLOYMENTS, JOBS, NODES, PODS, Cluster, Fault, PodFault, running_cluster
-from operator_fixtures import NAMESPACE, model_body, write_datasets
+
+from tests.support.cluster import DEPLOYMENTS, JOBS, NODES, PODS, Cluster, Fault, PodFault, running_cluster
+from tests.support.operator_fixtures import NAMESPACE, model_body, write_datasets
 
 pytestmark = pytest.mark.timeout(180)
 

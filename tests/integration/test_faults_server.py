@@ -1,7 +1,7 @@
 """Faults thrown at a real ``qfleet serve`` process over real HTTP: fuzzed inference requests,
 garbage on the wire, oversized and slow bodies, SIGTERM with requests in flight.
 
-The protocol parser is fuzzed on its own in ``tests/unit/test_serving_protocol.py``; here the
+The protocol parser is fuzzed on its own in ``tests/unit/serving/test_protocol.py``; here the
 whole server is (aiohttp's HTTP parser, the middleware, the engine), and the process must stay up.
 """
 
@@ -80,7 +80,7 @@ def stop(server: Server) -> None:
 
 @pytest.fixture(scope="module")
 def model_xml(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from conftest import build_tiny_ir
+    from tests.support.tiny_ir import build_tiny_ir
 
     return Path(build_tiny_ir(tmp_path_factory.mktemp("model") / "tiny"))
 

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster import DEPLOYMENTS, JOBS, Cluster, running_cluster
-from operator_fixtures import NAMESPACE, expected_replicas, model_body, write_datasets
 
 from qfleet.fleet.uris import MOUNT_ROOT
 from qfleet.isa import kernel_cap_env, tier_of_runtime_isa
+from tests.support.cluster import DEPLOYMENTS, JOBS, Cluster, running_cluster
+from tests.support.operator_fixtures import NAMESPACE, expected_replicas, model_body, write_datasets
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -7,14 +7,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from cluster import Cluster, can_emulate, only_paths_rewritten, real_host_flags, running_cluster
-from operator_fixtures import NAMESPACE, model_body
 
 from qfleet.fleet.config import FleetConfig
 from qfleet.fleet.manifests import Owner, job_for
 from qfleet.fleet.spec import parse_spec
 from qfleet.fleet.uris import MOUNT_ROOT
 from qfleet.isa import kernel_cap_env
+from tests.support.cluster import Cluster, can_emulate, only_paths_rewritten, real_host_flags, running_cluster
+from tests.support.operator_fixtures import NAMESPACE, model_body
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from cluster import DEPLOYMENTS, Cluster, running_cluster
 
 from qfleet.operator.kube import ApiError, KubeApi, load_credentials, namespaced
+from tests.support.cluster import DEPLOYMENTS, Cluster, running_cluster
 
 DEPLOYMENT = {
     "apiVersion": "apps/v1",

@@ -27,7 +27,7 @@ GATE_FAILURE_POLICIES = ("keep", "fp32", "bf16")
 #: The tiers ``onGateFailure: bf16`` may target (the CRD's validation rule lists the same).
 BF16_TIERS = tuple(name for name in TIER_NAMES if has_native_bf16(name))
 
-#: The defaults the CRD's schema declares (tests/unit/test_crd_schema.py checks they agree); those
+#: The defaults the CRD's schema declares (tests/unit/deploy/test_crd_schema.py checks they agree); those
 #: the command line shares come from :mod:`qfleet.defaults`.
 DEFAULTS: dict[str, Any] = {
     "quantization.preset": defaults.PRESET,

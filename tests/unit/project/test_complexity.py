@@ -7,11 +7,10 @@ the limit.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from radon.complexity import cc_visit
 
-PACKAGE = Path(__file__).resolve().parents[2] / "operator" / "qfleet"
+from tests.support.paths import PACKAGE
+
 LIMIT = 15
 
 

@@ -22,7 +22,8 @@ from typing import Any
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.paths import REPO
+
 CHART = REPO / "charts" / "qfleet"
 CRDS = REPO / "crds"
 INSTALL_SCRIPT = REPO / "scripts" / "install-k8s-tools.sh"

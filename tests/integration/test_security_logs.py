@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,11 +20,8 @@ from typing import Any
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests" / "integration"))
-
-from cluster import EVENTS, Cluster, Fault, running_cluster  # noqa: E402
-from operator_fixtures import NAMESPACE, model_body  # noqa: E402
+from tests.support.cluster import EVENTS, Cluster, Fault, running_cluster
+from tests.support.operator_fixtures import NAMESPACE, model_body
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -24,7 +24,7 @@ def _face(index: int) -> np.ndarray:
 
 def write_datasets(folder: Path) -> Path:
     """The "data" claim: model/ (tiny IR), lfw.bin (easy pairs), lfw-hard.bin, calib/."""
-    from conftest import build_tiny_ir
+    from tests.support.tiny_ir import build_tiny_ir
 
     folder.mkdir(parents=True, exist_ok=True)
     build_tiny_ir(folder / "model")

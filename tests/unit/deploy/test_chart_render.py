@@ -16,9 +16,18 @@ from typing import Any
 
 import pytest
 import yaml
-from k8s_tools import ALL_FEATURES, CHART, discovery_server, find, render, render_text, run_tool, write_values
 
 from qfleet.cli import build_parser
+from tests.support.k8s_tools import (
+    ALL_FEATURES,
+    CHART,
+    discovery_server,
+    find,
+    render,
+    render_text,
+    run_tool,
+    write_values,
+)
 
 NAMESPACED = {"operator": {"watchNamespaces": ["faces", "lobby"]}}
 NAMESPACED_ALL = {

@@ -19,9 +19,9 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from k8s_tools import CHART, CRDS, REPO, discovery_server, load_yaml_documents, run_tool
 
 from qfleet import isa
+from tests.support.k8s_tools import CHART, CRDS, REPO, discovery_server, load_yaml_documents, run_tool
 
 EXAMPLES = REPO / "examples"
 GITOPS = EXAMPLES / "gitops" / "surveillance"

@@ -35,8 +35,8 @@ from qfleet.fleet.status import (
     status_to_dict,
 )
 from qfleet.isa import TIER_NAMES, TIERS
+from tests.support.paths import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 CRD = REPO / "crds" / "qfleet.dev_quantizedmodels.yaml"
 SAMPLES = sorted((REPO / "crds" / "samples").glob("*.yaml"))
 

@@ -12,9 +12,9 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from k8s_tools import ALL_FEATURES, CHART, CRDS
 
 import qfleet
+from tests.support.k8s_tools import ALL_FEATURES, CHART, CRDS
 
 SCHEMA_PATH = CHART / "values.schema.json"
 VALUES_PATH = CHART / "values.yaml"

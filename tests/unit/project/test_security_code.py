@@ -6,7 +6,7 @@ file names; so can ``eval``/``exec`` of text and a shell command line. The scan 
 file of the shipped code (``operator/``, ``scripts/``, ``benchmarks/``) as a syntax tree, resolves
 import aliases (``import numpy as np``, ``from pickle import loads``), and fails on any such call.
 The one allowed unpickler is ``qfleet.lfw.dataset.RestrictedUnpickler``, which refuses every
-global (``tests/unit/test_lfw_dataset.py::test_malicious_pickle_is_refused_and_not_executed``).
+global (``tests/unit/lfw/test_dataset.py::test_malicious_pickle_is_refused_and_not_executed``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.paths import REPO
+
 SCANNED = ("operator", "scripts", "benchmarks")
 #: The restricted unpickler: a subclass of pickle.Unpickler whose find_class refuses globals.
 ALLOWED_UNPICKLER = ("operator/qfleet/lfw/dataset.py", "RestrictedUnpickler")

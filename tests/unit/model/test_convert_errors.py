@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mxnet_models import save_symbol_checkpoint
 from qfleet.errors import InputError
 from qfleet.model.convert import check_input_shape, convert_model, unconverted_operators
 from qfleet.model.mxnet_io import import_mxnet, locate_checkpoint, split_source
+from tests.support.mxnet_models import save_symbol_checkpoint
 
 
 def convert_fails(tmp_path: Path, *args: str) -> str:

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
 LISTEN = "0A"
 
 
@@ -97,8 +96,7 @@ def test_the_server_listens_where_it_is_told(tiny_ir: Callable[..., Path], tmp_p
 
 
 def test_the_operator_opens_no_port_unless_asked(tmp_path: Path) -> None:
-    sys.path.insert(0, str(REPO / "tests" / "integration"))
-    from cluster import running_cluster
+    from tests.support.cluster import running_cluster
 
     async def scenario() -> tuple[set[tuple[str, int]], set[tuple[str, int]], int]:
         async with running_cluster(tmp_path) as cluster:

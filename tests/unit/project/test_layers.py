@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[2] / "operator" / "qfleet"
+from tests.support.paths import PACKAGE
+
 CLUSTER_LIBRARIES = ("kopf", "kubernetes", "kubernetes_asyncio", "pykube")
 
 

@@ -14,12 +14,17 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.paths import REPO
+
 MATRIX = REPO / "docs" / "RELIABILITY.md"
 NODE_ID = re.compile(r"`(tests/[\w/]+\.py)((?:::\w+)+)(\[[^\]`]*\])?`")
 ROW = re.compile(r"^\| ([IOSX]\d+) \|")
 #: The suites whose every test must be in the matrix.
-SUITES = ("tests/integration/test_faults_*.py", "tests/unit/test_security_*.py")
+SUITES = (
+    "tests/integration/test_faults_*.py",
+    "tests/integration/test_security_*.py",
+    "tests/unit/project/test_security_*.py",
+)
 SECTIONS = (
     "## Inputs",
     "## Operator faults",
@@ -107,13 +112,13 @@ def test_every_fault_and_security_test_is_in_the_matrix(pattern: str) -> None:
 def test_the_check_catches_a_wrong_id() -> None:
     """The control: ids that do not exist are reported."""
     text = (
-        "`tests/unit/test_reliability_matrix.py::test_every_row_names_a_test` "
-        "`tests/unit/test_reliability_matrix.py::test_that_does_not_exist` "
+        "`tests/unit/project/test_reliability_matrix.py::test_every_row_names_a_test` "
+        "`tests/unit/project/test_reliability_matrix.py::test_that_does_not_exist` "
         "`tests/unit/no_such_file.py::test_x` "
-        "`tests/unit/test_reliability_matrix.py::test_every_row_names_a_test[a]`"
+        "`tests/unit/project/test_reliability_matrix.py::test_every_row_names_a_test[a]`"
     )
     assert missing_ids(text) == [
-        "tests/unit/test_reliability_matrix.py::test_that_does_not_exist: no such test",
+        "tests/unit/project/test_reliability_matrix.py::test_that_does_not_exist: no such test",
         "tests/unit/no_such_file.py: no such file",
-        "tests/unit/test_reliability_matrix.py::test_every_row_names_a_test[a]: the test is not parametrized",
+        "tests/unit/project/test_reliability_matrix.py::test_every_row_names_a_test[a]: the test is not parametrized",
     ]

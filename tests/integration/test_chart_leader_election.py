@@ -10,18 +10,14 @@ reconciled. This runs two replicas of the real operator with the environment the
 from __future__ import annotations
 
 import asyncio
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from k8s_tools import find, render
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests" / "integration"))
-
-from cluster import JOBS, running_cluster  # noqa: E402
-from operator_fixtures import NAMESPACE, model_body, write_datasets  # noqa: E402
+from tests.support.cluster import JOBS, running_cluster
+from tests.support.k8s_tools import find, render
+from tests.support.operator_fixtures import NAMESPACE, model_body, write_datasets
 
 pytestmark = pytest.mark.timeout(180)
 

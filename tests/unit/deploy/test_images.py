@@ -6,26 +6,18 @@ pinned base, in stages, install only its own requirements file, copy only files 
 that the .dockerignore lets through, run a real ``qfleet`` subcommand as a non-root numeric user,
 and carry OCI labels. Each image's requirements file must be enough for the verbs it runs and must
 leave out what it does not need: an import blocker that hides every distribution outside the
-image's requirements (and their dependencies) proves it, for the server by actually serving a model.
+image's requirements (and their dependencies) proves it; for the server by actually serving a model
+(``tests/integration/test_server_image.py``).
 """
 
 from __future__ import annotations
 
 import fnmatch
 import functools
-import importlib.metadata
 import json
-import os
 import re
 import shlex
-import socket
-import subprocess
-import sys
-import textwrap
-import time
 import tomllib
-import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +26,9 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.image_packages import dependency_closure, requirements, run_as_image
+from tests.support.paths import REPO
+
 DOCKERFILE = REPO / "images" / "Dockerfile"
 IMAGES = ("operator", "toolkit", "server")
 
@@ -233,13 +227,6 @@ def image(name: str) -> Image:
     return Image(dockerfile(), name)
 
 
-def requirements(image: str) -> list[Requirement]:
-    text = (REPO / "images" / image / "requirements.txt").read_text(encoding="utf-8")
-    return [
-        Requirement(line.strip()) for line in text.splitlines() if line.strip() and not line.startswith("#")
-    ]
-
-
 def requirements_copied(stages: list[Stage]) -> set[str]:
     """The ``images/*/requirements.txt`` files that these stages copy in."""
     return {
@@ -352,7 +339,7 @@ def test_dockerignore_keeps_the_virtualenv_and_tests_out() -> None:
     patterns = dockerignore_patterns()
     for dropped in (
         ".venv/bin/python",
-        "tests/unit/test_images.py",
+        "tests/unit/deploy/test_images.py",
         ".git/HEAD",
         "operator/qfleet/__pycache__/x.pyc",
     ):
@@ -438,65 +425,10 @@ def test_requirements_are_exact_pins_within_the_project_constraints(image: str) 
         assert name not in FORBIDDEN_BY_IMAGE[image], f"{image} must not install {name}"
 
 
-def dependency_closure(names: list[str]) -> set[str]:
-    """The distributions ``names`` pull in, read from the installed metadata of this environment."""
-    seen: set[str] = set()
-    todo = [canonicalize_name(n) for n in names]
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        for line in importlib.metadata.requires(name) or []:
-            requirement = Requirement(line)
-            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
-                todo.append(canonicalize_name(requirement.name))
-    return seen
-
-
-def blocked_modules(image: str) -> set[str]:
-    """Top-level modules installed here that the image would not have."""
-    allowed = dependency_closure([r.name for r in requirements(image)])
-    blocked: set[str] = set()
-    for module, distributions in importlib.metadata.packages_distributions().items():
-        if module == "qfleet" or module in sys.stdlib_module_names:
-            continue
-        if not {canonicalize_name(d) for d in distributions} & allowed:
-            blocked.add(module)
-    return blocked
-
-
 @pytest.mark.parametrize("image", IMAGES)
 def test_forbidden_distributions_are_not_pulled_in_transitively(image: str) -> None:
     closure = dependency_closure([r.name for r in requirements(image)])
     assert not closure & FORBIDDEN_BY_IMAGE[image]
-
-
-# Replaces the import system's path finder with one that cannot see the blocked top-level
-# modules: to the code under test (and to ``importlib.util.find_spec`` probes in libraries such as
-# yarl) they are simply not installed, as in the image.
-_BLOCKER = textwrap.dedent(
-    """
-    import importlib.machinery, sys
-    BLOCKED = frozenset({blocked!r})
-    class ImagePathFinder(importlib.machinery.PathFinder):
-        @classmethod
-        def find_spec(cls, fullname, path=None, target=None):
-            if path is None and fullname in BLOCKED:
-                return None
-            return super().find_spec(fullname, path, target)
-    sys.meta_path[:] = [
-        ImagePathFinder if finder is importlib.machinery.PathFinder else finder for finder in sys.meta_path
-    ]
-    """
-)
-
-
-def run_as_image(image: str, body: str, *, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    script = _BLOCKER.format(blocked=sorted(blocked_modules(image))) + textwrap.dedent(body)
-    return subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=timeout, cwd=REPO, check=False
-    )
 
 
 def qfleet_modules(*prefixes: str) -> list[str]:
@@ -545,60 +477,3 @@ def test_blocker_hides_what_an_image_leaves_out() -> None:
     result = run_as_image("operator", "import openvino\n")
     assert result.returncode != 0 and "No module named 'openvino'" in result.stderr
     assert run_as_image("server", "import openvino, aiohttp\n").returncode == 0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def test_server_image_serves_a_model_without_mxnet_nncf_or_kubernetes(tiny_ir: Callable[..., Path]) -> None:
-    """Start `qfleet serve` exactly as the server image would run it, with only its packages."""
-    xml = tiny_ir("served")
-    port = _free_port()
-    body = f"""
-    import sys
-    from qfleet.cli import main
-    sys.exit(main(["serve", "--model", {str(xml)!r}, "--host", "127.0.0.1", "--port", "{port}"]))
-    """
-    script = _BLOCKER.format(blocked=sorted(blocked_modules("server"))) + textwrap.dedent(body)
-    env = {**os.environ, "QFLEET_HOST_ISA": "avx2"}
-    process = subprocess.Popen(
-        [sys.executable, "-c", script],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        ready = False
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                with urllib.request.urlopen(
-                    f"http://127.0.0.1:{port}/v2/health/ready", timeout=2
-                ) as response:
-                    ready = response.status == 200
-                    break
-            except OSError:
-                time.sleep(0.3)
-        if not ready:
-            process.kill()
-            _, stderr = process.communicate(timeout=10)
-            pytest.fail(f"server did not become ready without the excluded packages:\n{stderr[-3000:]}")
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-            assert response.status == 200
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        if process.stdout:
-            process.stdout.close()
-        if process.stderr:
-            process.stderr.close()

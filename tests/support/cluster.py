@@ -53,8 +53,8 @@ import yaml
 from kmock._internal import dicts as kmock_dicts
 
 from qfleet.isa import TIER_NAMES, TIERS, cpuinfo_flags, kernel_cap_env, tier, tier_from_flags
+from tests.support.paths import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 CRD_PATH = REPO / "crds" / "qfleet.dev_quantizedmodels.yaml"
 
 JOBS = kmock.resource("batch", "v1", "jobs")

@@ -1,0 +1,1 @@
+"""Helpers the tests share: the emulated cluster, operator inputs, helm/kubectl, model builders."""
