@@ -15,7 +15,12 @@ from qfleet.model import mxnet_io
 from qfleet.model.convert import convert_model
 from qfleet.model.mxnet_io import import_mxnet
 from qfleet.outputs import sha256_file
-from tests.support.mxnet_models import mxnet_reference, save_mobilefacenet, save_symbol_checkpoint
+from tests.support.mxnet_models import (
+    mxnet_forward,
+    mxnet_reference,
+    save_mobilefacenet,
+    save_symbol_checkpoint,
+)
 
 #: Numeric comparisons pin f32: OpenVINO defaults to bf16 on CPUs with native bf16.
 F32 = {"INFERENCE_PRECISION_HINT": "f32"}
@@ -62,7 +67,7 @@ def test_symbol_api_checkpoint_matches_mxnet(symbol_checkpoint: Path, tmp_path: 
         data = faces(batch)
         expected = mxnet_reference(symbol_checkpoint, data)
         assert_close(infer(xml, data), expected)
-        np.testing.assert_allclose(mxnet_io.mxnet_forward(checkpoint, data), expected, rtol=1e-6)
+        np.testing.assert_allclose(mxnet_forward(checkpoint, data), expected, rtol=1e-6)
     assert_fp32_weights(xml)
 
     assert metadata == json.loads((out / "qfleet.json").read_text())

@@ -18,11 +18,11 @@ from qfleet.lfw.dataset import (
     encode_image,
     load_lfw_bin,
     write_lfw_bin,
-    write_pairs_tree,
 )
 from qfleet.lfw.protocol import evaluate_interleaved, normalize
 from qfleet.model import embed
-from qfleet.model.embed import embed_pairset, run_embedding, validate_model
+from qfleet.model.embed import run_embedding, validate_model
+from tests.support.pairs_tree import write_pairs_tree
 
 PAIRS = 40
 
@@ -113,8 +113,8 @@ def test_validate_equals_direct_recomputation(
 def test_no_flip(tiny_ir: Callable[..., Path], lfw_bin: Path, capsys: pytest.CaptureFixture[str]) -> None:
     model = tiny_ir()
     pairset = load_lfw_bin(lfw_bin)
-    plain = embed_pairset(model, pairset, flip=False, progress=False)
-    flipped = embed_pairset(model, pairset, flip=True, progress=False)
+    plain = run_embedding(model, pairset, flip=False, progress=False).embeddings
+    flipped = run_embedding(model, pairset, flip=True, progress=False).embeddings
     assert np.allclose(plain, direct_embeddings(model, pairset, flip=False), atol=1e-5)
     assert np.allclose(flipped, direct_embeddings(model, pairset, flip=True), atol=1e-5)
     assert not np.allclose(plain, flipped, atol=1e-3)  # the mirror changes the embedding
@@ -190,7 +190,7 @@ def test_corrupt_image_names_the_pair(
     write_lfw_bin(tmp_path / "lfw.bin", images, issame)
     model = tiny_ir()
     with pytest.raises(DatasetError, match=r"image 27 \(pair 13\) is not a readable image"):
-        embed_pairset(model, load_lfw_bin(tmp_path / "lfw.bin"), progress=False)
+        run_embedding(model, load_lfw_bin(tmp_path / "lfw.bin"), progress=False)
     assert main(["validate", "--model", str(model), "--lfw", str(tmp_path / "lfw.bin"), "--quiet"]) == 2
     assert "pair 13" in capsys.readouterr().err
 

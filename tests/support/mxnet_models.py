@@ -11,13 +11,15 @@ MXNet is reached only through ``qfleet.model.mxnet_io.import_mxnet`` (it carries
 
 from __future__ import annotations
 
+import contextlib
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from qfleet.model.mxnet_io import import_mxnet
+from qfleet.model.mxnet_io import Checkpoint, import_mxnet
 
 
 def tiny_symbol(*, embedding: int = 16, softmax_head: bool = False, quadratic: bool = False) -> Any:
@@ -106,6 +108,19 @@ def mxnet_reference(prefix: Path, batch: np.ndarray, *, epoch: int = 1) -> np.nd
     module.bind(data_shapes=[("data", batch.shape)], for_training=False)
     module.set_params(arg_params, aux_params, allow_extra=True)
     module.forward(mx.io.DataBatch([mx.nd.array(batch)]), is_train=False)
+    result: np.ndarray = module.get_outputs()[0].asnumpy()
+    return result
+
+
+def mxnet_forward(checkpoint: Checkpoint, batch: np.ndarray) -> np.ndarray:
+    """The output of a checkpoint as qfleet loaded it, for an NCHW float32 batch, computed by MXNet."""
+    mx = import_mxnet()
+    data = np.ascontiguousarray(batch, dtype=np.float32)
+    module = mx.mod.Module(checkpoint.symbol, data_names=[checkpoint.input_name], label_names=None)
+    with contextlib.redirect_stdout(io.StringIO()):  # MXNet prints its arguments when binding fails
+        module.bind(data_shapes=[(checkpoint.input_name, data.shape)], for_training=False)
+    module.set_params(checkpoint.arg_params, checkpoint.aux_params, allow_missing=False, allow_extra=True)
+    module.forward(mx.io.DataBatch([mx.nd.array(data)]), is_train=False)
     result: np.ndarray = module.get_outputs()[0].asnumpy()
     return result
 

@@ -159,7 +159,13 @@ def run_embedding(
     infer_requests: int | None = None,
     precision: str | None = None,
 ) -> EmbeddingRun:
-    """Embed every image of ``pairset``; see :func:`embed_pairset`. Also reports the timing."""
+    """Embed every image of ``pairset``, and report the timing.
+
+    ``embeddings`` holds L2-normalised ``f(x) + f(mirror(x))`` (or ``f(x)`` without ``flip``) per
+    image: (2 x pairs, D). ``model`` is an IR's model.xml (compiled here with the THROUGHPUT hint,
+    ``threads`` inference threads when given) or an already compiled model (used as it is). A
+    corrupt image raises a :class:`~qfleet.errors.DatasetError` naming its pair.
+    """
     import openvino as ov
     from tqdm import tqdm
 
@@ -296,28 +302,6 @@ def run_embedding(
         flip=flip,
         **how,
     )
-
-
-def embed_pairset(
-    model: str | os.PathLike[str] | ov.CompiledModel,
-    pairset: PairSet,
-    *,
-    flip: bool = True,
-    threads: int | None = None,
-    progress: bool = True,
-    batch: int = DEFAULT_BATCH,
-    precision: str | None = None,
-) -> FloatArray:
-    """L2-normalised ``f(x) + f(mirror(x))`` (or ``f(x)`` without ``flip``) per image: (2 x pairs, D).
-
-    ``model`` is an IR's model.xml (compiled here with the THROUGHPUT hint, ``threads`` inference
-    threads when given) or an already compiled model (used as it is). A corrupt image raises a
-    :class:`~qfleet.errors.DatasetError` naming its pair.
-    """
-    run = run_embedding(
-        model, pairset, flip=flip, threads=threads, progress=progress, batch=batch, precision=precision
-    )
-    return run.embeddings
 
 
 def validate_model(

@@ -29,7 +29,6 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 from qfleet.errors import ConversionError, InputError
 
@@ -533,16 +532,3 @@ def _graph_nodes(symbol: Any) -> list[dict[str, Any]]:
 
     nodes: list[dict[str, Any]] = json.loads(symbol.tojson())["nodes"]
     return nodes
-
-
-def mxnet_forward(checkpoint: Checkpoint, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    """The checkpoint's output for an NCHW float32 batch, computed by MXNet (the reference)."""
-    mx = import_mxnet()
-    data = np.ascontiguousarray(batch, dtype=np.float32)
-    module = mx.mod.Module(checkpoint.symbol, data_names=[checkpoint.input_name], label_names=None)
-    with _quiet():
-        module.bind(data_shapes=[(checkpoint.input_name, data.shape)], for_training=False)
-    module.set_params(checkpoint.arg_params, checkpoint.aux_params, allow_missing=False, allow_extra=True)
-    module.forward(mx.io.DataBatch([mx.nd.array(data)]), is_train=False)
-    result: npt.NDArray[np.float32] = module.get_outputs()[0].asnumpy()
-    return result

@@ -18,8 +18,8 @@ from qfleet.lfw.dataset import (
     load_pairset,
     pairset_sha256,
     write_lfw_bin,
-    write_pairs_tree,
 )
+from tests.support.pairs_tree import write_pairs_tree
 
 
 def tiny_image(value: int, fmt: str = "PNG") -> bytes:
