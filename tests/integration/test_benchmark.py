@@ -97,4 +97,4 @@ def test_bad_options_are_one_line_errors(
 def test_missing_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["benchmark", "--model", str(tmp_path / "absent" / "model.xml")])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code != 0 and len(err) == 1 and "absent" in err[0]
+    assert code == 2 and len(err) == 1 and "absent" in err[0]

@@ -1,4 +1,4 @@
-"""Every way ``qfleet convert`` can be given a bad model: one line naming the input, non-zero exit, no output.
+"""Every way ``qfleet convert`` can be given a bad model: one line naming the input, exit 2, no output.
 
 Each error runs the real command line in a subprocess (as a user would), so the test sees the exit
 status, the whole of stderr (no traceback) and the file system afterwards.
@@ -31,7 +31,7 @@ def convert_fails(tmp_path: Path, *args: str) -> str:
         timeout=120,
     )
     lines = done.stderr.strip().splitlines()
-    assert done.returncode != 0
+    assert done.returncode == 2, f"exit {done.returncode} (a user error is 2): {done.stderr}"
     assert "Traceback" not in done.stderr
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("qfleet convert: error: ")
@@ -227,8 +227,9 @@ def test_missing_onnx_file(tmp_path: Path) -> None:
 def test_out_dir_holding_the_source_is_refused(tiny_ir: Callable[..., Path]) -> None:
     source = tiny_ir("m")
     before = sorted(p.name for p in source.parent.iterdir())
-    with pytest.raises(InputError, match=f"--out {source.parent} holds the source file {source}"):
+    with pytest.raises(InputError, match=f"--out {source.parent} holds the source file {source}") as refused:
         convert_model(source, fmt="openvino", out_dir=source.parent)
+    assert refused.value.exit_code == 2  # what `qfleet convert` exits with
     assert sorted(p.name for p in source.parent.iterdir()) == before
 
 
@@ -284,6 +285,7 @@ def test_unconverted_operators_are_parsed_from_openvino_summary() -> None:
 
 @pytest.mark.parametrize("shape", [(1, 3, 112), (1, 3, 0, 112), (1, 3, 112, 112, 1), (1.0, 3, 112, 112)])
 def test_check_input_shape_rejects(shape: tuple[float, ...]) -> None:
-    with pytest.raises(InputError, match="not N,C,H,W"):
+    with pytest.raises(InputError, match="not N,C,H,W") as refused:
         check_input_shape(shape)  # type: ignore[arg-type]
+    assert refused.value.exit_code == 2
     assert check_input_shape((2, 3, 112, 96)) == (2, 3, 112, 96)
