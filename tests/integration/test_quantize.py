@@ -166,25 +166,36 @@ def test_user_errors_are_one_line_and_leave_no_output(
     out = tmp_path / "int8"
     code = main(["quantize", "--model", str(model), "--calibration", str(calibration), "--out", str(out)])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code != 0
+    assert code == 2
     assert len(err) == 1, err
-    assert expected in err[0]
+    assert expected in err[0] and "Traceback" not in err[0]
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".int8")]  # no partial directory
 
 
 def test_already_quantized_model_is_refused(
-    tiny_ir: Callable[..., Path], calibration_folder: Path, tmp_path: Path
+    tiny_ir: Callable[..., Path],
+    calibration_folder: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     from qfleet.errors import InputError
     from qfleet.model.quantize import quantize_model
 
     first = tmp_path / "int8"
     quantize_model(tiny_ir(), calibration=calibration_folder, out_dir=first, progress=False)
+    again = tmp_path / "again"
+    before = sorted(p.name for p in tmp_path.iterdir())
     with pytest.raises(InputError, match="already quantized"):
-        quantize_model(
-            first / "model.xml", calibration=calibration_folder, out_dir=tmp_path / "again", progress=False
-        )
+        quantize_model(first / "model.xml", calibration=calibration_folder, out_dir=again, progress=False)
+    capsys.readouterr()
+    args = ["quantize", "--model", str(first / "model.xml"), "--calibration", str(calibration_folder)]
+    code = main([*args, "--out", str(again)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and "already quantized" in err[0], err
+    # Nothing written by either refusal, not even a staging folder.
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
 def test_accuracy_control_reverts_the_layer_that_costs_accuracy(
@@ -228,11 +239,18 @@ def test_accuracy_control_reverts_the_layer_that_costs_accuracy(
     assert control["int8_accuracy"] == pytest.approx(controlled_accuracy)
 
 
-def test_max_drop_needs_lfw(tiny_ir: Callable[..., Path], calibration_folder: Path, tmp_path: Path) -> None:
+def test_max_drop_needs_lfw(
+    tiny_ir: Callable[..., Path], calibration_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = tiny_ir()
+    capsys.readouterr()
     code = main(
         [
-            *("quantize", "--model", str(tiny_ir()), "--calibration", str(calibration_folder)),
+            *("quantize", "--model", str(model), "--calibration", str(calibration_folder)),
             *("--out", str(tmp_path / "o"), "--max-drop", "0.01"),
         ]
     )
-    assert code != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and "--max-drop and --lfw go together" in err[0], err
+    assert not (tmp_path / "o").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".o")]
