@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -143,6 +144,7 @@ async def test_killed_while_creating_the_job_then_one_job_on_restart(cluster: Cl
     await cluster.apply_model(model_body("kill-create"))
     await cluster.wait_for("the Job creation in flight", lambda: held.hits >= 1)
     await cluster.stop_operator(first, kill=True)
+    assert first.returncode == -signal.SIGKILL, f"not killed at this stage: exit {first.returncode}"
     cluster.emulator.heal()
     await asyncio.sleep(0.3)
     assert job_names(cluster) == set()
@@ -167,6 +169,7 @@ async def test_killed_after_the_job_was_created_but_before_it_heard_so(
     await cluster.apply_model(model_body("kill-created"))
     await cluster.wait_for("the Job stored", lambda: held.hits >= 1 and len(job_names(cluster)) == 1)
     await cluster.stop_operator(first, kill=True)
+    assert first.returncode == -signal.SIGKILL, f"not killed at this stage: exit {first.returncode}"
     cluster.emulator.heal()
 
     second = await start(cluster, log_name="operator-2", metrics_port=unused_tcp_port)
@@ -207,6 +210,7 @@ async def test_killed_after_the_job_finished_before_its_result_was_recorded(
         await cluster.wait_for("the status patch refused", lambda: blocked.hits >= 2)
         assert variant(cluster, name)["result"]["job"] == old_job  # not recorded yet
         await cluster.stop_operator(first, kill=True)
+        assert first.returncode == -signal.SIGKILL, f"not killed at this stage: exit {first.returncode}"
         cluster.emulator.heal()
 
         second = await start(cluster, log_name="operator-2")

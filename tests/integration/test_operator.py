@@ -12,6 +12,7 @@ import asyncio
 import json
 import math
 import shutil
+import signal
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -355,6 +356,7 @@ async def test_operator_restarted_while_a_job_runs(cluster: Cluster, unused_tcp_
         "the pipeline to run", lambda: cluster.runs.get(job) and cluster.runs[job].exit_codes
     )
     await cluster.stop_operator(first, kill=True)  # a crash, not a goodbye
+    assert first.returncode == -signal.SIGKILL, f"not killed at this stage: exit {first.returncode}"
 
     second = await cluster.start_operator(
         "--namespace", NAMESPACE, "--metrics-port", str(unused_tcp_port), log_name="operator-2"
