@@ -3,8 +3,8 @@
 Every rendering is checked with default values, with every optional feature on, and with the
 operator limited to a list of namespaces. The objects are validated against the Kubernetes
 OpenAPI schemas (``kubernetes-validate``, strict: unknown fields are errors) for the oldest
-Kubernetes the chart supports and the newest the package knows, and ``kubectl`` accepts them in
-a client-side dry run.
+Kubernetes the chart supports and the newest the package knows. That ``kubectl`` and ``helm``
+accept them in dry runs against an API server is ``tests/integration/test_kubectl_dry_run.py``.
 """
 
 from __future__ import annotations
@@ -21,10 +21,8 @@ from qfleet.cli import build_parser
 from tests.support.k8s_tools import (
     ALL_FEATURES,
     CHART,
-    discovery_server,
     find,
     render,
-    render_text,
     run_tool,
     write_values,
 )
@@ -122,53 +120,6 @@ def test_validation_catches_a_broken_object() -> None:
     deployment["spec"]["template"]["spec"]["containers"][0]["imagePullPolicey"] = "Always"
     with pytest.raises(utils.ValidationError):
         utils.validate(deployment, "1.33", strict=True)
-
-
-def test_kubectl_accepts_the_rendered_chart_in_a_client_side_dry_run(tmp_path: Path) -> None:
-    manifest = tmp_path / "rendered.yaml"
-    manifest.write_text(render_text(ALL_FEATURES, include_crds=True))
-    objects = render(ALL_FEATURES, include_crds=True)
-    crds = [*find(objects, "CustomResourceDefinition"), *prometheus_operator_crds()]
-    with discovery_server(tmp_path, crds) as server:
-        result = server.kubectl("apply", "--dry-run=client", "--validate=false", "-f", str(manifest))
-    created = [line for line in result.stdout.splitlines() if line.endswith("(dry run)")]
-    assert len(created) == len(objects), result.stdout
-
-
-def test_helm_install_server_dry_run_against_an_api_server(tmp_path: Path) -> None:
-    """helm's install path with a cluster: version constraint, kind mapping, existing objects, hooks."""
-    values = write_values(ALL_FEATURES, tmp_path)
-    objects = render(ALL_FEATURES, include_crds=True)
-    crds = [*find(objects, "CustomResourceDefinition"), *prometheus_operator_crds()]
-    install = ["install", "qfleet", str(CHART), "--namespace", "qfleet-system", "--values", str(values)]
-    # The emulator serves no OpenAPI documents; the schemas are checked by kubernetes-validate above.
-    install += ["--dry-run=server", "--disable-openapi-validation"]
-    with discovery_server(tmp_path, crds) as server:
-        result = server.helm(*install)
-        assert "STATUS: pending-install" in result.stdout
-        assert "kind: ClusterKopfPeering" in result.stdout.split("HOOKS:")[1]
-    # Chart.yaml's kubeVersion keeps the chart off clusters older than it supports.
-    with discovery_server(tmp_path, crds, minor=26) as old:
-        refused = old.helm(*install, check=False)
-    assert refused.returncode != 0 and "kubeVersion" in refused.stderr
-
-
-def prometheus_operator_crds() -> list[dict[str, Any]]:
-    """Just enough of the Prometheus Operator's CRDs for kubectl to know the kinds."""
-    return [
-        {
-            "spec": {
-                "group": "monitoring.coreos.com",
-                "scope": "Namespaced",
-                "names": {"kind": kind, "plural": kind.lower() + "s", "singular": kind.lower()},
-                "versions": [{"name": "v1", "served": True, "storage": True}],
-            }
-        }
-        for kind in ("ServiceMonitor", "PodMonitor")
-    ]
-
-
-# --- Security: every pod is locked down ------------------------------------------------------------
 
 
 def pod_specs(objects: list[dict[str, Any]]) -> list[tuple[str, Mapping[str, Any]]]:

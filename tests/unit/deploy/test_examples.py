@@ -4,8 +4,9 @@ QuantizedModels against the CRD's schema (strictly: an unknown field is an error
 API server would silently prune it), built-in objects against the Kubernetes API schemas, Helm
 values in the Argo CD and Flux manifests against the chart's values schema, paths and source
 references against this repository, the KEDA ScaledObject against the CRD's scale subresource,
-the node groups against qfleet's ISA-tier affinity, and the GitOps folder, the CRD and its
-samples with the real ``kubectl``.
+the node groups against qfleet's ISA-tier affinity, and the GitOps folder with the real
+``kubectl kustomize``. The ``kubectl`` dry runs of the folder, the CRD and its samples against an
+API server are in ``tests/integration/test_kubectl_dry_run.py``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import pytest
 import yaml
 
 from qfleet import isa
-from tests.support.k8s_tools import CHART, CRDS, REPO, discovery_server, load_yaml_documents, run_tool
+from tests.support.k8s_tools import CHART, CRDS, REPO, load_yaml_documents, run_tool
 
 EXAMPLES = REPO / "examples"
 GITOPS = EXAMPLES / "gitops" / "surveillance"
@@ -147,38 +148,6 @@ def test_claims_named_by_the_model_exist_in_the_folder() -> None:
     for claim in load_yaml_documents(GITOPS / "storage.yaml"):
         # Jobs write artifacts on one node while servers read them on others.
         assert "ReadWriteMany" in claim["spec"]["accessModes"]
-
-
-def test_kubectl_dry_run_of_the_crd_its_samples_and_the_gitops_folder(tmp_path: Path) -> None:
-    samples = sorted((CRDS / "samples").glob("*.yaml"))
-    assert samples
-    with discovery_server(tmp_path) as server:
-        applied = server.kubectl("apply", "--dry-run=client", "--validate=false", "-f", str(CRDS)).stdout
-        assert (
-            "customresourcedefinition.apiextensions.k8s.io/quantizedmodels.qfleet.dev created (dry run)"
-            in applied
-        )
-        applied = server.kubectl(
-            "apply", "--dry-run=client", "--validate=false", "-f", str(CRDS / "samples")
-        ).stdout
-        assert applied.count("quantizedmodel.qfleet.dev/") == sum(
-            len(load_yaml_documents(p)) for p in samples
-        )
-        applied = server.kubectl("apply", "--dry-run=client", "--validate=false", "-k", str(GITOPS)).stdout
-        assert "quantizedmodel.qfleet.dev/arcface-r100 created (dry run)" in applied
-        assert "namespace/surveillance created (dry run)" in applied
-        # The short name and the scale subresource are what `kubectl scale qm/...` relies on.
-        created = server.kubectl(
-            "create",
-            "--dry-run=client",
-            "--validate=false",
-            "-o",
-            "yaml",
-            "-f",
-            str(CRDS / "qfleet.dev_quantizedmodels.yaml"),
-        ).stdout
-    rendered = yaml.safe_load(created)
-    assert rendered["spec"]["names"]["shortNames"] == ["qm"]
 
 
 # --- KEDA ----------------------------------------------------------------------------------------------
