@@ -1,18 +1,16 @@
-"""Least privilege: the chart grants the operator exactly the API calls it makes, and no more.
+"""Least privilege, recorded: the chart grants the operator exactly the API calls it makes.
 
-The calls are not listed by hand. They are derived twice:
-
-- from kopf's registry of the operator's handlers (every watched resource needs list and watch,
-  every resource with change handlers needs patch, for kopf's progress annotations), and
-- from the HTTP requests the real operator (``qfleet operator`` as the chart runs it: its command
-  line and environment rendered by ``helm template``) sends to the emulated API server while a
-  QuantizedModel is created, quantized on two ISA tiers, served, rescaled, narrowed to one tier (a
-  Deployment deleted) and re-quantized after a spec change (obsolete Jobs deleted), while kopf
-  peering keeps its keep-alives in the peering object the chart creates.
+The real operator (``qfleet operator`` as the chart runs it: its command line and environment
+rendered by ``helm template``) runs against the emulated API server, which records every request,
+while a QuantizedModel is created, quantized on two ISA tiers, served, rescaled, narrowed to one
+tier (a Deployment deleted) and re-quantized after a spec change (obsolete Jobs deleted), while
+kopf peering keeps its keep-alives in the peering object the chart creates.
 
 Then every request must be allowed by the rendered roles bound to the operator's ServiceAccount,
 and every permission in those roles must have been used. Both for the cluster-wide install (one
-ClusterRole) and for a namespaced one (a Role per namespace plus a ClusterRole for nodes).
+ClusterRole) and for a namespaced one (a Role per namespace plus a ClusterRole for nodes). The
+static checks of the roles, against kopf's registry of handlers, are
+``tests/unit/deploy/test_rbac.py``.
 """
 
 from __future__ import annotations
