@@ -13,12 +13,13 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
-from qfleet import __version__
+from qfleet import __version__, logs
 from qfleet.errors import QfleetError
 
 #: Verbs in the order ``--help`` lists them.
@@ -57,7 +58,19 @@ def build_parser(modules: dict[str, ModuleType] | None = None) -> argparse.Argum
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print the result as one JSON object (last line)")
     common.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
-    common.add_argument("-q", "--quiet", action="store_true", help="no progress bars or info logs")
+    common.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no progress bars or info logs (bars show only on a terminal)",
+    )
+    common.add_argument(
+        "--log-format",
+        choices=logs.FORMATS,
+        default=os.environ.get("QFLEET_LOG_FORMAT", "text"),
+        help="text for people, json for log collectors: one object per line "
+        "(default: $QFLEET_LOG_FORMAT or text)",
+    )
 
     parser = argparse.ArgumentParser(
         prog="qfleet",
@@ -97,19 +110,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.debug else (logging.WARNING if args.quiet else logging.INFO)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    if args.quiet:
-        # tqdm reads this to disable progress bars everywhere.
-        import os
-
-        os.environ["TQDM_DISABLE"] = "1"
+    logs.configure_logging(level=level, log_format=args.log_format)
+    args.progress = logs.progress_wanted(quiet=args.quiet)
+    if not args.progress:
+        logs.disable_progress_bars()
     module = args._module
     try:
         result = module.run(args)
     except QfleetError as exc:
         if args.debug:
             log.exception("%s failed", args.verb)
-        print(f"qfleet {args.verb}: error: {exc}", file=sys.stderr)
+        if args.log_format == "json":
+            log.error("qfleet %s: error: %s", args.verb, exc)
+        else:
+            print(f"qfleet {args.verb}: error: {exc}", file=sys.stderr)
         if args.json:
             print(json.dumps({"error": {"stage": args.verb, "message": str(exc)}}))
         return exc.exit_code

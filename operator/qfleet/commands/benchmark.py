@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         threads=args.threads,
         batch=args.batch,
         precision=args.precision,
-        progress=not args.quiet,
+        progress=args.progress,
     )
 
 

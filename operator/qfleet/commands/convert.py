@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         mean=args.mean,
         scale=args.scale,
         bgr=args.bgr,
-        progress=not args.quiet,
+        progress=args.progress,
     )
     return {"model": str(Path(args.out) / MODEL_XML), **metadata}
 

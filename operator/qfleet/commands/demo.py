@@ -108,7 +108,7 @@ def _demo(workdir: Path, args: argparse.Namespace, demand: Demand) -> dict[str, 
         max_drop=args.max_drop,
         threads=args.threads or None,
         benchmark_seconds=args.benchmark_seconds,
-        progress=not args.quiet,
+        progress=args.progress,
     )
     result = run_pipeline(spec)
     if "error" in result:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from typing import Any
@@ -108,7 +109,8 @@ def spec_from_args(args: argparse.Namespace) -> PipelineSpec:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    spec = spec_from_args(args)
+    # Bars only on a terminal (a Job's log is no terminal), whatever -q says.
+    spec = dataclasses.replace(spec_from_args(args), progress=args.progress)
     result = run_pipeline(spec)
     message = termination_message(result)
     write_termination_log(spec.termination_log or default_termination_log(), message)

@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         expect_isa=args.expect_isa,
         max_drop=args.max_drop,
         lfw=args.lfw,
-        progress=not args.quiet,
+        progress=args.progress,
     )
     quantization = metadata["quantization"]
     result: dict[str, Any] = {

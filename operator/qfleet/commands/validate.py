@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         pairset,
         flip=not args.no_flip,
         threads=args.threads,
-        progress=not args.quiet,
+        progress=args.progress,
         batch=args.batch or DEFAULT_BATCH,
         precision=args.precision,
     )
