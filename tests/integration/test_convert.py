@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
+import pty
+import struct
 import subprocess
 import sys
+import termios
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -219,11 +226,48 @@ def test_cli_convert_with_single_scale(tmp_path: Path) -> None:
     assert result["model"] == str(out / "model.xml")
     assert result["input"]["mean"] == [127.5, 127.5, 127.5]
     assert result["input"]["scale"] == [128.0, 128.0, 128.0]
-    assert "convert: save" in done.stderr  # the progress bar names its stages
+    assert "convert: save" not in done.stderr  # no progress bar off a terminal (a pod's log)
     rgb = faces(1)
     plain = tmp_path / "plain"
     convert_model(source, fmt="onnx", out_dir=plain)
     assert_close(infer(out / "model.xml", rgb), infer(plain / "model.xml", (rgb - 127.5) / 128))
+
+
+def test_cli_convert_draws_its_stages_on_a_terminal(tmp_path: Path) -> None:
+    """On a terminal the progress bar names each conversion stage."""
+    source = tiny_onnx(tmp_path / "face.onnx")
+    primary, secondary = pty.openpty()
+    # A new pseudo-terminal is 0 columns wide, and a 0-column bar draws nothing.
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    chunks: list[bytes] = []
+
+    def drain() -> None:
+        with contextlib.suppress(OSError):  # EIO once the child closed the terminal
+            while chunk := os.read(primary, 4096):
+                chunks.append(chunk)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    env = {key: value for key, value in os.environ.items() if key != "TQDM_DISABLE"}
+    try:
+        done = subprocess.run(
+            [
+                *(sys.executable, "-m", "qfleet.cli", "convert", "--source", str(source)),
+                *("--format", "onnx"),
+                "--out",
+                str(tmp_path / "ir"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=secondary,
+            env=env,
+            timeout=120,
+        )
+    finally:
+        os.close(secondary)
+        reader.join(timeout=30)
+        os.close(primary)
+    assert done.returncode == 0
+    assert "convert: save" in b"".join(chunks).decode(errors="replace")
 
 
 def test_cli_help_lists_formats() -> None:
