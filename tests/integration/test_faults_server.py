@@ -13,7 +13,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -28,6 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from qfleet.serving.protocol import DATATYPES, HEADER_LENGTH, decode_infer_response, encode_infer_request
+from tests.support.server import start_server as start_server_process
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -57,19 +57,8 @@ class Server:
 
 
 def start_server(model_xml: Path, log: Path, *args: str) -> Server:
-    with log.open("w") as stderr:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "qfleet.cli", "serve", "--model", str(model_xml), "--port", "0", "--json", *args],
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            text=True,
-        )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while not (found := re.search(r"listening on http://(\S+):(\d+)", log.read_text())):
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError(f"server did not start:\n{log.read_text()}")
-        time.sleep(0.05)
-    return Server(process, found.group(1), int(found.group(2)), log)
+    started = start_server_process(model_xml, log, *args)
+    return Server(started.process, started.host, started.port, log)
 
 
 def stop(server: Server) -> None:

@@ -6,7 +6,6 @@ import json
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,28 +14,17 @@ import pytest
 
 from qfleet.errors import InputError
 from qfleet.serving.loadtest import LoadSpec, run_loadtest
+from tests.support.server import start_server, stop_server
 
 
 @contextmanager
 def served(model_xml: Path, log_dir: Path, *args: str) -> Iterator[str]:
     """``qfleet serve --port 0`` in a subprocess; yields its URL."""
-    stderr_path = log_dir / "serve.stderr"
-    with stderr_path.open("w") as stderr:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "qfleet.cli", "serve", "--model", str(model_xml), "--port", "0", *args],
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-        )
+    server = start_server(model_xml, log_dir / "serve.stderr", *args)
     try:
-        deadline = time.monotonic() + 60
-        while not (found := re.search(r"listening on (http://\S+)", stderr_path.read_text())):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"server did not start:\n{stderr_path.read_text()}")
-            time.sleep(0.05)
-        yield found.group(1)
+        yield server.url
     finally:
-        process.terminate()
-        process.wait(timeout=60)
+        stop_server(server, graceful=True)
 
 
 def qfleet_json(*args: str) -> tuple[int, dict[str, object], str]:

@@ -16,15 +16,13 @@ static checks of the roles, against kopf's registry of handlers, are
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.cluster import DEPLOYMENTS, JOBS, Cluster, Emulator
+from tests.support.cluster import DEPLOYMENTS, JOBS, Cluster, Emulator, running_cluster
 from tests.support.k8s_tools import find, render
 from tests.support.operator_fixtures import NAMESPACE, model_body, write_datasets
 from tests.support.rbac import (
@@ -52,20 +50,6 @@ class RecordingEmulator(Emulator):
         agent = raw_request.headers.get("User-Agent", "")
         self.recorded.append((raw_request.method, raw_request.path, dict(raw_request.query), agent))
         return await super().__call__(raw_request)
-
-
-@contextlib.asynccontextmanager
-async def recording_cluster(root: Path) -> AsyncIterator[Cluster]:
-    import kmock
-
-    async with RecordingEmulator() as emulator, kmock.Server(emulator) as server:
-        emulator.resources.load_bundled()
-        cluster = Cluster(emulator, server, root)
-        await cluster.start()
-        try:
-            yield cluster
-        finally:
-            await cluster.stop()
 
 
 def free_port() -> int:
@@ -161,7 +145,7 @@ async def recorded_calls(
     values: dict[str, Any], root: Path, datasets: Path
 ) -> tuple[list[Call], list[dict[str, Any]]]:
     objects = render(values)
-    async with recording_cluster(root) as cluster:
+    async with running_cluster(root, RecordingEmulator) as cluster:
         cluster.claims["data"] = datasets
         cluster.add_claim("models")
         await cluster.add_namespace(NAMESPACE)

@@ -11,16 +11,15 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import os
-import re
 import socket
 import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+from tests.support.server import start_server, stop_server
 
 LISTEN = "0A"
 
@@ -58,22 +57,12 @@ def listening_sockets(pid: int) -> set[tuple[str, int]]:
 
 
 @contextmanager
-def serving(model_xml: Path, log: Path, *args: str) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    with log.open("w") as stderr:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "qfleet.cli", "serve", "--model", str(model_xml), "--port", "0", *args],
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-        )
+def serving(model_xml: Path, log: Path, *args: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    server = start_server(model_xml, log, *args)
     try:
-        deadline = time.monotonic() + 60
-        while not (found := re.search(r"listening on http://\S+:(\d+)", log.read_text())):
-            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
-        yield process, int(found.group(1))
+        yield server.process, server.port
     finally:
-        process.kill()
-        process.wait()
+        stop_server(server)
 
 
 def test_the_listening_socket_reader_sees_a_socket() -> None:

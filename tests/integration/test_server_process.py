@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import signal
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 
 from qfleet.serving.protocol import HEADER_LENGTH, decode_infer_response, encode_infer_request
+from tests.support.server import start_server, stop_server
 
 
 @contextmanager
@@ -25,39 +25,11 @@ def server_process(
     model_xml: Path, log_dir: Path, *args: str
 ) -> Iterator[tuple[subprocess.Popen[str], str, Path]]:
     """``qfleet serve --port 0`` in a subprocess; yields it, its URL and its stderr log file."""
-    stderr_path = log_dir / "serve.stderr"
-    with stderr_path.open("w") as stderr:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "qfleet.cli",
-                "serve",
-                "--model",
-                str(model_xml),
-                "--port",
-                "0",
-                "--json",
-                *args,
-            ],
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            text=True,
-        )
+    server = start_server(model_xml, log_dir / "serve.stderr", *args)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            found = re.search(r"listening on (http://\S+)", stderr_path.read_text())
-            if found:
-                break
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"server did not start:\n{stderr_path.read_text()}")
-            time.sleep(0.05)
-        yield process, found.group(1), stderr_path
+        yield server.process, server.url, server.log
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        stop_server(server)
 
 
 async def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 20.0) -> None:

@@ -1092,9 +1092,10 @@ def _tier_of(node: Mapping[str, Any]) -> str | None:
 
 
 @contextlib.asynccontextmanager
-async def running_cluster(root: Path) -> AsyncIterator[Cluster]:
-    """An emulated API server on a local port, with the cluster's controllers running."""
-    async with Emulator() as emulator, kmock.Server(emulator) as server:
+async def running_cluster(root: Path, emulator_class: type[Emulator] | None = None) -> AsyncIterator[Cluster]:
+    """An emulated API server on a local port, with the cluster's controllers running
+    (``emulator_class``: an :class:`Emulator` subclass that, say, records the requests)."""
+    async with (emulator_class or Emulator)() as emulator, kmock.Server(emulator) as server:
         # Built-in resources first: kopf waits for namespaces and the core API before anything.
         emulator.resources.load_bundled()
         cluster = Cluster(emulator, server, root)

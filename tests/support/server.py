@@ -1,0 +1,51 @@
+"""A real ``qfleet serve`` process for tests: started on a free port, found by its log line."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+LISTENING = re.compile(r"listening on (http://(\S+):(\d+))")
+
+
+@dataclass(frozen=True)
+class ServerProcess:
+    process: subprocess.Popen[str]
+    url: str
+    host: str
+    port: int
+    log: Path
+
+
+def start_server(model_xml: Path, log: Path, *args: str, timeout: float = 60) -> ServerProcess:
+    """``qfleet serve --port 0 --json ARGS`` with stderr in ``log``; returns once it listens."""
+    with log.open("w") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "qfleet.cli", "serve", "--model", str(model_xml), "--port", "0", "--json", *args],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )  # fmt: skip
+    deadline = time.monotonic() + timeout
+    while not (found := LISTENING.search(log.read_text())):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            process.wait()
+            raise AssertionError(f"server did not start:\n{log.read_text()}")
+        time.sleep(0.05)
+    return ServerProcess(process, found.group(1), found.group(2), int(found.group(3)), log)
+
+
+def stop_server(server: ServerProcess, *, graceful: bool = False, timeout: float = 60) -> None:
+    """SIGTERM and wait (``graceful``: the drain is part of the test), else SIGKILL."""
+    if server.process.poll() is not None:
+        return
+    if graceful:
+        server.process.terminate()
+    else:
+        server.process.kill()
+    server.process.wait(timeout=timeout)
