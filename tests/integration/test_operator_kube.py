@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from qfleet.operator.kube import ApiError, KubeApi, load_credentials, namespaced
+from qfleet.operator.kube import ApiError, Credentials, KubeApi, load_credentials, namespaced
 from tests.support.cluster import DEPLOYMENTS, Cluster, running_cluster
 
 DEPLOYMENT = {
@@ -63,8 +63,6 @@ async def test_patch_get_delete_and_gone_objects(api: KubeApi, cluster: Cluster)
 
 
 async def test_errors_say_whether_to_retry(cluster: Cluster) -> None:
-    from qfleet.operator.kube import Credentials
-
     unreachable = KubeApi(Credentials(server="http://127.0.0.1:9"), timeout=2)
     with pytest.raises(ApiError) as caught:
         await unreachable.get("/api/v1/namespaces/x/pods/y")
@@ -72,3 +70,44 @@ async def test_errors_say_whether_to_retry(cluster: Cluster) -> None:
     assert caught.value.status == 0 and caught.value.transient
     assert ApiError(503, "ServiceUnavailable", "").transient and ApiError(429, "TooMany", "").transient
     assert not ApiError(403, "Forbidden", "").transient and not ApiError(422, "Invalid", "").transient
+
+
+async def test_a_rotated_token_is_read_again_on_401(tmp_path: Path) -> None:
+    """Bound service-account tokens expire: after the kubelet rewrote the token file, a 401 makes
+    the client read its credentials again and retry once; with an unchanged token the 401 stands."""
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    accepted = {"token": "first"}
+    seen: list[str] = []
+
+    async def namespace(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization", ""))
+        if request.headers.get("Authorization") != f"Bearer {accepted['token']}":
+            body = {"kind": "Status", "code": 401, "reason": "Unauthorized", "message": "token has expired"}
+            return web.json_response(body, status=401)
+        return web.json_response({"kind": "Namespace", "metadata": {"name": "faces"}})
+
+    app = web.Application()
+    app.router.add_get("/api/v1/namespaces/faces", namespace)
+    server = TestServer(app)
+    await server.start_server()
+    token_file = tmp_path / "token"
+    token_file.write_text("first")
+
+    def read_credentials() -> Credentials:  # what load_credentials does with a projected token
+        return Credentials(server=str(server.make_url("")).rstrip("/"), token=token_file.read_text())
+
+    api = KubeApi(read_credentials(), reload=read_credentials)
+    try:
+        assert (await api.get("/api/v1/namespaces/faces") or {})["metadata"]["name"] == "faces"
+        accepted["token"] = "second"  # the API server expired the first token
+        with pytest.raises(ApiError) as refused:  # the file still holds it: nothing new to try
+            await api.get("/api/v1/namespaces/faces")
+        assert refused.value.status == 401 and "expired" in refused.value.message
+        token_file.write_text("second")  # the kubelet rotated the token
+        assert (await api.get("/api/v1/namespaces/faces") or {})["metadata"]["name"] == "faces"
+        assert seen == ["Bearer first", "Bearer first", "Bearer first", "Bearer second"]
+    finally:
+        await api.close()
+        await server.close()

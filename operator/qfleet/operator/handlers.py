@@ -118,7 +118,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: ko
     if port:
         metrics.serve(int(port))
         logger.info("metrics on :%d/metrics", port)
-    reconciler = Reconciler(KubeApi(load_credentials()), options, metrics, post_event=_post_event)
+    api = KubeApi(load_credentials(), reload=load_credentials)  # rotating service-account tokens
+    reconciler = Reconciler(api, options, metrics, post_event=_post_event)
     memo.reconciler = reconciler
     memo.resync = asyncio.create_task(reconciler.resync_forever())
     fleet = options.fleet
@@ -210,7 +211,13 @@ async def reconcile_model(name: str, namespace: str | None, memo: Any, **kwargs:
         if retryable(exc) or exc.status == 404:
             delay = retry_delay(reconciler.note_failure((str(namespace), name)))
             raise kopf.TemporaryError(f"API: {exc}; retrying in {delay:.1f} s", delay=delay) from exc
-        if exc.status in (401, 403):
+        if exc.status == 401:
+            raise kopf.TemporaryError(
+                f"API refused the operator's credentials ({exc}): its token expired or was revoked, "
+                "and reading it again did not help; check the service account and its token",
+                delay=60,
+            ) from exc
+        if exc.status == 403:
             raise kopf.TemporaryError(f"API refused ({exc}); check the operator's RBAC", delay=60) from exc
         raise kopf.PermanentError(f"API rejected a request: {exc}") from exc
     if plan is not None and plan.invalid_spec:

@@ -5,6 +5,11 @@ Job, patch a Deployment or a status, delete an obsolete Job -- go through this c
 same event loop, as plain JSON (no model classes to build or parse). Credentials come from the
 same places kopf's default login looks: the in-cluster service account, else the kubeconfig
 (``$KUBECONFIG`` or ``~/.kube/config``).
+
+Bound service-account tokens rotate: the kubelet rewrites the projected token file, and the API
+server rejects an expired token with 401. So on a 401 the client reads its credentials again
+and, when they changed, retries the request once with the new ones; a 401 with unchanged
+credentials is the caller's to report (an expired or revoked token, not an RBAC problem).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,8 +93,17 @@ def load_credentials() -> Credentials:
 class KubeApi:
     """JSON over HTTP to the API server; ``create`` treats 409 as "already there"."""
 
-    def __init__(self, credentials: Credentials, *, timeout: float = 30.0, connections: int = 32) -> None:
+    def __init__(
+        self,
+        credentials: Credentials,
+        *,
+        timeout: float = 30.0,
+        connections: int = 32,
+        reload: Callable[[], Credentials] | None = None,
+    ) -> None:
         self.credentials = credentials
+        #: Reads the credentials again (after a 401); None: they never change.
+        self._reload = reload
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._connections = connections
         self._session: aiohttp.ClientSession | None = None
@@ -137,6 +152,38 @@ class KubeApi:
         body: Any = None,
         content_type: str = "application/json",
         params: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        try:
+            return await self._request(method, path, body=body, content_type=content_type, params=params)
+        except ApiError as exc:
+            if exc.status != 401 or not await self._credentials_changed():
+                raise
+            log.info("the API server refused the old credentials; retrying with the renewed ones")
+            return await self._request(method, path, body=body, content_type=content_type, params=params)
+
+    async def _credentials_changed(self) -> bool:
+        """Read the credentials again; True (and a new session) when they changed."""
+        if self._reload is None:
+            return False
+        try:
+            renewed = self._reload()
+        except Exception as exc:  # a token file being rewritten, a kubeconfig mid-edit
+            log.warning("could not read the credentials again after a 401: %s", exc)
+            return False
+        if renewed == self.credentials:
+            return False
+        self.credentials = renewed
+        await self.close()
+        return True
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any,
+        content_type: str,
+        params: dict[str, str] | None,
     ) -> dict[str, Any]:
         session = await self.session()
         headers = {"Content-Type": content_type} if body is not None else {}
