@@ -34,3 +34,5 @@ class FleetConfig:
     server_port: int = 8080
     #: Service account of the quantization Jobs; None uses the namespace's default.
     job_service_account: str | None = None
+    #: Log format of the Jobs and servers (``text`` or ``json``), the operator's own.
+    log_format: str = "text"

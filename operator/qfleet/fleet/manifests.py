@@ -127,11 +127,13 @@ def _container_security() -> dict[str, Any]:
     }
 
 
-def _env(threads: int) -> list[dict[str, str]]:
+def _env(threads: int, config: FleetConfig) -> list[dict[str, str]]:
     return [
         {"name": "HOME", "value": "/tmp"},
         {"name": "TQDM_DISABLE", "value": "1"},
         {"name": "OMP_NUM_THREADS", "value": str(threads)},
+        # Read by the command line as its --log-format default: the pods log as the operator does.
+        {"name": "QFLEET_LOG_FORMAT", "value": config.log_format},
     ]
 
 
@@ -189,7 +191,7 @@ def job_for(owner: Owner, spec: ModelSpec, tier: str, key: str, config: FleetCon
                 "imagePullPolicy": config.image_pull_policy,
                 "command": ["qfleet", "pipeline"],
                 "args": args,
-                "env": _env(threads),
+                "env": _env(threads, config),
                 "resources": _resources(spec, config, memory=config.job_memory),
                 "securityContext": _container_security(),
                 "terminationMessagePath": TERMINATION_LOG,
@@ -299,7 +301,7 @@ def deployment_for(
                     "imagePullPolicy": config.image_pull_policy,
                     "command": ["qfleet", "serve"],
                     "args": args,
-                    "env": _env(threads),
+                    "env": _env(threads, config),
                     "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
                     "resources": _resources(spec, config, memory=None),
                     "securityContext": _container_security(),

@@ -15,6 +15,7 @@
 ``QFLEET_RESYNC_SECONDS``       how often every model is reconciled regardless of events (300)
 ``QFLEET_PEERING``              kopf peering name for leader election (none: standalone)
 ``QFLEET_METRICS_PORT``         port of /metrics (the --metrics-port option wins)
+``QFLEET_LOG_FORMAT``           text or json: the operator's logs and those of its Jobs and servers
 =============================  ===========================================================
 """
 
@@ -57,6 +58,7 @@ class OperatorSettings:
             default_cpu=reader.text("DEFAULT_CPU", defaults.default_cpu),
             run_as_user=reader.integer("RUN_AS_USER", defaults.run_as_user, minimum=1),
             job_service_account=reader.text("JOB_SERVICE_ACCOUNT", "") or None,
+            log_format=reader.choice("LOG_FORMAT", defaults.log_format, ("text", "json")),
         )
         port = reader.text("METRICS_PORT", "")
         return cls(

@@ -72,6 +72,7 @@ def test_helm_lint_strict(variant: str, tmp_path: Path) -> None:
     ("override", "complaint"),
     [
         ({"operator": {"logLevel": "loud"}}, "logLevel"),
+        ({"operator": {"logFormat": "xml"}}, "logFormat"),
         ({"operator": {"watchNamespace": ["typo"]}}, "watchNamespace"),
         ({"securityContext": {"runAsUser": 0}}, "runAsUser"),
     ],
@@ -263,7 +264,7 @@ def test_chart_settings_reach_the_operator() -> None:
             "jobServiceAccount": "quantizer",
             "defaultCpu": "2",
         },
-        "operator": {"resyncSeconds": 120},
+        "operator": {"resyncSeconds": 120, "logFormat": "json"},
         "securityContext": {"runAsUser": 10001},
     }
     objects = render(values)
@@ -278,6 +279,8 @@ def test_chart_settings_reach_the_operator() -> None:
     assert (fleet.job_service_account, fleet.default_cpu, fleet.run_as_user) == ("quantizer", "2", 10001)
     assert settings.resync_seconds == 120
     assert settings.peering == "qfleet"
+    # The operator logs in that format (its --log-format default) and passes it to its pods.
+    assert fleet.log_format == "json" and env["QFLEET_LOG_FORMAT"] == "json"
     # The chart's own pod runs as the same user as the pods the operator creates.
     pod = operator_deployment(objects)["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsUser"] == 10001

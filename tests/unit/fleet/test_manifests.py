@@ -124,6 +124,20 @@ def test_pods_are_restricted(kind: str) -> None:
         assert context["capabilities"] == {"drop": ["ALL"]}
 
 
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_pods_log_in_the_operators_format(log_format: str) -> None:
+    config = FleetConfig(log_format=log_format)
+    artifact = PvcUri("models", "qfleet/arcface/k/avx2/int8/model.xml")
+    pods = [
+        job_for(OWNER, make_spec(), "avx2", "k", config)["spec"]["template"]["spec"],
+        deployment_for(OWNER, make_spec(), "avx2", artifact=artifact, pipeline_key="k", replicas=1,
+                       config=config)["spec"]["template"]["spec"],
+    ]  # fmt: skip
+    for pod in pods:
+        env = {item["name"]: item["value"] for item in pod["containers"][0]["env"]}
+        assert env["QFLEET_LOG_FORMAT"] == log_format
+
+
 def test_job_metadata_owner_and_limits() -> None:
     job = job_for(OWNER, make_spec(), "avx2", "0123456789", CONFIG)
     metadata, spec = job["metadata"], job["spec"]

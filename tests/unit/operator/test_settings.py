@@ -29,6 +29,7 @@ def test_environment_overrides() -> None:
             "QFLEET_RESYNC_SECONDS": "30",
             "QFLEET_PEERING": "qfleet",
             "QFLEET_METRICS_PORT": "9090",
+            "QFLEET_LOG_FORMAT": "json",
             "UNRELATED": "x",
         }
     )
@@ -39,6 +40,7 @@ def test_environment_overrides() -> None:
     assert (fleet.benchmark_seconds, fleet.job_backoff_limit, fleet.job_ttl_seconds) == (1.5, 0, 600)
     assert fleet.job_service_account == "quantizer" and fleet.run_as_user == 1000
     assert (settings.resync_seconds, settings.peering, settings.metrics_port) == (30, "qfleet", 9090)
+    assert fleet.log_format == "json"
 
 
 @pytest.mark.parametrize(
@@ -49,6 +51,7 @@ def test_environment_overrides() -> None:
         ("QFLEET_JOB_BACKOFF_LIMIT", "1.5", "not an integer"),
         ("QFLEET_IMAGE_PULL_POLICY", "Sometimes", "Always, IfNotPresent, Never"),
         ("QFLEET_RESYNC_SECONDS", "nan", ">= 1"),
+        ("QFLEET_LOG_FORMAT", "xml", "text, json"),
     ],
 )
 def test_bad_values_name_the_variable(name: str, value: str, words: str) -> None:
