@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from qfleet import defaults, isa
-from qfleet.errors import IsaMismatchError, QfleetError
+from qfleet.errors import QfleetError
 from qfleet.model.metadata import MODEL_XML, library_versions
 from qfleet.outputs import atomic_output_dir, write_json
 
@@ -131,14 +131,9 @@ def run_pipeline(spec: PipelineSpec) -> dict[str, Any]:
     result: dict[str, Any] = {"isa": host_tier}
     try:
         with _stage("isa", timings):
-            if spec.expect_isa is not None and host_tier != spec.expect_isa:
-                raise IsaMismatchError(
-                    f"this node's ISA tier is {host_tier or 'below avx2'}, but the Job expects {spec.expect_isa}",
-                    hint="the Job's node affinity should prevent this; check the node's NFD labels",
-                )
             from qfleet.model.runtime import check_expected_tier
 
-            check_expected_tier(spec.expect_isa)
+            check_expected_tier(spec.expect_isa, expecting="the Job expects")
         with atomic_output_dir(out) as staging:
             result.update(_run_stages(spec, staging, final=out, timings=timings))
             write_json(staging / RESULT_FILE, result | {"seconds": round(time.perf_counter() - started, 3)})

@@ -207,7 +207,9 @@ def recorded_variant(
     return fallback, "f32", False
 
 
-def check_expected_tier(expect_isa: str | None, *, ov_core: ov.Core | None = None) -> str | None:
+def check_expected_tier(
+    expect_isa: str | None, *, expecting: str = "the model is for", ov_core: ov.Core | None = None
+) -> str | None:
     """This host's ISA tier; :class:`IsaMismatchError` when it is not ``expect_isa``.
 
     A bf16 tier also needs the plugin to compute bf16 here (a node labelled AVX512BF16 whose
@@ -224,8 +226,9 @@ def check_expected_tier(expect_isa: str | None, *, ov_core: ov.Core | None = Non
         return host
     if host != expected:
         raise IsaMismatchError(
-            f"this host's ISA tier is {host or 'below avx2'}, but the model is for {expected}",
-            hint=f"run on a {expected} node: INT8 accuracy and speed depend on the tier",
+            f"this host's ISA tier is {host or 'below avx2'}, but {expecting} {expected}",
+            hint=f"run on a {expected} node (its NFD labels decide where a Job lands): "
+            "INT8 accuracy and speed depend on the tier",
         )
     if has_native_bf16(expected) and not native_bf16(ov_core):
         raise IsaMismatchError(
