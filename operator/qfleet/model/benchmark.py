@@ -20,7 +20,7 @@ import numpy as np
 from qfleet.errors import InputError
 from qfleet.isa import detect_host_tier
 from qfleet.model.metadata import read_metadata, require_model_xml
-from qfleet.model.runtime import compile_model, read_model, recorded_variant
+from qfleet.model.runtime import CompiledVariant, compile_model, read_model, recorded_variant
 
 if TYPE_CHECKING:
     import openvino as ov
@@ -65,6 +65,28 @@ def model_precision(model: ov.Model, model_xml: Path, asked: str | None = None) 
     return ("int8" if quantized else "fp32"), None
 
 
+def compile_static(
+    model_xml: str | os.PathLike[str],
+    *,
+    batch: int,
+    threads: int | None = None,
+    precision: str | None = None,
+) -> CompiledVariant:
+    """Read an IR, give it a static batch of ``batch`` and compile it with the THROUGHPUT hint,
+    as the variant ``precision`` (default: what the artifact records, see :func:`model_precision`)."""
+    if batch < 1:
+        raise InputError(f"batch must be at least 1, got {batch}")
+    if threads is not None and threads < 1:
+        raise InputError(f"--threads must be at least 1, got {threads}")
+    xml = require_model_xml(model_xml)
+    model = read_model(xml)
+    variant, float_precision = model_precision(model, xml, precision)
+    static_batch(model, batch)
+    return compile_model(
+        model, precision=variant, float_precision=float_precision, threads=threads, what=f"model {xml}"
+    )
+
+
 def _check(seconds: float, threads: int | None, batch: int, warmup: int) -> None:
     if not seconds > 0:
         raise InputError(f"--seconds must be positive, got {seconds}")
@@ -101,13 +123,8 @@ def benchmark_model(
     import openvino as ov
     from tqdm import tqdm
 
-    model = read_model(xml)
-    variant, float_precision = model_precision(model, xml, precision)
-    static_batch(model, batch)
-    compiled_variant = compile_model(
-        model, precision=variant, float_precision=float_precision, threads=threads, what=f"model {xml}"
-    )
-    compiled = compiled_variant.compiled
+    compiled_variant = compile_static(xml, batch=batch, threads=threads, precision=precision)
+    variant, compiled = compiled_variant.precision, compiled_variant.compiled
     infer_requests = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
     streams = int(compiled.get_property("NUM_STREAMS"))
 

@@ -38,7 +38,6 @@ from qfleet.model.tensors import flip_horizontal, images_to_batch
 if TYPE_CHECKING:
     import openvino as ov
 
-    from qfleet.model.runtime import CompiledVariant
 
 #: Model inputs per infer request. With the flip, 2 = one image and its mirror per request: half
 #: the Python work per inference of batch 1, while larger batches were slower for small models
@@ -95,35 +94,6 @@ class EmbeddingRun:
         return self.inferences / self.seconds if self.seconds > 0 else float("nan")
 
 
-def compile_for_throughput(
-    model_xml: str | os.PathLike[str],
-    *,
-    batch: int = DEFAULT_BATCH,
-    threads: int | None = None,
-    precision: str | None = None,
-) -> CompiledVariant:
-    """Read an IR, give it a static batch and compile it with the THROUGHPUT hint.
-
-    ``precision`` (fp32, int8, bf16) defaults to what the artifact records (see
-    :func:`qfleet.model.benchmark.model_precision`).
-    """
-    from qfleet.model.benchmark import model_precision, static_batch
-    from qfleet.model.metadata import require_model_xml
-    from qfleet.model.runtime import compile_model, read_model
-
-    if batch < 1:
-        raise InputError(f"batch must be at least 1, got {batch}")
-    if threads is not None and threads < 1:
-        raise InputError(f"--threads must be at least 1, got {threads}")
-    xml = require_model_xml(model_xml)
-    model = read_model(xml)
-    variant, float_precision = model_precision(model, xml, precision)
-    static_batch(model, batch)
-    return compile_model(
-        model, precision=variant, float_precision=float_precision, threads=threads, what=f"model {xml}"
-    )
-
-
 def _input_geometry(compiled: ov.CompiledModel, batch: int) -> tuple[int, int, int]:
     """(rows per request, height, width) of the compiled model's NCHW image input."""
     if len(compiled.inputs) != 1:
@@ -169,6 +139,7 @@ def run_embedding(
     import openvino as ov
     from tqdm import tqdm
 
+    from qfleet.model.benchmark import compile_static
     from qfleet.model.runtime import runtime_isa
 
     if batch < 1:
@@ -182,7 +153,7 @@ def run_embedding(
             "runtime_isa": runtime_isa(compiled),
         }
     else:
-        variant = compile_for_throughput(model, batch=batch, threads=threads, precision=precision)
+        variant = compile_static(model, batch=batch, threads=threads, precision=precision)
         compiled, how = variant.compiled, variant.describe()
         name = f"{variant.precision} {Path(model).parent.name or Path(model).stem}"
     rows, height, width = _input_geometry(compiled, batch)

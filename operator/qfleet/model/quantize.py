@@ -46,13 +46,6 @@ PRESETS = defaults.PRESETS
 DEFAULT_SUBSET_SIZE = defaults.SUBSET_SIZE
 
 
-def check_host_isa(expect_isa: str | None) -> str | None:
-    """The host's ISA tier; raises :class:`IsaMismatchError` when it is not ``expect_isa``."""
-    from qfleet.model.runtime import check_expected_tier
-
-    return check_expected_tier(expect_isa)
-
-
 def _check_options(subset_size: int, preset: str, max_drop: float | None, lfw: object) -> None:
     if preset not in PRESETS:
         raise InputError(f"unknown preset {preset!r}", hint=f"use one of {', '.join(PRESETS)}")
@@ -128,7 +121,9 @@ def quantize_model(
     With ``max_drop`` and ``lfw`` the quantization is accuracy-controlled on that LFW set.
     """
     # The tier check comes first: a Job on the wrong node must not spend time, nor write anything.
-    host_isa = check_host_isa(expect_isa)
+    from qfleet.model.runtime import check_expected_tier
+
+    host_isa = check_expected_tier(expect_isa)
     _check_options(subset_size, preset, max_drop, lfw)
     xml = require_model_xml(model_xml)
     fp32_metadata = read_metadata(xml)
