@@ -440,7 +440,8 @@ def test_the_planners_first_status_fits_the_schema(
     body = yaml.safe_load(SAMPLES[0].read_text())
     nodes = Inventory.of(
         node_info({"metadata": {"name": f"n-{tier.name}", "labels": {tier.nfd_label: "true"}},
-                   "status": {"allocatable": {"cpu": "32"}}})
+                   "status": {"allocatable": {"cpu": "32"},
+                              "conditions": [{"type": "Ready", "status": "True"}]}})
         for tier in TIERS
     )  # fmt: skip
     first = plan({**body, "metadata": {"name": "m", "namespace": "ns", "uid": "u", "generation": 1}},

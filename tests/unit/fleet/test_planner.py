@@ -23,7 +23,10 @@ T2 = "2030-01-01T00:10:00Z"
 
 def node(name: str, tier: str, cpu: str = "32", **labels: str) -> dict[str, Any]:
     nfd = {t.nfd_label: "true" for t in TIERS[TIER_NAMES.index(tier) :]}
-    return {"metadata": {"name": name, "labels": {**nfd, **labels}}, "status": {"allocatable": {"cpu": cpu}}}
+    return {
+        "metadata": {"name": name, "labels": {**nfd, **labels}},
+        "status": {"allocatable": {"cpu": cpu}, "conditions": [{"type": "Ready", "status": "True"}]},
+    }
 
 
 def inventory(*nodes: dict[str, Any]) -> Inventory:

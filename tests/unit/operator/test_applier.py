@@ -70,7 +70,7 @@ def node(name: str) -> Any:
     return node_info(
         {
             "metadata": {"name": name, "labels": {NFD_PREFIX + "AVX2": "true"}},
-            "status": {"allocatable": {"cpu": "8"}},
+            "status": {"allocatable": {"cpu": "8"}, "conditions": [{"type": "Ready", "status": "True"}]},
         }
     )
 

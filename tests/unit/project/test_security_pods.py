@@ -104,7 +104,10 @@ NODE_LABELS = {"pool": "faces", "zone": "a", "kubernetes.io/arch": "amd64"}
 def _node(name: str, tier: str) -> dict[str, Any]:
     labels = {t.nfd_label: "true" for t in TIERS[TIER_NAMES.index(tier) :]}
     labels.update(NODE_LABELS)
-    return {"metadata": {"name": name, "labels": labels}, "status": {"allocatable": {"cpu": "64"}}}
+    return {
+        "metadata": {"name": name, "labels": labels},
+        "status": {"allocatable": {"cpu": "64"}, "conditions": [{"type": "Ready", "status": "True"}]},
+    }
 
 
 INVENTORY = Inventory.of(node_info(_node(f"n-{tier}", tier)) for tier in TIER_NAMES)
