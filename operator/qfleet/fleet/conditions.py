@@ -38,6 +38,8 @@ TYPE_DEGRADED = "Degraded"
 TYPE_ACCURACY_GATE = "AccuracyGate"
 TYPE_NODES_AVAILABLE = "NodesAvailable"
 TYPE_CAPACITY_INSUFFICIENT = "CapacityInsufficient"
+#: A tier's new model failed to roll out and the tier serves its last good model again.
+TYPE_ROLLED_BACK = "RolledBack"
 CONDITION_TYPES = (
     TYPE_READY,
     TYPE_PROGRESSING,
@@ -45,6 +47,7 @@ CONDITION_TYPES = (
     TYPE_ACCURACY_GATE,
     TYPE_NODES_AVAILABLE,
     TYPE_CAPACITY_INSUFFICIENT,
+    TYPE_ROLLED_BACK,
 )
 
 TRUE = "True"
@@ -70,6 +73,16 @@ REASON_DEMAND_COVERED = "DemandCovered"
 REASON_MAX_REPLICAS = "MaxReplicasReached"
 REASON_NO_CAPACITY = "NoServingCapacity"
 REASON_TARGET_INCOMPLETE = "TargetsIncomplete"
+#: A quantization Job waits for one of the operator's slots (``operator.maxRunningJobs``).
+REASON_QUEUED = "Queued"
+#: Serving pods sat Pending as unschedulable for longer than ``demand.pendingGraceSeconds``.
+REASON_UNSCHEDULABLE = "Unschedulable"
+#: A new source model waits until every target tier's gate passed (``rollout.consistency``).
+REASON_WAITING_FOR_TIERS = "WaitingForAllTiers"
+#: Rollback reasons: the Deployment's own, or the new pods' crash loop.
+REASON_PROGRESS_DEADLINE = "ProgressDeadlineExceeded"
+REASON_CRASH_LOOP = "CrashLoopBackOff"
+REASON_NO_ROLLBACK = "NoRollback"
 
 # Event reasons.
 EVENT_JOB_CREATED = "QuantizationStarted"
@@ -83,6 +96,7 @@ EVENT_NODES_MISSING = "NoNodesOfTier"
 EVENT_INVALID_SPEC = "InvalidSpec"
 EVENT_CAPACITY = "CapacityInsufficient"
 EVENT_PHASE = "PhaseChanged"
+EVENT_ROLLED_BACK = "RolledBack"
 
 
 def condition(

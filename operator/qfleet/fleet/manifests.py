@@ -63,8 +63,12 @@ def threads_for(spec: ModelSpec, config: FleetConfig) -> int:
     """Inference threads: as many as whole CPUs in the budget (at least one)."""
     if spec.serving_threads is not None:
         return spec.serving_threads
+    return threads_of_cpu(cpu_budget(spec, config))
+
+
+def threads_of_cpu(cpu: str) -> int:
     try:
-        return max(1, math.floor(parse_cpu(cpu_budget(spec, config))))
+        return max(1, math.floor(parse_cpu(cpu)))
     except ValueError:
         return 1
 
@@ -137,9 +141,11 @@ def _env(threads: int, config: FleetConfig) -> list[dict[str, str]]:
     ]
 
 
-def _resources(spec: ModelSpec, config: FleetConfig, *, memory: str | None) -> dict[str, dict[str, str]]:
+def _resources(
+    spec: ModelSpec, config: FleetConfig, *, memory: str | None, cpu: str | None = None
+) -> dict[str, dict[str, str]]:
     """Requests equal to limits for CPU: a Guaranteed pod measures (and serves) stable FPS."""
-    cpu = cpu_budget(spec, config)
+    cpu = cpu or cpu_budget(spec, config)
     requests = dict(spec.resources.get("requests", {}))
     limits = dict(spec.resources.get("limits", {}))
     requests["cpu"] = limits["cpu"] = cpu
@@ -250,24 +256,47 @@ def model_selector(owner: Owner) -> dict[str, str]:
     }
 
 
+#: Seconds a serving pod keeps answering after it is told to stop, before the server drains:
+#: time for every kube-proxy and load balancer to take it out of the Service's endpoints.
+PRESTOP_SECONDS = 5
+#: Seconds the server takes to answer the requests in flight after SIGTERM (``--shutdown-grace``).
+SERVER_DRAIN_SECONDS = 30
+
+
+@dataclass(frozen=True)
+class ServingModel:
+    """What one tier's pods serve: the artifact, and the CPU budget its FPS was measured with."""
+
+    artifact: PvcUri
+    pipeline_key: str
+    fps_per_replica: float
+    #: CPU per replica; None: the spec's budget now.
+    cpu: str | None = None
+    threads: int | None = None
+
+
 def deployment_for(
     owner: Owner,
     spec: ModelSpec,
     tier: str,
     *,
-    artifact: PvcUri,
-    pipeline_key: str,
+    model: ServingModel,
     replicas: int,
     config: FleetConfig,
+    records: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The Deployment that serves ``artifact`` on ``tier`` with ``replicas`` replicas.
+    """The Deployment that serves ``model`` on ``tier`` with ``replicas`` replicas.
 
-    Only the artifact (and the serving settings) shape the pod template, so a camera change
-    alters ``spec.replicas`` alone and restarts nothing; a new artifact rolls out with
-    maxUnavailable 0.
+    Only the model (and the serving settings) shape the pod template, so a camera change
+    alters ``spec.replicas`` alone and restarts nothing; a new model rolls out with
+    maxUnavailable 0. The pods run with the CPU budget the model's FPS was measured with: a
+    new budget in the spec takes effect with the model a Job measured at it. ``records`` are
+    annotations of the Deployment (the status records it carries, see :mod:`qfleet.fleet.names`).
     """
+    artifact, pipeline_key = model.artifact, model.pipeline_key
     port = config.server_port
-    threads = threads_for(spec, config)
+    cpu = model.cpu or cpu_budget(spec, config)
+    threads = model.threads or (threads_of_cpu(cpu) if model.cpu else threads_for(spec, config))
     selector = serving_labels(owner, tier)
     labels = {
         **names.model_labels(owner.name),
@@ -276,7 +305,20 @@ def deployment_for(
         names.LABEL_NAME: "qfleet-server",
     }
     volumes, mounts = _claim_volumes([artifact], writable=set())
-    args = ["--model", artifact.pod_path, "--host", "0.0.0.0", "--port", str(port), "--threads", str(threads)]
+    args = [
+        "--model",
+        artifact.pod_path,
+        "--name",
+        owner.name,
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(port),
+        "--threads",
+        str(threads),
+        "--shutdown-grace",
+        str(SERVER_DRAIN_SECONDS),
+    ]
     template: dict[str, Any] = {
         "metadata": {
             "labels": labels,
@@ -284,6 +326,7 @@ def deployment_for(
                 names.ANNOTATION_MODEL_NAME: owner.name,
                 names.ANNOTATION_ARTIFACT: str(artifact),
                 names.LABEL_PIPELINE_KEY: pipeline_key,
+                names.ANNOTATION_FPS: f"{model.fps_per_replica:g}",
                 "prometheus.io/scrape": "true",
                 "prometheus.io/port": str(port),
                 "prometheus.io/path": "/metrics",
@@ -293,6 +336,9 @@ def deployment_for(
             "automountServiceAccountToken": False,
             "affinity": node_affinity(tier, spec.target(tier).node_selector),
             "securityContext": _pod_security(config),
+            # Longer than the endpoints' removal plus the server's drain: a frame in flight when
+            # a rollout or a node drain stops the pod is still answered.
+            "terminationGracePeriodSeconds": PRESTOP_SECONDS + SERVER_DRAIN_SECONDS + 5,
             "volumes": volumes,
             "containers": [
                 {
@@ -303,9 +349,10 @@ def deployment_for(
                     "args": args,
                     "env": _env(threads, config),
                     "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
-                    "resources": _resources(spec, config, memory=None),
+                    "resources": _resources(spec, config, memory=None, cpu=cpu),
                     "securityContext": _container_security(),
                     "volumeMounts": mounts,
+                    "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SECONDS}}},
                     # Loading and compiling a large IR can take a while: the startup probe
                     # holds off liveness checks until the server answers at all.
                     "startupProbe": _probe("/v2/health/live", port, period=5, failures=60),
@@ -324,6 +371,7 @@ def deployment_for(
             "namespace": owner.namespace,
             "labels": labels,
             "annotations": {
+                **(records or {}),
                 names.ANNOTATION_MODEL_NAME: owner.name,
                 names.ANNOTATION_ARTIFACT: str(artifact),
                 names.ANNOTATION_TEMPLATE_HASH: template_hash,
@@ -334,6 +382,9 @@ def deployment_for(
             "replicas": replicas,
             "selector": {"matchLabels": selector},
             "revisionHistoryLimit": 3,
+            # A rollout without progress for this long is marked failed; the operator then serves
+            # the tier's last good model again.
+            "progressDeadlineSeconds": config.progress_deadline_seconds,
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
             "template": template,
         },

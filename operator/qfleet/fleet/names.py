@@ -37,6 +37,16 @@ MANAGED_BY = "qfleet"
 ANNOTATION_MODEL_NAME = f"{GROUP}/model-name"
 ANNOTATION_ARTIFACT = f"{GROUP}/artifact"
 ANNOTATION_TEMPLATE_HASH = f"{GROUP}/template-hash"
+#: On a serving pod (template): the measured faces/s per replica of the model it serves.
+ANNOTATION_FPS = f"{GROUP}/fps-per-replica"
+#: On a serving Deployment: what it serves, the tier's last good model and the result of the
+#: served pipeline key (status records as JSON), so that a lost status can be rebuilt from it.
+ANNOTATION_SERVED = f"{GROUP}/served"
+ANNOTATION_LAST_GOOD = f"{GROUP}/last-good"
+ANNOTATION_RESULT = f"{GROUP}/result"
+#: On a serving Deployment while it rolls from one model to another: the lower of the two FPS per
+#: replica, which the replicas are planned with until every pod runs the new model.
+ANNOTATION_FPS_FLOOR = f"{GROUP}/fps-floor"
 #: Change this annotation's value on a QuantizedModel to run its pipelines again.
 ANNOTATION_RERUN = f"{GROUP}/rerun"
 

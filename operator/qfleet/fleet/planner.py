@@ -19,7 +19,8 @@ invalid as a whole (see :func:`qfleet.fleet.spec.parse_spec`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import json
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -28,16 +29,32 @@ from qfleet.fleet import names
 from qfleet.fleet.config import FleetConfig
 from qfleet.fleet.manifests import (
     Owner,
+    ServingModel,
+    cpu_budget,
     deployment_for,
     job_for,
     model_selector,
     pipeline_inputs,
+    serving_labels,
     template_hash,
+    threads_for,
 )
 from qfleet.fleet.nodes import Inventory
 from qfleet.fleet.replicas import Demand
 from qfleet.fleet.results import job_outcome, result_record
+from qfleet.fleet.rollout import (
+    TierPods,
+    annotation_float,
+    hold_replicas,
+    pdb_min_available,
+    progress_deadline_exceeded,
+    ready_replicas,
+    record,
+    settled,
+    tier_pods,
+)
 from qfleet.fleet.scaling import FleetPlan, Pool, plan_fleet
+from qfleet.fleet.service import address_url, pdb_for, service_for
 from qfleet.fleet.spec import ModelSpec, SpecError, parse_spec
 from qfleet.fleet.status import (
     CapacityStatus,
@@ -45,16 +62,22 @@ from qfleet.fleet.status import (
     DemandStatus,
     ModelStatus,
     ResultRecord,
+    RollbackRecord,
     ServedModel,
     Summary,
     VariantStatus,
+    parse_result_record,
+    parse_served,
     parse_status,
+    result_to_dict,
+    served_to_dict,
     status_to_dict,
 )
 from qfleet.fleet.uris import UriError, parse_pvc_uri
 
 # Per-tier states reported in status.variants[].state.
 STATE_WAITING_FOR_NODES = "WaitingForNodes"
+STATE_QUEUED = "Queued"
 STATE_RUNNING = "Running"
 STATE_SUCCEEDED = "Succeeded"
 STATE_GATE_FAILED = "GateFailed"
@@ -66,9 +89,15 @@ class Observed:
     """What the cluster holds for one model (the operator's caches; may lag a little)."""
 
     jobs: Sequence[Mapping[str, Any]] = ()
+    #: The quantization Jobs' pods and the serving pods.
     pods: Sequence[Mapping[str, Any]] = ()
     deployments: Sequence[Mapping[str, Any]] = ()
+    services: Sequence[Mapping[str, Any]] = ()
+    pdbs: Sequence[Mapping[str, Any]] = ()
     inventory: Inventory = field(default_factory=Inventory)
+    #: The operator's queue of quantization Jobs: (Job name, order) -> 0 to start it now, else its
+    #: place in the queue. None: no cap.
+    admit_job: Callable[[str, tuple[str, ...]], int] | None = None
 
 
 @dataclass(frozen=True)
@@ -100,6 +129,14 @@ class Plan:
     pipeline_key: str | None = None
     #: Per tier: the finished Jobs whose results this plan records for the first time.
     new_results: dict[str, ResultRecord] = field(default_factory=dict)
+    #: Jobs this plan wanted to start but the operator's queue holds back.
+    queued_jobs: list[str] = field(default_factory=list)
+    #: The Service, and the PodDisruptionBudgets, to create or patch (whole desired objects).
+    services: list[dict[str, Any]] = field(default_factory=list)
+    pdbs: list[dict[str, Any]] = field(default_factory=list)
+    delete_pdbs: list[str] = field(default_factory=list)
+    #: Plan again after this many seconds even without an event (a grace period ends).
+    requeue_after: float | None = None
 
     @property
     def status(self) -> dict[str, Any]:
@@ -113,7 +150,9 @@ class _Overview:
 
     variants: tuple[VariantStatus, ...]
     serving: tuple[VariantStatus, ...]
+    #: A Job runs or waits in the operator's queue.
     running: bool
+    queued: tuple[str, ...]
     #: Serving tiers whose Deployment does not run its ready replicas of the current template.
     rolling: tuple[str, ...]
     #: Waiting for a first node, or lost every node of the tier after the fact (the Deployment
@@ -139,6 +178,13 @@ def owner_of(model: Mapping[str, Any]) -> Owner:
 def current_pipeline_key(model: Mapping[str, Any], spec: ModelSpec, config: FleetConfig) -> str:
     annotations = (model.get("metadata") or {}).get("annotations") or {}
     return names.pipeline_key(pipeline_inputs(spec, config, rerun=annotations.get(names.ANNOTATION_RERUN)))
+
+
+def source_key(spec: ModelSpec) -> str:
+    """Which source model a spec names: models of different sources give embeddings that do not
+    match one gallery (a new calibration or preset of the same source does not change that)."""
+    source = {"format": spec.source_format, "uri": str(spec.source), "epoch": spec.epoch}
+    return names.short_hash(json.dumps(source, sort_keys=True), 12)
 
 
 def plan(model: Mapping[str, Any], observed: Observed, config: FleetConfig, *, now: str) -> Plan:
@@ -191,49 +237,121 @@ class _Planner:
         self.config = config
         self.now = now
         self.owner = owner_of(model)
-        self.generation = (model.get("metadata") or {}).get("generation")
+        metadata = model.get("metadata") or {}
+        self.generation = metadata.get("generation")
+        self.created = str(metadata.get("creationTimestamp") or "")
         self.previous = parse_status(model.get("status"))
-        self.old_variants = {variant.isa: variant for variant in self.previous.variants}
         self.key = current_pipeline_key(model, spec, config)
+        self.source_key = source_key(spec)
         self.jobs = {str((job.get("metadata") or {}).get("name")): job for job in observed.jobs}
         self.deployments = {str((dep.get("metadata") or {}).get("name")): dep for dep in observed.deployments}
         self.result = Plan(model_status=ModelStatus(), pipeline_key=self.key)
         #: Target tiers with no schedulable node now (whatever they already serve or run).
         self.tiers_without_nodes: set[str] = set()
+        #: Per tier: the place of its Job in the operator's queue.
+        self.queued: dict[str, int] = {}
+        #: Per tier: its serving pods (pending, failing).
+        self.pods: dict[str, TierPods] = {}
+        # The status is the operator's memory; where it lost a tier's records (a restored backup,
+        # a status edited by hand) the tier's Deployment still carries them.
+        self.old_variants = {
+            target.isa: self._recovered(target.isa, self.previous.variants) for target in spec.targets
+        }
 
     # -- the steps -------------------------------------------------------------------------
 
     def run(self) -> Plan:
-        variants = [self._variant(target.isa) for target in self.spec.targets]
+        results = {target.isa: self._result(target.isa) for target in self.spec.targets}
+        waiting_for = self._tiers_holding_new_source(results)
+        variants = [
+            self._variant(target.isa, results[target.isa], waiting_for) for target in self.spec.targets
+        ]
         self._delete_obsolete_jobs()
         fleet = self._scale(variants)
         variants, rolled_out = self._deployments(variants, fleet)
+        self._service_and_budgets(variants, fleet)
         self.result.model_status = self._status(variants, fleet, rolled_out)
         self._transition_events(self.result.model_status, fleet)
         return self.result
 
-    def _variant(self, tier: str) -> VariantStatus:
-        """Drive one tier's pipeline and decide what it serves."""
-        old = self.old_variants.get(tier, VariantStatus(isa=tier))
-        old_served, old_last_good = _usable(old.served), _usable(old.last_good)
-        served, last_good = old_served, old_last_good
-        job_name = names.job_name(self.owner.name, tier, self.key)
-        nodes = self.observed.inventory.matching(tier, self.spec.target(tier).node_selector)
+    def _recovered(self, tier: str, variants: Sequence[VariantStatus]) -> VariantStatus:
+        old = next((variant for variant in variants if variant.isa == tier), VariantStatus(isa=tier))
+        deployment = self.deployments.get(names.deployment_name(self.owner.name, tier))
+        if deployment is None or (old.served is not None and old.result is not None):
+            return old
+        served = record(deployment, names.ANNOTATION_SERVED)
+        last_good = record(deployment, names.ANNOTATION_LAST_GOOD)
+        result = record(deployment, names.ANNOTATION_RESULT)
+        return replace(
+            old,
+            served=old.served or (parse_served(served) if served else None),
+            last_good=old.last_good or (parse_served(last_good) if last_good else None),
+            result=old.result or (parse_result_record(result) if result else None),
+        )
+
+    def _result(self, tier: str) -> ResultRecord | None:
+        """The tier's result for the current key once its Job finished (else the last one)."""
+        old = self.old_variants[tier]
+        target = self.spec.target(tier)
+        nodes = self.observed.inventory.matching(tier, target.node_selector, target.pod.tolerations or ())
         if not nodes:
             self.tiers_without_nodes.add(tier)
         result = old.result
         if result is None or result.pipeline_key != self.key:
-            result = self._drive_job(tier, job_name, has_nodes=bool(nodes)) or result
+            result = self._drive_job(tier, has_nodes=bool(nodes)) or result
+        return result
+
+    def _tiers_holding_new_source(self, results: Mapping[str, ResultRecord | None]) -> tuple[str, ...]:
+        """Under ``rollout.consistency: allTiers``, the tiers whose gate has not passed yet while
+        another tier serves an older source model (then no tier switches to the new one)."""
+        if self.spec.consistency != "allTiers":
+            return ()
+        serving_old = any(
+            variant.served is not None and not self._same_source(variant.served)
+            for variant in self.old_variants.values()
+        )
+        if not serving_old:
+            return ()
+        return tuple(
+            tier
+            for tier, result in results.items()
+            if result is None or result.pipeline_key != self.key or self._candidate(result) is None
+        )
+
+    def _same_source(self, served: ServedModel) -> bool:
+        if served.source_key:
+            return served.source_key == self.source_key
+        return served.pipeline_key == self.key
+
+    def _variant(self, tier: str, result: ResultRecord | None, waiting_for: Sequence[str]) -> VariantStatus:
+        """Decide what one tier serves, and say what state it is in."""
+        old = self.old_variants[tier]
+        old_served, old_last_good = _usable(old.served), _usable(old.last_good)
+        rolled_back = (
+            old.rolled_back if old.rolled_back and old.rolled_back.pipeline_key == self.key else None
+        )
+        served = old_served
+        job_name = names.job_name(self.owner.name, tier, self.key)
         if result is not None and result.pipeline_key == self.key:
-            served, last_good = self._choose_served(result, served, last_good)
+            served = self._choose_served(result, old_served, old_last_good, rolled_back, waiting_for)
             state, reason, message = self._recorded_state(result, job_name)
-        elif not nodes and job_name not in self.jobs:
+            if waiting_for and served is old_served and self._candidate(result) is not None:
+                reason = c.REASON_WAITING_FOR_TIERS
+                message = (
+                    f"{message}; switches to the new model once every target tier's gate passed "
+                    f"(rollout.consistency allTiers): waiting for {', '.join(waiting_for)}"
+                )
+        elif tier in self.queued:
+            state, reason = STATE_QUEUED, c.REASON_QUEUED
+            ahead = self.queued[tier] - 1
+            message = f"quantization Job {job_name} waits for a free slot: {ahead} queued before it"
+        elif tier in self.tiers_without_nodes and job_name not in self.jobs:
             state, reason = STATE_WAITING_FOR_NODES, c.REASON_NODES_MISSING
             message = f"no schedulable node of ISA tier {tier}{_selector_text(self.spec, tier)}"
         else:
             state, reason = STATE_RUNNING, c.REASON_QUANTIZING
             message = f"quantization Job {job_name} is running"
-        return VariantStatus(
+        variant = VariantStatus(
             isa=tier,
             pipeline_key=self.key,
             job=job_name,
@@ -242,22 +360,88 @@ class _Planner:
             message=message,
             result=result,
             served=_keep_since(served, old_served),
-            last_good=_keep_since(last_good, old_last_good),
+            last_good=old_last_good,
+            rolled_back=rolled_back,
+        )
+        return self._check_rollout(variant)
+
+    def _check_rollout(self, variant: VariantStatus) -> VariantStatus:
+        """Roll a tier back to its last good model when its new model's rollout failed."""
+        tier, served = variant.isa, variant.served
+        deployment = self.deployments.get(names.deployment_name(self.owner.name, tier))
+        rolling = (record(deployment, names.ANNOTATION_SERVED) or {}).get("artifact") if deployment else None
+        pods = tier_pods(
+            self.observed.pods,
+            tier,
+            artifact=rolling,
+            now=self.now,
+            grace_seconds=self.spec.pending_grace_seconds,
+        )
+        self.pods[tier] = pods
+        if pods.next_expiry_s is not None:
+            self._requeue(pods.next_expiry_s + 1)
+        if (
+            deployment is None
+            or served is None
+            or rolling != served.artifact
+            or (variant.last_good is not None and variant.last_good.artifact == served.artifact)
+            or settled(deployment)
+        ):
+            return variant
+        deadline = progress_deadline_exceeded(deployment)
+        if deadline is None and pods.failing is None:
+            return variant
+        reason = c.REASON_PROGRESS_DEADLINE if deadline is not None else c.REASON_CRASH_LOOP
+        detail = deadline if deadline is not None else str(pods.failing)
+        fallback = variant.last_good
+        back_to = f"serving {fallback.artifact} again" if fallback else "no earlier model to serve instead"
+        message = (
+            f"{served.precision.upper()} model {served.artifact} failed to roll out ({detail}); {back_to}"
+        )
+        return replace(
+            variant,
+            served=fallback,
+            rolled_back=RollbackRecord(
+                pipeline_key=served.pipeline_key,
+                artifact=served.artifact,
+                reason=reason,
+                message=message,
+                at=self.now,
+            ),
         )
 
-    def _drive_job(self, tier: str, job_name: str, *, has_nodes: bool) -> ResultRecord | None:
-        """Start the tier's Job (where a node can run it), or record its result once it finished."""
+    def _requeue(self, seconds: float) -> None:
+        current = self.result.requeue_after
+        self.result.requeue_after = seconds if current is None else min(current, seconds)
+
+    def _drive_job(self, tier: str, *, has_nodes: bool) -> ResultRecord | None:
+        """Start the tier's Job (where a node can run it and the queue lets it), or record its
+        result once it finished."""
+        job_name = names.job_name(self.owner.name, tier, self.key)
         job = self.jobs.get(job_name)
         if job is None:
             if has_nodes:
-                self.result.create_jobs.append(job_for(self.owner, self.spec, tier, self.key, self.config))
+                self._start_job(tier, job_name)
             return None
         outcome = job_outcome(job, self.observed.pods, now=self.now)
         if outcome.state == "running" or outcome.awaiting_result:
             return None
-        record = result_record(outcome, self.key, job_name, now=self.now)
-        self.result.new_results[tier] = record
-        return record
+        record_ = result_record(outcome, self.key, job_name, now=self.now)
+        self.result.new_results[tier] = record_
+        return record_
+
+    def _start_job(self, tier: str, job_name: str) -> None:
+        admit = self.observed.admit_job
+        # The queue's order: oldest model first, then by name and target order (stable across
+        # restarts: nothing in it depends on when the operator saw the model).
+        index = self.spec.tiers.index(tier)
+        order = (self.created, self.owner.namespace, self.owner.name, f"{index:02d}")
+        place = admit(job_name, order) if admit is not None else 0
+        if place > 0:
+            self.queued[tier] = place
+            self.result.queued_jobs.append(job_name)
+            return
+        self.result.create_jobs.append(job_for(self.owner, self.spec, tier, self.key, self.config))
 
     def _recorded_state(self, result: ResultRecord, job_name: str) -> tuple[str, str, str]:
         state, reason, message = _state_of(result, job_name)
@@ -265,29 +449,42 @@ class _Planner:
             message = f"{message}; {_gate_failure_action(result, self.spec.on_gate_failure)}"
         return state, reason, message
 
+    def _candidate(self, result: ResultRecord) -> ServedModel | None:
+        """The current key's model a tier would serve from ``result`` (None: none of it)."""
+        if not result.succeeded:
+            return None
+        if result.gate.passed:
+            return self._served_model(result, "int8")
+        if self.spec.on_gate_failure == "fp32":
+            return self._served_model(result, "fp32")
+        if self.spec.on_gate_failure == "bf16" and _bf16_usable(result):
+            return self._served_model(result, "bf16")
+        return None
+
     def _choose_served(
         self,
         result: ResultRecord,
         served: ServedModel | None,
         last_good: ServedModel | None,
-    ) -> tuple[ServedModel | None, ServedModel | None]:
+        rolled_back: RollbackRecord | None,
+        waiting_for: Sequence[str],
+    ) -> ServedModel | None:
         """What a tier serves once the current key has a result (see the module docstring)."""
         if not result.succeeded:
-            return served, last_good  # a failed Job changes nothing that is served
-        if result.gate.passed:
-            int8 = self._served_model(result, "int8")
-            return int8, int8
-        if self.spec.on_gate_failure == "fp32":
-            return self._served_model(result, "fp32"), last_good
-        if self.spec.on_gate_failure == "bf16" and _bf16_usable(result):
-            return self._served_model(result, "bf16"), last_good
-        # bf16 without a usable BF16 model (an older Job, or the BF16 gate failed too): as keep.
+            return served  # a failed Job changes nothing that is served
+        candidate = self._candidate(result)
+        if candidate is not None and rolled_back is not None and rolled_back.artifact == candidate.artifact:
+            return served  # its rollout failed: not again until the spec changes
+        if candidate is not None:
+            if waiting_for and served is not None and not self._same_source(served):
+                return served  # one model across tiers: wait until every tier can switch
+            return candidate
         # keep: the last model that passed; never an FP32 model of the key that just failed.
         if last_good is not None:
-            return last_good, last_good
+            return last_good
         if served is not None and served.pipeline_key != self.key:
-            return served, last_good
-        return None, last_good
+            return served
+        return None
 
     def _served_model(self, result: ResultRecord, precision: str) -> ServedModel:
         if precision == "bf16" and result.bf16 is not None:
@@ -303,6 +500,10 @@ class _Planner:
             fps_per_replica=fps,
             accuracy=accuracy,
             since=self.now,
+            # The key's Job measured the FPS with the spec's CPU budget of now.
+            cpu=cpu_budget(self.spec, self.config),
+            threads=threads_for(self.spec, self.config),
+            source_key=self.source_key,
         )
 
     def _delete_obsolete_jobs(self) -> None:
@@ -311,20 +512,43 @@ class _Planner:
             if name not in wanted:
                 self.result.delete_jobs.append(name)
 
+    def _fps_floor(self, variant: VariantStatus) -> float | None:
+        """While the tier's pods change model, the lower of the old and new FPS per replica."""
+        served = variant.served
+        deployment = self.deployments.get(names.deployment_name(self.owner.name, variant.isa))
+        if served is None or deployment is None:
+            return None
+        floor = annotation_float(deployment, names.ANNOTATION_FPS_FLOOR)
+        running = record(deployment, names.ANNOTATION_SERVED) or {}
+        if running.get("artifact") != served.artifact or running.get("cpu", served.cpu) != served.cpu:
+            old_fps = floor or float(running.get("fpsPerReplica") or 0) or served.fps_per_replica
+            return min(old_fps, served.fps_per_replica)
+        if floor is not None and not settled(deployment):
+            return min(floor, served.fps_per_replica)
+        return None
+
     def _scale(self, variants: Sequence[VariantStatus]) -> FleetPlan:
-        pools = [
-            Pool(
-                isa=variant.isa,
-                fps_per_replica=variant.served.fps_per_replica,
-                allocatable_cpu=self.observed.inventory.allocatable_cpu(
-                    variant.isa, self.spec.target(variant.isa).node_selector
-                ),
+        self.floors = {variant.isa: self._fps_floor(variant) for variant in variants}
+        pools = []
+        for variant in variants:
+            if variant.served is None or variant.served.fps_per_replica <= 0:
+                continue
+            target = self.spec.target(variant.isa)
+            deployment = self.deployments.get(names.deployment_name(self.owner.name, variant.isa))
+            pods = self.pods.get(variant.isa)
+            pools.append(
+                Pool(
+                    isa=variant.isa,
+                    fps_per_replica=self.floors[variant.isa] or variant.served.fps_per_replica,
+                    allocatable_cpu=self.observed.inventory.allocatable_cpu(
+                        variant.isa, target.node_selector, target.pod.tolerations or ()
+                    ),
+                    current_replicas=_spec_replicas(deployment),
+                    unschedulable=pods.unschedulable if pods is not None else 0,
+                )
             )
-            for variant in variants
-            if variant.served is not None and variant.served.fps_per_replica > 0
-        ]
         demand = Demand(self.spec.cameras, self.spec.camera_fps, self.spec.faces_per_frame)
-        return plan_fleet(
+        fleet = plan_fleet(
             demand.faces_per_second,
             pools,
             utilization=self.spec.target_utilization,
@@ -332,6 +556,18 @@ class _Planner:
             max_replicas=self.spec.max_replicas,
             placement=self.spec.placement,
         )
+        held = hold_replicas(
+            fleet.replicas,
+            {pool.isa: pool.current_replicas for pool in pools},
+            {pool.isa: self._ready(pool.isa) for pool in pools},
+            {pool.isa: pool.fps_per_replica for pool in pools},
+            demand_fps=fleet.demand_fps,
+            utilization=self.spec.target_utilization,
+        )
+        return replace(fleet, replicas=held)
+
+    def _ready(self, tier: str) -> int:
+        return ready_replicas(self.deployments.get(names.deployment_name(self.owner.name, tier)))
 
     def _deployments(
         self, variants: Sequence[VariantStatus], fleet: FleetPlan
@@ -354,6 +590,28 @@ class _Planner:
                 rolled_out.add(variant.isa)
         return updated, rolled_out
 
+    def _records(self, variant: VariantStatus) -> dict[str, str]:
+        """The status records the tier's Deployment carries (see :func:`_recovered`)."""
+        found: dict[str, str] = {}
+        if variant.served is not None:
+            found[names.ANNOTATION_SERVED] = _compact(served_to_dict(variant.served))
+            result = variant.result
+            if result is not None and result.pipeline_key == variant.served.pipeline_key:
+                found[names.ANNOTATION_RESULT] = _compact(result_to_dict(result))
+            else:  # a newer key's result does not describe what is served: keep the one that does
+                current = self.deployments.get(names.deployment_name(self.owner.name, variant.isa)) or {}
+                kept = _records_of(current).get(names.ANNOTATION_RESULT)
+                if kept and (record(current, names.ANNOTATION_RESULT) or {}).get("pipelineKey") == (
+                    variant.served.pipeline_key
+                ):
+                    found[names.ANNOTATION_RESULT] = kept
+        if variant.last_good is not None:
+            found[names.ANNOTATION_LAST_GOOD] = _compact(served_to_dict(variant.last_good))
+        floor = self.floors.get(variant.isa)
+        if floor is not None:
+            found[names.ANNOTATION_FPS_FLOOR] = f"{floor:g}"
+        return found
+
     def _deployment(self, variant: VariantStatus, fleet: FleetPlan) -> tuple[VariantStatus, bool] | None:
         """The change to the tier's Deployment, the variant that says so, and whether it rolled out."""
         served = variant.served
@@ -365,29 +623,66 @@ class _Planner:
         except UriError:
             return None
         replicas = fleet.replicas.get(tier, self.spec.min_replicas)
+        name = names.deployment_name(self.owner.name, tier)
+        current = self.deployments.get(name)
+        ready = ready_replicas(current)
+        with_deployment = replace(variant, deployment=name, replicas=replicas, ready_replicas=ready)
         desired = deployment_for(
             self.owner,
             self.spec,
             tier,
-            artifact=artifact,
-            pipeline_key=served.pipeline_key,
+            model=ServingModel(
+                artifact=artifact,
+                pipeline_key=served.pipeline_key,
+                fps_per_replica=served.fps_per_replica,
+                cpu=served.cpu or None,
+                threads=served.threads,
+            ),
             replicas=replicas,
             config=self.config,
         )
-        name = str(desired["metadata"]["name"])
-        with_deployment = replace(variant, deployment=name, replicas=replicas)
-        current = self.deployments.get(name)
+        same_template = current is not None and template_hash(current) == template_hash(desired)
+        done = current is not None and same_template and _rolled_out(current, replicas)
+        if done and _passed_gate(served):
+            # Rolled out and serving: from now on the model to go back to.
+            with_deployment = replace(with_deployment, last_good=served)
+        desired["metadata"]["annotations"].update(self._records(with_deployment))
         if current is None:
             self.result.deployments.append(DeploymentChange(name, "create", desired, replicas))
-            return replace(with_deployment, ready_replicas=0), replicas == 0
-        ready = int((current.get("status") or {}).get("readyReplicas") or 0)
-        with_deployment = replace(with_deployment, ready_replicas=ready)
-        if template_hash(current) != template_hash(desired):
+            return with_deployment, replicas == 0
+        if not same_template:
             self.result.deployments.append(DeploymentChange(name, "update", desired, replicas))
             return with_deployment, False
-        if (current.get("spec") or {}).get("replicas") != replicas:
+        if _records_of(current) != _records_of(desired):
+            self.result.deployments.append(DeploymentChange(name, "update", desired, replicas))
+        elif (current.get("spec") or {}).get("replicas") != replicas:
             self.result.deployments.append(DeploymentChange(name, "scale", desired, replicas))
-        return with_deployment, _rolled_out(current, replicas)
+        return with_deployment, done
+
+    def _service_and_budgets(self, variants: Sequence[VariantStatus], fleet: FleetPlan) -> None:
+        """The model's Service, and a PodDisruptionBudget per serving Deployment."""
+        services = {str((obj.get("metadata") or {}).get("name")): obj for obj in self.observed.services}
+        service = service_for(self.owner, self.spec, self.config)
+        if template_hash(services.get(self.owner.name) or {}) != template_hash(service):
+            self.result.services.append(service)
+        budgets = {str((obj.get("metadata") or {}).get("name")): obj for obj in self.observed.pdbs}
+        wanted: set[str] = set()
+        for variant in variants:
+            if variant.deployment is None or variant.replicas is None:
+                continue
+            wanted.add(variant.deployment)
+            budget = pdb_for(
+                self.owner,
+                variant.isa,
+                variant.deployment,
+                serving_labels(self.owner, variant.isa),
+                pdb_min_available(
+                    variant.replicas, demand_fps=fleet.demand_fps, capacity_fps=fleet.capacity_fps
+                ),
+            )
+            if template_hash(budgets.get(variant.deployment) or {}) != template_hash(budget):
+                self.result.pdbs.append(budget)
+        self.result.delete_pdbs.extend(sorted(name for name in budgets if name not in wanted))
 
     # -- status ------------------------------------------------------------------------------
 
@@ -401,6 +696,7 @@ class _Planner:
             observed_generation=self.generation,
             pipeline_key=self.key,
             selector=names.selector_string(model_selector(self.owner)),
+            address_url=address_url(self.owner, self.config.server_port),
             conditions=(
                 self._ready_condition(phase, overview),
                 self._progressing_condition(overview),
@@ -408,6 +704,7 @@ class _Planner:
                 self._gate_condition(variants),
                 self._nodes_condition(overview),
                 self._capacity_condition(fleet, overview.serving),
+                self._rolled_back_condition(variants),
             ),
             demand=DemandStatus(cameras=self.spec.cameras, faces_per_second=round(fleet.demand_fps, 3)),
             capacity=CapacityStatus(
@@ -431,7 +728,8 @@ class _Planner:
         return _Overview(
             variants=tuple(variants),
             serving=serving,
-            running=any(variant.state == STATE_RUNNING for variant in variants),
+            running=any(variant.state in (STATE_RUNNING, STATE_QUEUED) for variant in variants),
+            queued=tuple(variant.isa for variant in variants if variant.state == STATE_QUEUED),
             rolling=tuple(variant.isa for variant in serving if variant.isa not in rolled_out),
             missing_nodes=missing_nodes,
             failed=failed,
@@ -473,9 +771,11 @@ class _Planner:
 
     def _progressing_condition(self, overview: _Overview) -> Condition:
         if overview.running:
-            message = "; ".join(
-                f"{v.isa}: Job {v.job}" for v in overview.variants if v.state == STATE_RUNNING
-            )
+            running = [v for v in overview.variants if v.state == STATE_RUNNING]
+            if not running:
+                message = "; ".join(v.message for v in overview.variants if v.state == STATE_QUEUED)
+                return self._cond(c.TYPE_PROGRESSING, c.TRUE, c.REASON_QUEUED, message)
+            message = "; ".join(f"{v.isa}: Job {v.job}" for v in running)
             return self._cond(c.TYPE_PROGRESSING, c.TRUE, c.REASON_QUANTIZING, message)
         if overview.rolling:
             return self._cond(
@@ -531,10 +831,33 @@ class _Planner:
             f"no schedulable node of ISA tier {tier}{_selector_text(self.spec, tier)}: {waiting} cannot run"
         )
 
+    def _rolled_back_condition(self, variants: Sequence[VariantStatus]) -> Condition:
+        rolled_back = [variant for variant in variants if variant.rolled_back is not None]
+        if not rolled_back:
+            return self._cond(c.TYPE_ROLLED_BACK, c.FALSE, c.REASON_NO_ROLLBACK, "no rollout failed")
+        message = "; ".join(f"{v.isa}: {v.rolled_back.message}" for v in rolled_back if v.rolled_back)
+        reason = rolled_back[0].rolled_back.reason if rolled_back[0].rolled_back else c.REASON_CRASH_LOOP
+        return self._cond(c.TYPE_ROLLED_BACK, c.TRUE, reason, message)
+
+    def _unschedulable_text(self, fleet: FleetPlan) -> str:
+        pending = ", ".join(f"{count} of {tier}" for tier, count in sorted(fleet.unschedulable.items()))
+        return (
+            f"replicas Pending as unschedulable for over {self.spec.pending_grace_seconds} s "
+            f"({pending}) carry nothing"
+        )
+
     def _capacity_condition(self, fleet: FleetPlan, serving: Sequence[VariantStatus]) -> Condition:
         if not serving:
             return self._cond(
                 c.TYPE_CAPACITY_INSUFFICIENT, c.UNKNOWN, c.REASON_NO_CAPACITY, "no model is served yet"
+            )
+        if fleet.shortfall_fps > 0 and fleet.unschedulable:
+            return self._cond(
+                c.TYPE_CAPACITY_INSUFFICIENT,
+                c.TRUE,
+                c.REASON_UNSCHEDULABLE,
+                f"{self._unschedulable_text(fleet)}: demand {fleet.demand_fps:.1f} faces/s exceeds "
+                f"capacity {fleet.capacity_fps:.1f} faces/s, short by {fleet.shortfall_fps:.1f} faces/s",
             )
         if fleet.shortfall_fps > 0:
             return self._cond(
@@ -548,8 +871,13 @@ class _Planner:
             c.TYPE_CAPACITY_INSUFFICIENT,
             c.FALSE,
             c.REASON_DEMAND_COVERED,
-            f"{fleet.total_replicas} replica(s) carry {fleet.capacity_fps:.1f} faces/s "
-            f"for a demand of {fleet.demand_fps:.1f} faces/s",
+            f"{fleet.total_replicas - fleet.unschedulable_replicas} replica(s) carry "
+            f"{fleet.capacity_fps:.1f} faces/s for a demand of {fleet.demand_fps:.1f} faces/s"
+            + (
+                f"; {self._unschedulable_text(fleet)}: their share went to other tiers"
+                if fleet.unschedulable
+                else ""
+            ),
         )
 
     # -- events ------------------------------------------------------------------------------
@@ -573,6 +901,8 @@ class _Planner:
         old = self.old_variants.get(tier, VariantStatus(isa=tier))
         events = []
         served = variant.served
+        if variant.rolled_back is not None and variant.rolled_back != old.rolled_back:
+            events.append(Event("Warning", c.EVENT_ROLLED_BACK, f"{tier}: {variant.rolled_back.message}"))
         if served is not None and served.artifact != (old.served.artifact if old.served else None):
             events.append(
                 Event(
@@ -734,6 +1064,34 @@ def _result_event(tier: str, result: ResultRecord, policy: str) -> Event:
     return Event("Warning", c.EVENT_JOB_FAILED, f"{tier}: {message}")
 
 
+def _spec_replicas(deployment: Mapping[str, Any] | None) -> int:
+    if deployment is None:
+        return 0
+    return int((deployment.get("spec") or {}).get("replicas") or 0)
+
+
+def _passed_gate(served: ServedModel | None) -> bool:
+    """INT8 and BF16 models are served only after they passed the gate; an FP32 fallback is not."""
+    return served is not None and served.precision in ("int8", "bf16")
+
+
+def _compact(data: Mapping[str, Any]) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
+_RECORD_ANNOTATIONS = (
+    names.ANNOTATION_SERVED,
+    names.ANNOTATION_LAST_GOOD,
+    names.ANNOTATION_RESULT,
+    names.ANNOTATION_FPS_FLOOR,
+)
+
+
+def _records_of(deployment: Mapping[str, Any]) -> dict[str, str]:
+    annotations = (deployment.get("metadata") or {}).get("annotations") or {}
+    return {key: str(annotations[key]) for key in _RECORD_ANNOTATIONS if key in annotations}
+
+
 def _rolled_out(deployment: Mapping[str, Any], replicas: int) -> bool:
     """Whether the Deployment runs ``replicas`` ready pods of its current template."""
     metadata = deployment.get("metadata") or {}
@@ -746,7 +1104,9 @@ def _rolled_out(deployment: Mapping[str, Any], replicas: int) -> bool:
         return True
     updated = status.get("updatedReplicas")
     ready = int(status.get("readyReplicas") or 0)
-    return ready >= replicas and (updated is None or int(updated) >= replicas)
+    total = status.get("replicas")
+    old_pods_left = updated is not None and total is not None and int(total) > int(updated)
+    return ready >= replicas and (updated is None or int(updated) >= replicas) and not old_pods_left
 
 
 def _selector_text(spec: ModelSpec, tier: str) -> str:

@@ -6,12 +6,24 @@ targets, each up to its maximum; ``spread`` gives each pool a share of the deman
 to its tier's allocatable CPU, then hands what a full pool could not carry to the others in
 order. Every pool keeps at least ``min_replicas``. When every pool is at its maximum and the
 demand is still not covered, the shortfall (faces/s) is reported.
+
+The model's Service spreads requests evenly over its ready pods, whatever their tier: every pod
+gets ``demand / replicas``. So the plan holds only if that share stays within the slowest pod's
+planned FPS; where pools of different speed serve together (``spread``, a ``fill`` that spills
+over, a tier handing over to another), replicas are added until it does. The capacity reported
+is ``replicas x`` the slowest pool's planned FPS, what the fleet carries under even spreading.
+
+A pool whose pods sit Pending as unschedulable (no node has room; see the planner's grace
+period) carries only its scheduled replicas: it keeps its Deployment's replicas (the pending
+pods are what a cluster autoscaler acts on) but the demand they would carry spills over to the
+next pools.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from qfleet.fleet.replicas import needed_replicas
 
@@ -25,18 +37,28 @@ class Pool:
     fps_per_replica: float
     #: Allocatable CPU of the tier's nodes (the weight for ``spread``).
     allocatable_cpu: float = 0.0
+    #: Replicas of the tier's Deployment now, and how many of its pods cannot be scheduled.
+    current_replicas: int = 0
+    unschedulable: int = 0
 
 
 @dataclass(frozen=True)
 class FleetPlan:
     demand_fps: float
+    #: Replicas per pool (what the Deployments are scaled to; unschedulable pods included).
     replicas: dict[str, int]
     capacity_fps: float
     shortfall_fps: float
+    #: Per pool: replicas planned but not counted (Pending as unschedulable).
+    unschedulable: dict[str, int] = field(default_factory=dict)
 
     @property
     def total_replicas(self) -> int:
         return sum(self.replicas.values())
+
+    @property
+    def unschedulable_replicas(self) -> int:
+        return sum(self.unschedulable.values())
 
 
 def plan_fleet(
@@ -58,12 +80,15 @@ def plan_fleet(
 
     fps = {pool.isa: pool.fps_per_replica for pool in pools}
     planned = {isa: value * utilization for isa, value in fps.items()}
-    replicas = {pool.isa: min_replicas for pool in pools}
+    # What each pool may count: its maximum, or only its scheduled pods when some cannot be placed.
+    room = {pool.isa: _room(pool, max_replicas) for pool in pools}
+    floor = {pool.isa: min(min_replicas, room[pool.isa]) for pool in pools}
+    replicas = dict(floor)
 
     def grow(isa: str, demand: float) -> None:
-        """Raise the pool's replicas until it carries ``demand`` or reaches the maximum."""
+        """Raise the pool's replicas until it carries ``demand`` or reaches its room."""
         wanted = needed_replicas(demand, fps[isa], utilization) if demand > 0 else 0
-        replicas[isa] = min(max_replicas, max(replicas[isa], wanted))
+        replicas[isa] = min(room[isa], max(replicas[isa], wanted))
 
     if placement == SPREAD:
         for isa, share in _cpu_shares(pools).items():
@@ -77,10 +102,67 @@ def plan_fleet(
         if uncovered <= tolerance:
             break
         grow(pool.isa, replicas[pool.isa] * planned[pool.isa] + uncovered)
+    _even_out(replicas, planned, room, floor, demand_fps - tolerance)
 
-    capacity = sum(replicas[isa] * planned[isa] for isa in replicas)
+    capacity = _even_capacity(replicas, planned)
     shortfall = max(0.0, demand_fps - capacity)
-    return FleetPlan(demand_fps, replicas, capacity, shortfall if shortfall > tolerance else 0.0)
+    deployed, pending = {}, {}
+    for pool in pools:
+        count = replicas[pool.isa]
+        if pool.unschedulable and count >= room[pool.isa]:
+            # Keep the pending pods: they are the autoscaler's signal (they never count).
+            count = min(max_replicas, max(count, pool.current_replicas))
+            pending[pool.isa] = count - replicas[pool.isa]
+        deployed[pool.isa] = count
+    return FleetPlan(
+        demand_fps, deployed, capacity, shortfall if shortfall > tolerance else 0.0, unschedulable=pending
+    )
+
+
+def _room(pool: Pool, max_replicas: int) -> int:
+    if pool.unschedulable <= 0:
+        return max_replicas
+    return max(0, min(max_replicas, pool.current_replicas - pool.unschedulable))
+
+
+def _even_capacity(replicas: dict[str, int], planned: dict[str, float]) -> float:
+    """What the pools carry when every replica gets the same share (the Service's spreading)."""
+    active = [isa for isa, count in replicas.items() if count > 0]
+    if not active:
+        return 0.0
+    return sum(replicas[isa] for isa in active) * min(planned[isa] for isa in active)
+
+
+def _even_out(
+    replicas: dict[str, int],
+    planned: dict[str, float],
+    room: dict[str, int],
+    floor: dict[str, int],
+    demand: float,
+) -> None:
+    """Make an even share per replica stay within the slowest replica's planned FPS.
+
+    Tries the fastest "slowest pool" first: the pools at least that fast keep their replicas
+    (and get more, in target order, up to ``demand /`` its planned FPS), slower ones go back to
+    their ``floor`` (``minReplicas``). When no choice reaches the demand, the one that carries
+    most is kept.
+    """
+    if _even_capacity(replicas, planned) >= demand:
+        return
+    forced = [isa for isa, count in floor.items() if count > 0]
+    ceiling = min((planned[isa] for isa in forced), default=max(planned.values()))
+    best = dict(replicas)
+    for slowest in sorted({value for value in planned.values() if value <= ceiling}, reverse=True):
+        trial = {isa: count if planned[isa] >= slowest else floor[isa] for isa, count in replicas.items()}
+        wanted = math.ceil(round(demand / slowest, 9))
+        for isa in trial:
+            if planned[isa] >= slowest:
+                trial[isa] = max(trial[isa], min(room[isa], trial[isa] + wanted - sum(trial.values())))
+        if _even_capacity(trial, planned) > _even_capacity(best, planned):
+            best = trial
+        if _even_capacity(trial, planned) >= demand:
+            break
+    replicas.update(best)
 
 
 def _cpu_shares(pools: Sequence[Pool]) -> dict[str, float]:

@@ -107,6 +107,24 @@ class ServedModel:
     fps_per_replica: float
     accuracy: float
     since: str
+    #: The CPU budget per replica the FPS was measured with (the pods run with it, whatever the
+    #: spec says now, until a Job has measured the new budget); "" in records of older operators.
+    cpu: str = ""
+    threads: int | None = None
+    #: Which source model (format, URI, epoch) the artifact came from: embeddings of different
+    #: source models do not match one enrolled gallery; "" in records of older operators.
+    source_key: str = ""
+
+
+@dataclass(frozen=True)
+class RollbackRecord:
+    """A model whose rollout failed on a tier: not tried again until the pipeline key changes."""
+
+    pipeline_key: str
+    artifact: str
+    reason: str
+    message: str
+    at: str
 
 
 @dataclass(frozen=True)
@@ -125,6 +143,7 @@ class VariantStatus:
     deployment: str | None = None
     replicas: int | None = None
     ready_replicas: int | None = None
+    rolled_back: RollbackRecord | None = None
 
 
 @dataclass(frozen=True)
@@ -154,6 +173,8 @@ class ModelStatus:
     observed_generation: int | None = None
     pipeline_key: str | None = None
     selector: str | None = None
+    #: Where cameras send frames: the model's Service (``http://NAME.NAMESPACE.svc:8080``).
+    address_url: str | None = None
     conditions: tuple[Condition, ...] = ()
     demand: DemandStatus | None = None
     capacity: CapacityStatus | None = None
@@ -172,6 +193,7 @@ def status_to_dict(status: ModelStatus) -> dict[str, Any]:
             "observedGeneration": status.observed_generation,
             "pipelineKey": status.pipeline_key,
             "selector": status.selector,
+            "address": {"url": status.address_url} if status.address_url else None,
             "conditions": [condition_to_dict(item) for item in status.conditions] or None,
             "demand": _demand_to_dict(status.demand),
             "capacity": _capacity_to_dict(status.capacity),
@@ -209,18 +231,36 @@ def variant_to_dict(variant: VariantStatus) -> dict[str, Any]:
             "deployment": variant.deployment,
             "replicas": variant.replicas,
             "readyReplicas": variant.ready_replicas,
+            "rolledBack": _rollback_to_dict(variant.rolled_back),
         }
     )
 
 
 def served_to_dict(served: ServedModel) -> dict[str, Any]:
+    return _without_none(
+        {
+            "pipelineKey": served.pipeline_key,
+            "precision": served.precision,
+            "artifact": served.artifact,
+            "fpsPerReplica": served.fps_per_replica,
+            "accuracy": served.accuracy,
+            "since": served.since,
+            "cpu": served.cpu or None,
+            "threads": served.threads,
+            "sourceKey": served.source_key or None,
+        }
+    )
+
+
+def _rollback_to_dict(record: RollbackRecord | None) -> dict[str, Any] | None:
+    if record is None:
+        return None
     return {
-        "pipelineKey": served.pipeline_key,
-        "precision": served.precision,
-        "artifact": served.artifact,
-        "fpsPerReplica": served.fps_per_replica,
-        "accuracy": served.accuracy,
-        "since": served.since,
+        "pipelineKey": record.pipeline_key,
+        "artifact": record.artifact,
+        "reason": record.reason,
+        "message": record.message,
+        "at": record.at,
     }
 
 
@@ -312,6 +352,7 @@ def parse_status(data: object) -> ModelStatus:
         observed_generation=_optional_int(status, "observedGeneration"),
         pipeline_key=_optional_str(status, "pipelineKey"),
         selector=_optional_str(status, "selector"),
+        address_url=_optional_str(_mapping(status.get("address")), "url"),
         conditions=tuple(
             parse_condition(item) for item in _list(status.get("conditions")) if _mapping(item).get("type")
         ),
@@ -351,6 +392,19 @@ def parse_variant(data: object) -> VariantStatus:
         deployment=_optional_str(found, "deployment"),
         replicas=_optional_int(found, "replicas"),
         ready_replicas=_optional_int(found, "readyReplicas"),
+        rolled_back=_parse_rollback(found.get("rolledBack")),
+    )
+
+
+def _parse_rollback(data: object) -> RollbackRecord | None:
+    if not isinstance(data, Mapping) or not data.get("artifact"):
+        return None
+    return RollbackRecord(
+        pipeline_key=_str(data, "pipelineKey"),
+        artifact=_str(data, "artifact"),
+        reason=_str(data, "reason"),
+        message=_str(data, "message"),
+        at=_str(data, "at"),
     )
 
 
@@ -363,6 +417,9 @@ def parse_served(data: object) -> ServedModel:
         fps_per_replica=_float(found, "fpsPerReplica"),
         accuracy=_float(found, "accuracy"),
         since=_str(found, "since"),
+        cpu=_str(found, "cpu"),
+        threads=_optional_int(found, "threads"),
+        source_key=_str(found, "sourceKey"),
     )
 
 

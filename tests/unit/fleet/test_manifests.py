@@ -13,6 +13,7 @@ from qfleet.fleet.config import FleetConfig
 from qfleet.fleet.manifests import (
     TERMINATION_LOG,
     Owner,
+    ServingModel,
     deployment_for,
     job_for,
     pipeline_inputs,
@@ -113,7 +114,7 @@ def test_pods_are_restricted(kind: str) -> None:
         pod = job_for(OWNER, make_spec(), "avx2", "k", CONFIG)["spec"]["template"]["spec"]
     else:
         artifact = PvcUri("models", "qfleet/arcface/k/avx2/int8/model.xml")
-        pod = deployment_for(OWNER, make_spec(), "avx2", artifact=artifact, pipeline_key="k", replicas=2,
+        pod = deployment_for(OWNER, make_spec(), "avx2", model=ServingModel(artifact, "k", 500.0), replicas=2,
                              config=CONFIG)["spec"]["template"]["spec"]  # fmt: skip
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -130,7 +131,7 @@ def test_pods_log_in_the_operators_format(log_format: str) -> None:
     artifact = PvcUri("models", "qfleet/arcface/k/avx2/int8/model.xml")
     pods = [
         job_for(OWNER, make_spec(), "avx2", "k", config)["spec"]["template"]["spec"],
-        deployment_for(OWNER, make_spec(), "avx2", artifact=artifact, pipeline_key="k", replicas=1,
+        deployment_for(OWNER, make_spec(), "avx2", model=ServingModel(artifact, "k", 500.0), replicas=1,
                        config=config)["spec"]["template"]["spec"],
     ]  # fmt: skip
     for pod in pods:
@@ -163,7 +164,7 @@ def test_job_is_deterministic() -> None:
 
 def test_deployment_serves_the_artifact_with_probes() -> None:
     artifact = PvcUri("models", "qfleet/arcface/k/avx512_vnni/int8/model.xml")
-    deployment = deployment_for(OWNER, make_spec(), "avx512_vnni", artifact=artifact, pipeline_key="k",
+    deployment = deployment_for(OWNER, make_spec(), "avx512_vnni", model=ServingModel(artifact, "k", 500.0),
                                 replicas=3, config=CONFIG)  # fmt: skip
     assert deployment["metadata"]["name"] == "arcface-avx512-vnni"
     spec = deployment["spec"]
@@ -193,15 +194,42 @@ def test_deployment_serves_the_artifact_with_probes() -> None:
 def test_replicas_do_not_change_the_template() -> None:
     artifact = PvcUri("models", "a/int8/model.xml")
     one = deployment_for(
-        OWNER, make_spec(), "avx2", artifact=artifact, pipeline_key="k", replicas=1, config=CONFIG
+        OWNER, make_spec(), "avx2", model=ServingModel(artifact, "k", 500.0), replicas=1, config=CONFIG
     )
     ten = deployment_for(
-        OWNER, make_spec(), "avx2", artifact=artifact, pipeline_key="k", replicas=10, config=CONFIG
+        OWNER, make_spec(), "avx2", model=ServingModel(artifact, "k", 500.0), replicas=10, config=CONFIG
     )
     assert template_hash(one) == template_hash(ten) and one["spec"]["template"] == ten["spec"]["template"]
-    other = deployment_for(OWNER, make_spec(), "avx2", artifact=PvcUri("models", "b/int8/model.xml"),
-                           pipeline_key="k2", replicas=1, config=CONFIG)  # fmt: skip
+    other = deployment_for(OWNER, make_spec(), "avx2", model=ServingModel(PvcUri("models", "b/int8/model.xml"),
+                           "k2", 500.0), replicas=1, config=CONFIG)  # fmt: skip
     assert template_hash(other) != template_hash(one)
+
+
+def test_pods_run_with_the_cpu_their_fps_was_measured_at() -> None:
+    spec = make_spec(serving={"resources": {"limits": {"cpu": "4"}}})
+    artifact = PvcUri("models", "a/int8/model.xml")
+    measured_at_8 = ServingModel(artifact, "k", 500.0, cpu="8", threads=8)
+    pod = deployment_for(OWNER, spec, "avx2", model=measured_at_8, replicas=1, config=CONFIG)["spec"][
+        "template"
+    ]
+    container = pod["spec"]["containers"][0]
+    assert container["resources"]["limits"]["cpu"] == "8" and container["resources"]["requests"]["cpu"] == "8"
+    assert container["args"][container["args"].index("--threads") + 1] == "8"
+    assert pod["metadata"]["annotations"]["qfleet.dev/fps-per-replica"] == "500"
+    assert container["args"][container["args"].index("--name") + 1] == OWNER.name
+
+
+def test_a_stopping_pod_answers_what_is_in_flight() -> None:
+    artifact = PvcUri("models", "a/int8/model.xml")
+    deployment = deployment_for(
+        OWNER, make_spec(), "avx2", model=ServingModel(artifact, "k", 500.0), replicas=1, config=CONFIG
+    )
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    drain = float(container["args"][container["args"].index("--shutdown-grace") + 1])
+    assert pod["terminationGracePeriodSeconds"] > pre_stop + drain
+    assert deployment["spec"]["progressDeadlineSeconds"] == CONFIG.progress_deadline_seconds
 
 
 def test_serving_image_override_and_threads() -> None:
@@ -211,7 +239,7 @@ def test_serving_image_override_and_threads() -> None:
     assert threads_for(spec, CONFIG) == 3
     artifact = PvcUri("models", "a/int8/model.xml")
     deployment = deployment_for(
-        OWNER, spec, "avx2", artifact=artifact, pipeline_key="k", replicas=1, config=CONFIG
+        OWNER, spec, "avx2", model=ServingModel(artifact, "k", 500.0), replicas=1, config=CONFIG
     )
     assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == "custom/server:2"
     half = make_spec(serving={"resources": {"limits": {"cpu": "500m"}}})

@@ -149,7 +149,25 @@ def first_pass_to_ready(
     final = plan(
         body, Observed(jobs=[done_job], pods=[pod], deployments=[deployment], inventory=VNNI), CONFIG, now=T2
     )
+    # Rolled out: the Deployment now also records the tier's last good model (metadata only).
+    (update,) = final.deployments
+    assert update.action == "update" and update.body["spec"] == change.body["spec"]
+    deployment = applied(deployment, update.body)
+    body = with_status(body, final)
+    assert body["status"]["variants"][0]["lastGood"] == body["status"]["variants"][0]["served"]
+    final = plan(
+        body, Observed(jobs=[done_job], pods=[pod], deployments=[deployment], inventory=VNNI), CONFIG, now=T2
+    )
     return with_status(body, final), done_job, deployment
+
+
+def applied(deployment: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
+    """``deployment`` after the operator's merge patch of ``desired``'s metadata and spec."""
+    deployment = copy.deepcopy(deployment)
+    deployment["metadata"]["annotations"] = copy.deepcopy(desired["metadata"]["annotations"])
+    deployment["metadata"]["labels"] = copy.deepcopy(desired["metadata"]["labels"])
+    deployment["spec"] = copy.deepcopy(desired["spec"])
+    return deployment
 
 
 def test_new_model_starts_one_job_per_tier_with_nodes() -> None:
@@ -202,7 +220,7 @@ def test_passed_gate_serves_int8_scaled_to_the_cameras() -> None:
     assert variant["state"] == "Succeeded"
     assert variant["served"]["precision"] == "int8" and variant["served"]["fpsPerReplica"] == 579.0
     assert variant["served"]["artifact"].startswith("pvc://models/qfleet/arcface/")
-    assert variant["lastGood"] == variant["served"]
+    assert "lastGood" not in variant  # a model becomes the one to go back to once it rolled out
     assert variant["result"]["gate"]["passed"] and variant["result"]["finishedAt"] == T1
     (change,) = result.deployments
     assert change.action == "create" and change.replicas == 1  # 384 faces/s / (579 x 0.8)
