@@ -163,11 +163,14 @@ class JobQueue:
 
     # -- what is going on ---------------------------------------------------------------------
 
-    def waiting_models(self) -> list[ModelKey]:
-        """Models with waiting requests, in queue order (each once, at its first request's place)."""
+    def waiting_models(self, limit: int | None = None) -> list[ModelKey]:
+        """Models with waiting requests, in queue order (each once, at its first request's place);
+        the first ``limit`` of them only, if given."""
         self._expire(self.clock())
         seen: dict[ModelKey, None] = {}
         for _, job in self._queue:
+            if limit is not None and len(seen) >= limit:
+                break
             seen.setdefault(self._waiting[job].model, None)
         return list(seen)
 

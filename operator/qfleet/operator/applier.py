@@ -4,6 +4,13 @@ One reconcile of a model at a time (a lock per model); triggers that arrive whil
 queued are folded into it, so a burst of Job, pod and Deployment events costs one pass. Reads
 come from kopf's indices (kept current by its watches) plus one fresh GET of the model (its
 status is the operator's memory), writes go through :class:`~qfleet.operator.kube.KubeApi`.
+
+Quantization Jobs of all models share one cap (``max_running_jobs``, see
+:class:`~qfleet.fleet.job_queue.JobQueue`): the planner asks the queue before it creates a Job
+(``Observed.admit_job``). Each reconcile first refreshes its model's unfinished Jobs in the
+queue's running set (a Job event triggers the reconcile of its model, so the set follows the
+cluster without a scan of every Job per reconcile), afterwards withdraws what the plan no longer
+asks for, and, when slots are free, triggers the models at the head of the queue.
 """
 
 from __future__ import annotations
@@ -12,13 +19,14 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from qfleet.fleet import conditions as c
 from qfleet.fleet import names
+from qfleet.fleet.job_queue import SETTLE_SECONDS, STALE_SECONDS, JobQueue, job_finished
 from qfleet.fleet.nodes import Inventory, NodeInfo
 from qfleet.fleet.planner import Event, Observed, Plan, plan
 from qfleet.operator.kube import ApiError, KubeApi, namespaced
@@ -114,6 +122,13 @@ class Reconciler:
         self._sweep_scheduled = False
         #: Consecutive failed reconciles per model (for the retry backoff); cleared on success.
         self._failures: dict[ModelKey, int] = {}
+        # A waiting request is repeated at least at every resync: give it three before it is stale.
+        self.job_queue = JobQueue(
+            settings.max_running_jobs, stale_seconds=max(STALE_SECONDS, 3 * settings.resync_seconds)
+        )
+        #: Unfinished quantization Jobs per model ("namespace/job"), from the Jobs cache.
+        self._running_jobs: dict[ModelKey, frozenset[str]] = {}
+        self._jobs_scanned = False
 
     # -- triggers ------------------------------------------------------------------------------
 
@@ -153,6 +168,10 @@ class Reconciler:
             del self._locks[key]
         self._failures.pop(key, None)
         self.metrics.forget(namespace, name)
+        # Its Jobs stay counted until their deletion events (garbage collection) refresh them.
+        self.job_queue.withdraw(key)
+        self.job_queue.planned(key)
+        self._wake_waiting()
 
     async def resync_forever(self) -> None:
         """Revisit every model now and then: a safety net for missed events."""
@@ -212,15 +231,73 @@ class Reconciler:
         return self._inventory
 
     def observed(self, namespace: str, name: str) -> Observed:
-        if self.caches is None:
-            return Observed(inventory=self.inventory())
         key = (namespace, name)
+        admit_job = self.admitter(key) if self.job_queue.limited else None
+        if self.caches is None:
+            return Observed(inventory=self.inventory(), admit_job=admit_job)
         return Observed(
             jobs=list(self.caches.jobs.get(key, ())),
             pods=list(self.caches.pods.get(key, ())),
             deployments=list(self.caches.deployments.get(key, ())),
             inventory=self.inventory(),
+            admit_job=admit_job,
         )
+
+    # -- the queue of quantization Jobs ------------------------------------------------------------
+
+    def admitter(self, key: ModelKey) -> Callable[[str, tuple[str, ...]], int]:
+        """The planner's ``admit_job`` for one model: 0 to create the Job now, else its place."""
+        namespace = key[0]
+        return lambda job, order: self.job_queue.request(f"{namespace}/{job}", model=key, order=order)
+
+    def _unfinished_jobs(self, key: Any) -> frozenset[str]:
+        jobs = self.caches.jobs.get(key, ()) if self.caches is not None else ()
+        return frozenset(
+            f"{key[0]}/{(job.get('metadata') or {}).get('name')}" for job in jobs if not job_finished(job)
+        )
+
+    def refresh_running(self, key: ModelKey) -> None:
+        """Tell the queue which Jobs run: ``key``'s afresh, every model's on the first call (after
+        a start-up, when every model known then may want a Job ahead of anyone)."""
+        if self.caches is None:
+            return
+        if not self._jobs_scanned:
+            self._jobs_scanned = True
+            for other in list(self.caches.jobs):
+                if isinstance(other, tuple) and (running := self._unfinished_jobs(other)):
+                    self._running_jobs[other] = running
+            self.job_queue.expect(self.known_models(), within=SETTLE_SECONDS)
+            self._spawn(self._wake_after(SETTLE_SECONDS))
+        running = self._unfinished_jobs(key)
+        if running:
+            self._running_jobs[key] = running
+        else:
+            self._running_jobs.pop(key, None)
+        self.job_queue.sync_running(self._all_running())
+
+    def _all_running(self) -> Iterator[str]:
+        for jobs in self._running_jobs.values():
+            yield from jobs
+
+    def _keep_queued(self, key: ModelKey, result: Plan) -> None:
+        """Withdraw the requests of ``key`` that its plan neither created nor queued."""
+        namespace = key[0]
+        keep = {f"{namespace}/{job['metadata']['name']}" for job in result.create_jobs}
+        keep.update(f"{namespace}/{job}" for job in result.queued_jobs)
+        self.job_queue.withdraw(key, keep)
+
+    def _wake_waiting(self, exclude: ModelKey | None = None) -> None:
+        """Free slots: trigger the models at the head of the queue (they take the slots)."""
+        free = self.job_queue.free_slots()
+        if free and not self.job_queue.settling:
+            heads = [model for model in self.job_queue.waiting_models(limit=free + 1) if model != exclude]
+            for namespace, name in heads[:free]:
+                self.trigger(namespace, name)
+        self.metrics.job_queue(queued=self.job_queue.queued, running=self.job_queue.running)
+
+    async def _wake_after(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        self._wake_waiting()
 
     async def reconcile(self, namespace: str, name: str, *, _from_trigger: bool = False) -> Plan | None:
         """Plan and apply one reconcile of a model; None when the model is gone."""
@@ -236,6 +313,9 @@ class Reconciler:
             except Exception:
                 self.metrics.reconciled("error", time.perf_counter() - started)
                 raise
+            finally:
+                self.job_queue.planned(key)
+                self._wake_waiting(exclude=key)
             self._failures.pop(key, None)
             outcome = "gone" if result is None else "invalid" if result.invalid_spec else "ok"
             self.metrics.reconciled(outcome, time.perf_counter() - started)
@@ -243,10 +323,14 @@ class Reconciler:
 
     async def _reconcile_locked(self, namespace: str, name: str) -> Plan | None:
         logger = _ModelLogger(log, {"key": f"{namespace}/{name}"})
+        key = (namespace, name)
+        self.refresh_running(key)
         model = await self.api.get(namespaced(names.API_VERSION, names.PLURAL, namespace, name))
         if model is None or (model.get("metadata") or {}).get("deletionTimestamp"):
+            self.job_queue.withdraw(key)
             return None
         result = plan(model, self.observed(namespace, name), self.settings.fleet, now=self.clock())
+        self._keep_queued(key, result)
         await self._apply(model, result, logger)
         return result
 

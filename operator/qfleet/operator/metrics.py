@@ -71,6 +71,16 @@ class Metrics:
             model_labels,
             registry=r,
         )
+        self.jobs_queued = Gauge(
+            "qfleet_quantization_jobs_queued",
+            "Quantization Jobs waiting for a slot under the operator's cap on running Jobs",
+            registry=r,
+        )
+        self.jobs_running = Gauge(
+            "qfleet_quantization_jobs_running",
+            "Unfinished quantization Jobs in the cluster (those the operator watches)",
+            registry=r,
+        )
         self._series: dict[tuple[str, str], set[tuple[Gauge, tuple[str, ...]]]] = {}
 
     def serve(self, port: int, address: str = "0.0.0.0") -> None:
@@ -79,6 +89,11 @@ class Metrics:
     def reconciled(self, result: str, seconds: float) -> None:
         self.reconciles.labels(result=result).inc()
         self.reconcile_seconds.observe(seconds)
+
+    def job_queue(self, *, queued: int, running: int) -> None:
+        """The operator-wide queue of quantization Jobs: how many wait, how many run."""
+        self.jobs_queued.set(queued)
+        self.jobs_running.set(running)
 
     def new_result(self, isa: str, result: ResultRecord) -> None:
         """Count a Job's result the first time the operator records it."""

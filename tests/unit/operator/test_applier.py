@@ -6,6 +6,7 @@ import asyncio
 import copy
 from typing import Any
 
+from qfleet.fleet import names
 from qfleet.fleet.nodes import node_info
 from qfleet.fleet.planner import Event
 from qfleet.isa import NFD_PREFIX
@@ -138,4 +139,120 @@ async def test_a_deleted_model_is_left_alone() -> None:
     reconciler, events = make(api, nodes=[node("n1")])
     assert await reconciler.reconcile("ns", "m") is None
     assert [method for method, _ in api.calls] == ["GET"] and events == []
+    await reconciler.close()
+
+
+# -- the operator-wide cap on running quantization Jobs ----------------------------------------------
+
+MODELS = "/apis/qfleet.dev/v1alpha1/namespaces/ns/quantizedmodels"
+JOBS = "/apis/batch/v1/namespaces/ns/jobs"
+
+
+def queued_setup(
+    api: FakeApi, *, cap: int, created: dict[str, str], running: dict[str, list[str]]
+) -> tuple[Reconciler, dict[Any, list[dict[str, Any]]]]:
+    """Models named by ``created`` (their creation times) and, per model, unfinished Jobs."""
+    api.objects.clear()
+    for name, timestamp in created.items():
+        body = copy.deepcopy(MODEL)
+        body["metadata"].update(name=name, uid=f"uid-{name}", creationTimestamp=timestamp)
+        api.objects[f"{MODELS}/{name}"] = body
+    jobs: dict[Any, list[dict[str, Any]]] = {
+        ("ns", owner): [{"metadata": {"name": job}, "status": {"active": 1}} for job in names_]
+        for owner, names_ in running.items()
+    }
+    reconciler = Reconciler(
+        api,  # type: ignore[arg-type]
+        OperatorSettings(max_running_jobs=cap),
+        Metrics(),
+        post_event=lambda model, event: None,
+        clock=lambda: "2030-01-01T00:00:00Z",
+    )
+    known = {("ns", name): [True] for name in [*created, *running]}
+    reconciler.caches = Caches(
+        models=known, jobs=jobs, pods={}, deployments={}, nodes={NODES_KEY: [node("n1")]}
+    )
+    return reconciler, jobs
+
+
+def created_for(api: FakeApi) -> list[str]:
+    """The models whose Jobs were created, in order."""
+    return [
+        body["metadata"]["annotations"][names.ANNOTATION_MODEL_NAME]
+        for path, body in api.objects.items()
+        if path.startswith(JOBS + "/")
+    ]
+
+
+async def test_jobs_over_the_cap_wait_and_the_oldest_model_starts_when_a_slot_frees() -> None:
+    api = FakeApi()
+    reconciler, jobs = queued_setup(
+        api,
+        cap=1,
+        created={"newer": "2030-01-02T00:00:00Z", "older": "2030-01-01T00:00:00Z"},
+        running={"gone": ["gone-avx2-1"]},  # a Job of a model that is being deleted
+    )
+    newer = await reconciler.reconcile("ns", "newer")  # reconciled first, but younger
+    older = await reconciler.reconcile("ns", "older")
+    assert newer is not None and older is not None
+    assert not newer.create_jobs and len(newer.queued_jobs) == 1
+    assert not older.create_jobs and len(older.queued_jobs) == 1
+    assert reconciler.job_queue.waiting_models() == [("ns", "older"), ("ns", "newer")]
+    assert created_for(api) == []
+    assert reconciler.metrics.registry.get_sample_value("qfleet_quantization_jobs_queued") == 2
+    assert reconciler.metrics.registry.get_sample_value("qfleet_quantization_jobs_running") == 1
+
+    jobs[("ns", "gone")][0]["status"] = {"conditions": [{"type": "Failed", "status": "True"}]}
+    reconciler.trigger("ns", "gone", delay=0.01)  # what the Job's event does
+    await asyncio.sleep(0.3)
+    assert created_for(api) == ["older"]  # the head of the queue, woken; not the newer model
+    assert reconciler.job_queue.waiting_models() == [("ns", "newer")]
+    assert reconciler.job_queue.free_slots() == 0  # reserved until the Job shows up
+    again = await reconciler.reconcile("ns", "newer")
+    assert again is not None and again.queued_jobs and created_for(api) == ["older"]
+    await reconciler.close()
+
+
+async def test_a_deleted_model_gives_its_slot_to_the_next_in_line() -> None:
+    api = FakeApi()
+    reconciler, _ = queued_setup(
+        api, cap=1, created={"a": "2030-01-01T00:00:00Z", "b": "2030-01-02T00:00:00Z"}, running={}
+    )
+    first = await reconciler.reconcile("ns", "a")
+    # Just started: b, not planned yet, might be older than a. Nothing starts before it was planned.
+    assert first is not None and first.queued_jobs and created_for(api) == []
+    b = await reconciler.reconcile("ns", "b")
+    assert b is not None and b.queued_jobs
+    await asyncio.sleep(0.3)  # b's plan ended the start-up: a, at the head, is woken
+    assert created_for(api) == ["a"]
+    del api.objects[f"{MODELS}/a"]
+    reconciler.forget("ns", "a")
+    await asyncio.sleep(0.3)
+    assert sorted(created_for(api)) == ["a", "b"]  # (a's Job goes with a: garbage collection)
+    assert reconciler.job_queue.waiting_models() == []
+    await reconciler.close()
+
+
+async def test_a_plan_that_no_longer_wants_a_job_leaves_the_queue() -> None:
+    api = FakeApi()
+    reconciler, _ = queued_setup(
+        api, cap=1, created={"a": "2030-01-01T00:00:00Z", "b": "2030-01-02T00:00:00Z"}, running={"x": ["x-1"]}
+    )
+    await reconciler.reconcile("ns", "a")
+    await reconciler.reconcile("ns", "b")
+    assert reconciler.job_queue.waiting_models() == [("ns", "a"), ("ns", "b")]
+    api.objects[f"{MODELS}/a"]["spec"]["targets"] = [{"isa": "amx_int8"}]  # no such node: no Job
+    await reconciler.reconcile("ns", "a")
+    assert reconciler.job_queue.waiting_models() == [("ns", "b")]
+    await reconciler.close()
+
+
+async def test_without_a_cap_every_job_starts() -> None:
+    api = FakeApi()
+    created = {f"m{i}": f"2030-01-0{i + 1}T00:00:00Z" for i in range(3)}
+    reconciler, _ = queued_setup(api, cap=0, created=created, running={"x": ["x-1"]})
+    for name in created:
+        await reconciler.reconcile("ns", name)
+    assert sorted(created_for(api)) == ["m0", "m1", "m2"]
+    assert reconciler.observed("ns", "m0").admit_job is None
     await reconciler.close()
