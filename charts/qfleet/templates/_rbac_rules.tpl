@@ -38,14 +38,23 @@
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["list", "watch", "create", "delete"]
-# Read-only: a finished Job's pod carries the pipeline result in its termination message.
+# Read-only: a finished Job's pod carries the pipeline result in its termination message, and
+# serving pods that stay Pending or crash show why a tier lacks capacity.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["list", "watch"]
+  verbs: ["get", "list", "watch"]
 # One inference Deployment per ISA tier, scaled to the camera load; deleted with its tier.
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["list", "watch", "create", "patch", "delete"]
+# One Service per QuantizedModel, in front of the replicas of every tier.
+- apiGroups: [""]
+  resources: ["services"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# One PodDisruptionBudget per serving Deployment, so node drains keep replicas serving.
+- apiGroups: ["policy"]
+  resources: ["poddisruptionbudgets"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # kopf and the operator report progress, gate failures and errors as Events.
 - apiGroups: [""]
   resources: ["events"]

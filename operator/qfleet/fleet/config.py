@@ -6,9 +6,10 @@ Helm chart sets; tests build it directly.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from qfleet import __version__
+from qfleet.fleet.pods import PodKnobs
 
 
 @dataclass(frozen=True)
@@ -36,3 +37,8 @@ class FleetConfig:
     job_service_account: str | None = None
     #: Log format of the Jobs and servers (``text`` or ``json``), the operator's own.
     log_format: str = "text"
+    #: Pod knobs of every Job and serving replica; a target's own knobs win over them.
+    pod_defaults: PodKnobs = field(default_factory=PodKnobs)
+    #: progressDeadlineSeconds of the serving Deployments: a rollout that makes no progress for
+    #: this long is reported as stalled.
+    progress_deadline_seconds: int = 600

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qfleet import defaults
+from qfleet.fleet.pods import KnobError, PodKnobs, parse_names_map, parse_pod_knobs
 from qfleet.fleet.uris import PvcUri, UriError, parse_pvc_uri
 from qfleet.isa import TIER_NAMES, has_native_bf16
 
@@ -26,6 +27,11 @@ PLACEMENTS = ("fill", "spread")
 GATE_FAILURE_POLICIES = ("keep", "fp32", "bf16")
 #: The tiers ``onGateFailure: bf16`` may target (the CRD's validation rule lists the same).
 BF16_TIERS = tuple(name for name in TIER_NAMES if has_native_bf16(name))
+#: The types of the model's Service.
+SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
+#: ``allTiers``: a new pipeline's models go live together, once every tier has its result;
+#: ``perTier``: each tier switches as soon as its own result is in.
+CONSISTENCY_MODES = ("allTiers", "perTier")
 
 #: The defaults the CRD's schema declares (tests/unit/deploy/test_crd_schema.py checks they agree); those
 #: the command line shares come from :mod:`qfleet.defaults`.
@@ -35,12 +41,15 @@ DEFAULTS: dict[str, Any] = {
     "validation.maxDrop": defaults.MAX_DROP,
     "serving.minReplicas": 1,
     "serving.maxReplicas": 64,
+    "serving.service.type": "ClusterIP",
     "demand.cameras": 0,
     "demand.cameraFps": 6,
     "demand.facesPerFrame": 1,
     "demand.targetUtilization": 0.8,
     "demand.placement": "fill",
+    "demand.pendingGraceSeconds": 300,
     "rollout.onGateFailure": "keep",
+    "rollout.consistency": "allTiers",
 }
 
 
@@ -52,6 +61,9 @@ class SpecError(ValueError):
 class Target:
     isa: str
     node_selector: Mapping[str, str] = field(default_factory=dict)
+    #: Tolerations, pull secrets, priority, spread, labels, ServiceAccount of the tier's pods
+    #: (over the operator's ``pod_defaults``; see :func:`qfleet.fleet.pods.merged`).
+    pod: PodKnobs = field(default_factory=PodKnobs)
 
 
 @dataclass(frozen=True)
@@ -78,6 +90,11 @@ class ModelSpec:
     placement: str
     artifacts: PvcUri
     on_gate_failure: str
+    service_type: str = DEFAULTS["serving.service.type"]
+    service_annotations: Mapping[str, str] = field(default_factory=dict)
+    #: How long replicas may stay Pending (unschedulable) before their tier counts as short.
+    pending_grace_seconds: int = DEFAULTS["demand.pendingGraceSeconds"]
+    consistency: str = DEFAULTS["rollout.consistency"]
 
     @property
     def tiers(self) -> tuple[str, ...]:
@@ -118,6 +135,7 @@ def parse_spec(spec: Mapping[str, Any] | None) -> ModelSpec:
     on_gate_failure = _choice(rollout, "rollout.onGateFailure", GATE_FAILURE_POLICIES)
     if on_gate_failure == "bf16":
         _check_bf16_targets(targets)
+    service = _section(serving, "service", where="spec.serving")
 
     return ModelSpec(
         source_format=source_format,
@@ -142,6 +160,10 @@ def parse_spec(spec: Mapping[str, Any] | None) -> ModelSpec:
         placement=_choice(demand, "demand.placement", PLACEMENTS),
         artifacts=_uri(artifacts.get("uri"), "spec.artifacts.uri"),
         on_gate_failure=on_gate_failure,
+        service_type=_choice(service, "serving.service.type", SERVICE_TYPES),
+        service_annotations=_annotations(service.get("annotations"), "spec.serving.service.annotations"),
+        pending_grace_seconds=_integer(demand, "demand.pendingGraceSeconds", minimum=0),
+        consistency=_choice(rollout, "rollout.consistency", CONSISTENCY_MODES),
     )
 
 
@@ -200,15 +222,34 @@ def _check_bf16_targets(targets: tuple[Target, ...]) -> None:
         )
 
 
-def _section(spec: Mapping[str, Any], name: str, *, required: bool = False) -> Mapping[str, Any]:
+def _section(
+    spec: Mapping[str, Any], name: str, *, required: bool = False, where: str = "spec"
+) -> Mapping[str, Any]:
     value = spec.get(name)
     if value is None:
         if required:
-            raise SpecError(f"spec.{name} is required; see crds/samples/ for an example")
+            raise SpecError(f"{where}.{name} is required; see crds/samples/ for an example")
         return {}
     if not isinstance(value, Mapping):
-        raise SpecError(f"spec.{name} must be an object, got {type(value).__name__}")
+        raise SpecError(f"{where}.{name} must be an object, got {type(value).__name__}")
     return value
+
+
+def _annotations(value: object, path: str) -> dict[str, str]:
+    try:
+        return parse_names_map(value, path, label_values=False)
+    except KnobError as exc:
+        raise SpecError(str(exc)) from None
+
+
+def _string_map(value: object, path: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not all(
+        isinstance(key, str) and isinstance(val, str) for key, val in value.items()
+    ):
+        raise SpecError(f"{path} must map label names to string values")
+    return dict(value)
 
 
 def _value(section: Mapping[str, Any], path: str) -> Any:
@@ -286,12 +327,12 @@ def _targets(value: object) -> tuple[Target, ...]:
             raise SpecError(f"{where}.isa must be one of {', '.join(TIER_NAMES)}, got {isa!r}")
         if any(target.isa == isa for target in targets):
             raise SpecError(f"{where}.isa {isa!r} is listed twice; list each tier once")
-        selector = item.get("nodeSelector") or {}
-        if not isinstance(selector, Mapping) or not all(
-            isinstance(key, str) and isinstance(val, str) for key, val in selector.items()
-        ):
-            raise SpecError(f"{where}.nodeSelector must map label names to string values")
-        targets.append(Target(isa=str(isa), node_selector=dict(selector)))
+        selector = _string_map(item.get("nodeSelector"), f"{where}.nodeSelector")
+        try:
+            pod = parse_pod_knobs(item, where)
+        except KnobError as exc:
+            raise SpecError(str(exc)) from None
+        targets.append(Target(isa=str(isa), node_selector=selector, pod=pod))
     return tuple(targets)
 
 

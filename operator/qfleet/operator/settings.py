@@ -1,32 +1,41 @@
 """Operator settings from environment variables (the Helm chart sets them).
 
-=============================  ===========================================================
-``QFLEET_TOOLKIT_IMAGE``        image of the quantization Jobs (``qfleet pipeline``)
-``QFLEET_SERVER_IMAGE``         image of the serving Deployments (``qfleet serve``)
-``QFLEET_IMAGE_PULL_POLICY``    imagePullPolicy of both (IfNotPresent)
-``QFLEET_BENCHMARK_SECONDS``    seconds per benchmark in a Job (30)
-``QFLEET_JOB_BACKOFF_LIMIT``    pod retries of a Job (1)
-``QFLEET_JOB_DEADLINE_SECONDS`` activeDeadlineSeconds of a Job (10800)
-``QFLEET_JOB_TTL_SECONDS``      ttlSecondsAfterFinished of a Job (86400)
-``QFLEET_JOB_MEMORY``           memory of a Job (8Gi)
-``QFLEET_JOB_SERVICE_ACCOUNT``  service account of the Jobs (the namespace's default)
-``QFLEET_DEFAULT_CPU``          CPU per replica when serving.resources names none (4)
-``QFLEET_RUN_AS_USER``          uid/gid of the pods (65532, the images' user)
-``QFLEET_RESYNC_SECONDS``       how often every model is reconciled regardless of events (300)
-``QFLEET_PEERING``              kopf peering name for leader election (none: standalone)
-``QFLEET_METRICS_PORT``         port of /metrics (the --metrics-port option wins)
-``QFLEET_LOG_FORMAT``           text or json: the operator's logs and those of its Jobs and servers
-=============================  ===========================================================
+====================================  ===========================================================
+``QFLEET_TOOLKIT_IMAGE``              image of the quantization Jobs (``qfleet pipeline``)
+``QFLEET_SERVER_IMAGE``               image of the serving Deployments (``qfleet serve``)
+``QFLEET_IMAGE_PULL_POLICY``          imagePullPolicy of both (IfNotPresent)
+``QFLEET_BENCHMARK_SECONDS``          seconds per benchmark in a Job (30)
+``QFLEET_JOB_BACKOFF_LIMIT``          pod retries of a Job (1)
+``QFLEET_JOB_DEADLINE_SECONDS``       activeDeadlineSeconds of a Job (10800)
+``QFLEET_JOB_TTL_SECONDS``            ttlSecondsAfterFinished of a Job (86400)
+``QFLEET_JOB_MEMORY``                 memory of a Job (8Gi)
+``QFLEET_JOB_SERVICE_ACCOUNT``        service account of the Jobs (the namespace's default)
+``QFLEET_DEFAULT_CPU``                CPU per replica when serving.resources names none (4)
+``QFLEET_RUN_AS_USER``                uid/gid of the pods (65532, the images' user)
+``QFLEET_RESYNC_SECONDS``             how often every model is reconciled regardless of events (300)
+``QFLEET_PEERING``                    kopf peering name for leader election (none: standalone)
+``QFLEET_METRICS_PORT``               port of /metrics (the --metrics-port option wins)
+``QFLEET_LOG_FORMAT``                 text or json: the operator's logs and those of its Jobs and servers
+``QFLEET_POD_DEFAULTS``               JSON object: pod knobs of every Job and replica (tolerations,
+                                      imagePullSecrets, priorityClassName, topologySpreadConstraints,
+                                      podLabels, podAnnotations, serviceAccountName); a target's own
+                                      knobs win ({})
+``QFLEET_PROGRESS_DEADLINE_SECONDS``  progressDeadlineSeconds of the serving Deployments (600)
+``QFLEET_MAX_RUNNING_JOBS``           most quantization Jobs running at once, operator-wide; 0 means
+                                      no limit (4)
+====================================  ===========================================================
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from qfleet.errors import InputError
 from qfleet.fleet.config import FleetConfig
+from qfleet.fleet.pods import KNOB_KEYS, KnobError, PodKnobs, parse_pod_knobs
 
 PREFIX = "QFLEET_"
 
@@ -37,6 +46,9 @@ class OperatorSettings:
     resync_seconds: float = 300.0
     peering: str | None = None
     metrics_port: int | None = None
+    #: Most quantization Jobs running at once across every model (0: no limit): each one holds
+    #: a whole replica's CPU for the benchmark, so a burst of new models cannot crowd out serving.
+    max_running_jobs: int = 4
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> OperatorSettings:
@@ -59,6 +71,10 @@ class OperatorSettings:
             run_as_user=reader.integer("RUN_AS_USER", defaults.run_as_user, minimum=1),
             job_service_account=reader.text("JOB_SERVICE_ACCOUNT", "") or None,
             log_format=reader.choice("LOG_FORMAT", defaults.log_format, ("text", "json")),
+            pod_defaults=reader.pod_knobs("POD_DEFAULTS"),
+            progress_deadline_seconds=reader.integer(
+                "PROGRESS_DEADLINE_SECONDS", defaults.progress_deadline_seconds, minimum=1
+            ),
         )
         port = reader.text("METRICS_PORT", "")
         return cls(
@@ -66,6 +82,7 @@ class OperatorSettings:
             resync_seconds=reader.number("RESYNC_SECONDS", 300.0, minimum=1.0),
             peering=reader.text("PEERING", "") or None,
             metrics_port=reader.integer("METRICS_PORT", 0, minimum=0) if port else None,
+            max_running_jobs=reader.integer("MAX_RUNNING_JOBS", cls.max_running_jobs, minimum=0),
         )
 
 
@@ -96,6 +113,25 @@ class _Reader:
         if not math.isfinite(value) or value < minimum:
             raise InputError(f"{PREFIX}{name}={raw} must be a number >= {minimum}")
         return value
+
+    def pod_knobs(self, name: str) -> PodKnobs:
+        """A JSON object with the keys of a target's pod knobs; empty or unset: none."""
+        raw = self.text(name, "{}")
+        try:
+            document = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{PREFIX}{name} is not valid JSON ({exc.msg} at character {exc.pos})") from None
+        if not isinstance(document, dict):
+            raise InputError(f"{PREFIX}{name} must be a JSON object, got {type(document).__name__}")
+        unknown = sorted(set(document) - set(KNOB_KEYS))
+        if unknown:
+            raise InputError(
+                f"{PREFIX}{name} has unknown key(s) {', '.join(unknown)}; known: {', '.join(KNOB_KEYS)}"
+            )
+        try:
+            return parse_pod_knobs(document, PREFIX + name)
+        except KnobError as exc:
+            raise InputError(str(exc)) from None
 
     def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
         value = self.text(name, default)

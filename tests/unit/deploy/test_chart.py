@@ -178,12 +178,30 @@ def test_default_values_and_all_features_are_valid() -> None:
         {"metrics": {"serviceMonitor": {"interval": "often"}}},
         {"operator": {"extraEnv": [{"name": "X"}]}},
         {"operator": {"tolerations": [{"operator": "Maybe"}]}},
+        {"operator": {"maxRunningJobs": -1}},
+        {"operator": {"progressDeadlineSeconds": 0}},
+        {"podDefaults": {"tolerations": [{"key": "a", "operator": "Maybe"}]}},
+        {"podDefaults": {"imagePullSecrets": ["registry"]}},
+        {"podDefaults": {"priorityClassName": "High Priority"}},
+        {"podDefaults": {"topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "zone"}]}},
+        {"podDefaults": {"podLabels": {"team": "computer vision"}}},
+        {"podDefaults": {"podLabels": {"qfleet.dev/model": "x"}}},
+        {"podDefaults": {"podAnnotations": {"qfleet.dev/artifact": "x"}}},
+        {"podDefaults": {"serviceAccountName": "Not_A_Name"}},
+        {"podDefaults": {"nodeSelector": {"pool": "a"}}},
         {"unknownTopLevel": True},
     ],
 )
 def test_schema_rejects_mistakes(override: dict[str, Any]) -> None:
     errors = list(validator().iter_errors(merged(default_values(), override)))
     assert errors, f"the schema accepted {override}"
+
+
+def test_pod_defaults_keys_are_the_operators_knobs() -> None:
+    """podDefaults has exactly the keys a target's pod knobs have (QFLEET_POD_DEFAULTS refuses others)."""
+    from qfleet.fleet.pods import KNOB_KEYS
+
+    assert set(default_values()["podDefaults"]) == set(KNOB_KEYS)
 
 
 def test_all_features_values_touch_only_known_keys() -> None:

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from qfleet.cli import build_parser
+from qfleet.fleet.pods import parse_pod_knobs
 from tests.support.k8s_tools import (
     ALL_FEATURES,
     CHART,
@@ -28,6 +29,22 @@ from tests.support.k8s_tools import (
 )
 
 NAMESPACED = {"operator": {"watchNamespaces": ["faces", "lobby"]}}
+#: Every pod knob, as the chart's podDefaults (numbers that YAML and JSON both carry).
+POD_DEFAULTS: dict[str, Any] = {
+    "tolerations": [
+        {"key": "dedicated", "operator": "Equal", "value": "video", "effect": "NoSchedule"},
+        {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute",
+         "tolerationSeconds": 3600},
+    ],
+    "imagePullSecrets": [{"name": "registry"}],
+    "priorityClassName": "inference",
+    "topologySpreadConstraints": [
+        {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway"}
+    ],
+    "podLabels": {"example.com/cost-center": "cctv"},
+    "podAnnotations": {"example.com/owner": "vision team"},
+    "serviceAccountName": "qfleet-pods",
+}  # fmt: skip
 NAMESPACED_ALL = {
     **ALL_FEATURES,
     "operator": {**ALL_FEATURES["operator"], "watchNamespaces": ["faces", "lobby"]},
@@ -174,7 +191,7 @@ def test_every_chart_pod_is_locked_down(variant: str) -> None:
 def test_every_pod_the_operator_creates_is_locked_down() -> None:
     """The operator's Jobs and Deployments (its pure builders) meet the same standard."""
     from qfleet.fleet.config import FleetConfig
-    from qfleet.fleet.manifests import Owner, deployment_for, job_for
+    from qfleet.fleet.manifests import Owner, ServingModel, deployment_for, job_for
     from qfleet.fleet.spec import parse_spec
     from qfleet.fleet.uris import parse_pvc_uri
 
@@ -190,7 +207,7 @@ def test_every_pod_the_operator_creates_is_locked_down() -> None:
         "pvc://models/qfleet/arcface-r100/avx512_vnni/abc123/int8/model.xml", field="artifact"
     )
     deployment = deployment_for(
-        owner, spec, tier, artifact=artifact, pipeline_key="abc123", replicas=2, config=config
+        owner, spec, tier, model=ServingModel(artifact, "abc123", 500.0), replicas=2, config=config
     )
     for obj in (job, deployment):
         ((name, pod),) = pod_specs([obj])
@@ -264,7 +281,13 @@ def test_chart_settings_reach_the_operator() -> None:
             "jobServiceAccount": "quantizer",
             "defaultCpu": "2",
         },
-        "operator": {"resyncSeconds": 120, "logFormat": "json"},
+        "operator": {
+            "resyncSeconds": 120,
+            "logFormat": "json",
+            "maxRunningJobs": 0,
+            "progressDeadlineSeconds": 900,
+        },
+        "podDefaults": POD_DEFAULTS,
         "securityContext": {"runAsUser": 10001},
     }
     objects = render(values)
@@ -281,10 +304,26 @@ def test_chart_settings_reach_the_operator() -> None:
     assert settings.peering == "qfleet"
     # The operator logs in that format (its --log-format default) and passes it to its pods.
     assert fleet.log_format == "json" and env["QFLEET_LOG_FORMAT"] == "json"
+    assert settings.max_running_jobs == 0 and fleet.progress_deadline_seconds == 900
+    assert fleet.pod_defaults == parse_pod_knobs(POD_DEFAULTS, "podDefaults")
     # The chart's own pod runs as the same user as the pods the operator creates.
     pod = operator_deployment(objects)["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsUser"] == 10001
     assert container["image"] == "ghcr.io/qfleet/qfleet-operator@sha256:" + "a" * 64
+
+
+def test_empty_pod_defaults_leave_qfleets_own() -> None:
+    """An empty list or name in podDefaults means "not given", so the serving replicas keep
+    qfleet's default spreading across hosts."""
+    from qfleet.fleet.pods import PodKnobs
+    from qfleet.operator.settings import OperatorSettings
+
+    env = rendered_env(operator_container(render()))
+    assert env["QFLEET_POD_DEFAULTS"] == "{}"
+    assert OperatorSettings.from_env(env).fleet.pod_defaults == PodKnobs()
+    partial = {"podDefaults": {"priorityClassName": "inference", "topologySpreadConstraints": []}}
+    knobs = OperatorSettings.from_env(rendered_env(operator_container(render(partial)))).fleet.pod_defaults
+    assert knobs == PodKnobs(priority_class_name="inference")
 
 
 def test_operator_runs_standalone_without_leader_election() -> None:
@@ -346,7 +385,8 @@ def selects(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
 
 def test_service_and_monitors_select_what_they_should() -> None:
     from qfleet.fleet.config import FleetConfig
-    from qfleet.fleet.manifests import Owner, deployment_for
+    from qfleet.fleet.manifests import Owner, ServingModel, deployment_for
+    from qfleet.fleet.service import service_for
     from qfleet.fleet.spec import parse_spec
     from qfleet.fleet.uris import parse_pvc_uri
 
@@ -373,8 +413,9 @@ def test_service_and_monitors_select_what_they_should() -> None:
         owner,
         spec,
         spec.tiers[0],
-        artifact=parse_pvc_uri("pvc://models/qfleet/m/int8/model.xml", field="artifact"),
-        pipeline_key="k",
+        model=ServingModel(
+            parse_pvc_uri("pvc://models/qfleet/m/int8/model.xml", field="artifact"), "k", 500.0
+        ),
         replicas=1,
         config=FleetConfig(),
     )
@@ -384,6 +425,10 @@ def test_service_and_monitors_select_what_they_should() -> None:
     server_ports = {p["name"] for c in template["spec"]["containers"] for p in c.get("ports", [])}
     assert pod_monitor["spec"]["podMetricsEndpoints"][0]["port"] in server_ports
     assert pod_monitor["spec"]["namespaceSelector"] == {"any": True}
+    # The model's own Service reaches the same pods, on the same port.
+    model_service = service_for(owner, spec, FleetConfig())
+    assert selects(model_service["spec"]["selector"], template["metadata"]["labels"])
+    assert {port["targetPort"] for port in model_service["spec"]["ports"]} <= server_ports
     namespaced = find(render(NAMESPACED_ALL), "PodMonitor")[0]
     assert namespaced["spec"]["namespaceSelector"] == {"matchNames": ["faces", "lobby"]}
 

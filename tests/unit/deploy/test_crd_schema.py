@@ -14,11 +14,18 @@ import pytest
 import yaml
 
 from qfleet import defaults
-from qfleet.fleet import names
+from qfleet.fleet import names, pods
 from qfleet.fleet.config import FleetConfig
 from qfleet.fleet.nodes import Inventory, node_info
 from qfleet.fleet.planner import Observed, plan
-from qfleet.fleet.spec import BF16_TIERS, DEFAULTS, GATE_FAILURE_POLICIES, parse_spec
+from qfleet.fleet.spec import (
+    BF16_TIERS,
+    CONSISTENCY_MODES,
+    DEFAULTS,
+    GATE_FAILURE_POLICIES,
+    SERVICE_TYPES,
+    parse_spec,
+)
 from qfleet.fleet.status import (
     Bf16Record,
     CapacityStatus,
@@ -144,7 +151,8 @@ def test_subresources_and_scale_paths(version: dict[str, Any], schema: dict[str,
 
 def test_printer_columns_point_into_the_schema(version: dict[str, Any], schema: dict[str, Any]) -> None:
     columns = {column["name"]: column for column in version["additionalPrinterColumns"]}
-    assert set(columns) == {"Phase", "Cameras", "Replicas", "INT8 FPS", "Drop", "Age"}
+    assert set(columns) == {"Phase", "Cameras", "Replicas", "INT8 FPS", "Drop", "URL", "Age"}
+    assert columns["URL"]["jsonPath"] == ".status.address.url"
     nodes = dict(walk(schema))
     for column in columns.values():
         if column["jsonPath"] == ".metadata.creationTimestamp":
@@ -163,6 +171,16 @@ def test_enums_match_the_code(schema: dict[str, Any]) -> None:
     assert nodes[".spec.rollout.onGateFailure"]["enum"] == ["keep", "fp32", "bf16"]
     assert nodes[".spec.rollout.onGateFailure"]["enum"] == list(GATE_FAILURE_POLICIES)
     assert nodes[".spec.targets"]["maxItems"] == len(TIER_NAMES)
+    assert nodes[".spec.serving.service.type"]["enum"] == list(SERVICE_TYPES)
+    assert nodes[".spec.rollout.consistency"]["enum"] == list(CONSISTENCY_MODES)
+    assert nodes[".spec.targets[].tolerations[].operator"]["enum"] == list(pods.TOLERATION_OPERATORS)
+    assert nodes[".spec.targets[].tolerations[].effect"]["enum"] == list(pods.TAINT_EFFECTS)
+    spread = ".spec.targets[].topologySpreadConstraints[]"
+    assert nodes[f"{spread}.whenUnsatisfiable"]["enum"] == list(pods.WHEN_UNSATISFIABLE)
+    assert set(nodes[spread]["properties"]) == set(pods.SPREAD_KEYS)
+    assert set(nodes[".spec.targets[].tolerations[]"]["properties"]) == set(pods.TOLERATION_KEYS)
+    # Every pod knob the operator reads is in the schema (the API server prunes the others).
+    assert set(nodes[".spec.targets[]"]["properties"]) == {"isa", "nodeSelector", *pods.KNOB_KEYS}
     for record in ("served", "lastGood"):
         assert nodes[f".status.variants[].{record}.precision"]["enum"] == ["int8", "fp32", "bf16"]
     assert set(nodes[".status.phase"]["enum"]) == {
@@ -227,6 +245,12 @@ def test_samples_cover_one_and_several_tiers() -> None:
     assert 1 in tier_counts and max(tier_counts) >= 2
 
 
+def test_samples_show_the_service_and_pod_knobs() -> None:
+    specs = [parse_spec(yaml.safe_load(path.read_text())["spec"]) for path in SAMPLES]
+    assert any(spec.service_type != "ClusterIP" and spec.service_annotations for spec in specs)
+    assert any(target.pod.tolerations for spec in specs for target in spec.targets)
+
+
 def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
     def mutate(body: dict[str, Any]) -> None:
         node = body
@@ -270,6 +294,19 @@ INVALID = {
     "unknown policy": _set("spec.rollout.onGateFailure", "ignore"),
     "seven targets": _set("spec.targets", [{"isa": tier} for tier in (*TIER_NAMES, "avx2")]),
     "unknown field": _set("spec.demand.camera", 3),
+    "unknown service type": _set("spec.serving.service.type", "ExternalName"),
+    "non-string service annotation": _set("spec.serving.service.annotations", {"a": 1}),
+    "negative pending grace": _set("spec.demand.pendingGraceSeconds", -1),
+    "unknown consistency": _set("spec.rollout.consistency", "eventual"),
+    "toleration operator": _set("spec.targets.0.tolerations", [{"key": "a", "operator": "Maybe"}]),
+    "toleration typo": _set("spec.targets.0.tolerations", [{"key": "a", "efect": "NoSchedule"}]),
+    "pull secret without name": _set("spec.targets.0.imagePullSecrets", [{}]),
+    "spread without skew": _set(
+        "spec.targets.0.topologySpreadConstraints",
+        [{"topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway"}],
+    ),
+    "non-string pod label": _set("spec.targets.0.podLabels", {"team": 1}),
+    "service account list": _set("spec.targets.0.serviceAccountName", ["a"]),
     "no spec": _set("spec", _DELETE),
 }
 
@@ -420,6 +457,11 @@ def test_status_round_trips_through_the_schema(
     assert parse_status(written) == status
     errors = sorted(validator.iter_errors(with_status(written)), key=str)
     assert not errors, [f"{list(e.path)}: {e.message}" for e in errors]
+
+
+def test_the_address_is_in_the_schema(validator: jsonschema.Draft7Validator) -> None:
+    body = with_status({"phase": "Ready", "address": {"url": "http://arcface-r100.surveillance.svc:8080"}})
+    assert validator.is_valid(body)
 
 
 def test_the_result_names_its_job_in_the_schema(schema: dict[str, Any]) -> None:

@@ -74,6 +74,23 @@ def test_roles_allow_what_the_kopf_handlers_need(values: dict[str, Any]) -> None
         assert allowed(Call(group, resource, verb, scope), grants), f"{verb} {resource} is not granted"
 
 
+@pytest.mark.parametrize("values", [CLUSTER_WIDE, NAMESPACED], ids=["cluster-wide", "namespaced"])
+def test_roles_allow_the_service_pdbs_and_serving_pods(values: dict[str, Any]) -> None:
+    """The model's Service and its Deployments' PodDisruptionBudgets are created, patched and
+    deleted; pods are read (Jobs' results, serving pods that stay Pending) and never written."""
+    grants = operator_grants(render(values))
+    for group, resource in (("", "services"), ("policy", "poddisruptionbudgets")):
+        for verb in ("get", "list", "watch", "create", "patch", "delete"):
+            assert allowed(Call(group, resource, verb, NAMESPACE), grants), f"{verb} {resource}"
+        assert not allowed(Call(group, resource, "update", NAMESPACE), grants)
+    for verb in ("get", "list", "watch"):
+        assert allowed(Call("", "pods", verb, NAMESPACE), grants), f"{verb} pods"
+    for verb in ("create", "patch", "update", "delete"):
+        assert not allowed(Call("", "pods", verb, NAMESPACE), grants), f"{verb} pods"
+    if values is NAMESPACED:
+        assert not allowed(Call("", "services", "create", "elsewhere"), grants)
+
+
 def test_request_parser() -> None:
     assert call_from_request("GET", "/apis/batch/v1/jobs", {"watch": "true"}) == Call(
         "batch", "jobs", "watch", None

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from qfleet.fleet.pods import PodKnobs
 from qfleet.fleet.spec import DEFAULTS, SpecError, parse_spec
 
 MINIMAL: dict[str, Any] = {
@@ -38,6 +39,11 @@ def test_minimal_spec_gets_the_defaults() -> None:
     assert (spec.cameras, spec.camera_fps, spec.faces_per_frame) == (0, 6.0, 1.0)
     assert spec.target_utilization == 0.8 and spec.placement == "fill"
     assert spec.on_gate_failure == "keep"
+    assert spec.service_type == DEFAULTS["serving.service.type"] == "ClusterIP"
+    assert spec.service_annotations == {}
+    assert spec.pending_grace_seconds == DEFAULTS["demand.pendingGraceSeconds"] == 300
+    assert spec.consistency == DEFAULTS["rollout.consistency"] == "allTiers"
+    assert spec.target("avx512_vnni").pod == PodKnobs()
     assert spec.tiers == ("avx512_vnni",)
     assert spec.source.claim == "models" and spec.artifacts.path == "qfleet"
 
@@ -63,6 +69,33 @@ def test_minimal_spec_gets_the_defaults() -> None:
         ("rollout.onGateFailure", "serve", ["spec.rollout.onGateFailure", "keep, fp32, bf16"]),
         ("artifacts", "pvc://models", ["spec.artifacts must be an object"]),
         ("serving.resources", {"limits": {"cpu": [1]}}, ["spec.serving.resources.limits.cpu"]),
+        ("serving.service", "LoadBalancer", ["spec.serving.service must be an object"]),
+        (
+            "serving.service.type",
+            "External",
+            ["spec.serving.service.type", "ClusterIP, NodePort, LoadBalancer"],
+        ),
+        ("serving.service.annotations", {"a": 1}, ["spec.serving.service.annotations.a must be a string"]),
+        (
+            "serving.service.annotations",
+            {"qfleet.dev/model-name": "x"},
+            ["spec.serving.service.annotations.qfleet.dev/model-name", "operator's own"],
+        ),
+        ("demand.pendingGraceSeconds", -1, ["spec.demand.pendingGraceSeconds", ">= 0"]),
+        ("demand.pendingGraceSeconds", 1.5, ["spec.demand.pendingGraceSeconds", "integer"]),
+        ("rollout.consistency", "eventual", ["spec.rollout.consistency", "allTiers, perTier"]),
+        (
+            "targets",
+            [{"isa": "avx2"}, {"isa": "avx512", "tolerations": [{"operator": "Maybe"}]}],
+            ["spec.targets[1].tolerations[0].operator", "Exists or Equal"],
+        ),
+        (
+            "targets",
+            [{"isa": "avx2", "imagePullSecrets": "registry"}],
+            ["spec.targets[0].imagePullSecrets must be a list"],
+        ),
+        ("targets", [{"isa": "avx2", "podLabels": {"team": "a b"}}], ["spec.targets[0].podLabels.team"]),
+        ("targets", [{"isa": "avx2", "nodeSelector": {"pool": 1}}], ["spec.targets[0].nodeSelector"]),
     ],
 )
 def test_mistakes_are_named(path: str, value: Any, words: list[str]) -> None:
@@ -88,6 +121,47 @@ def test_required_sections(section: str) -> None:
 def test_missing_spec() -> None:
     with pytest.raises(SpecError, match="spec is missing"):
         parse_spec(None)
+
+
+def test_service_demand_and_rollout_settings_are_kept() -> None:
+    spec = parse_spec(
+        with_("serving.service", {"type": "NodePort", "annotations": {"example.com/lb": "internal"}})
+        | {"demand": {"pendingGraceSeconds": 0}, "rollout": {"consistency": "perTier"}}
+    )
+    assert (spec.service_type, spec.service_annotations) == ("NodePort", {"example.com/lb": "internal"})
+    assert spec.pending_grace_seconds == 0 and spec.consistency == "perTier"
+
+
+def test_target_pod_knobs_are_kept_per_target() -> None:
+    toleration = {"key": "dedicated", "operator": "Equal", "value": "video", "effect": "NoSchedule"}
+    spec = parse_spec(
+        with_(
+            "targets",
+            [
+                {
+                    "isa": "avx2",
+                    "tolerations": [toleration],
+                    "imagePullSecrets": [{"name": "edge-registry"}],
+                    "priorityClassName": "inference",
+                    "topologySpreadConstraints": [],
+                    "podLabels": {"example.com/pool": "edge"},
+                    "podAnnotations": {"example.com/note": "edge pool"},
+                    "serviceAccountName": "edge-pods",
+                },
+                {"isa": "amx_int8"},
+            ],
+        )
+    )
+    assert spec.target("avx2").pod == PodKnobs(
+        tolerations=(toleration,),
+        image_pull_secrets=("edge-registry",),
+        priority_class_name="inference",
+        topology_spread_constraints=(),
+        labels={"example.com/pool": "edge"},
+        annotations={"example.com/note": "edge pool"},
+        service_account_name="edge-pods",
+    )
+    assert spec.target("amx_int8").pod == PodKnobs()
 
 
 def test_target_node_selector_and_resources_are_kept() -> None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from qfleet.errors import InputError
 from qfleet.fleet.config import FleetConfig
+from qfleet.fleet.pods import PodKnobs
 from qfleet.operator.settings import OperatorSettings
 
 
@@ -13,6 +16,9 @@ def test_defaults() -> None:
     settings = OperatorSettings.from_env({})
     assert settings.fleet == FleetConfig()
     assert settings.peering is None and settings.metrics_port is None and settings.resync_seconds == 300
+    assert settings.max_running_jobs == 4
+    assert settings.fleet.pod_defaults == PodKnobs()
+    assert settings.fleet.progress_deadline_seconds == 600
 
 
 def test_environment_overrides() -> None:
@@ -30,6 +36,8 @@ def test_environment_overrides() -> None:
             "QFLEET_PEERING": "qfleet",
             "QFLEET_METRICS_PORT": "9090",
             "QFLEET_LOG_FORMAT": "json",
+            "QFLEET_MAX_RUNNING_JOBS": "0",
+            "QFLEET_PROGRESS_DEADLINE_SECONDS": "120",
             "UNRELATED": "x",
         }
     )
@@ -41,6 +49,37 @@ def test_environment_overrides() -> None:
     assert fleet.job_service_account == "quantizer" and fleet.run_as_user == 1000
     assert (settings.resync_seconds, settings.peering, settings.metrics_port) == (30, "qfleet", 9090)
     assert fleet.log_format == "json"
+    assert settings.max_running_jobs == 0  # no limit
+    assert fleet.progress_deadline_seconds == 120
+
+
+def test_pod_defaults_from_json() -> None:
+    toleration = {"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}
+    document = {
+        "tolerations": [toleration],
+        "imagePullSecrets": [{"name": "registry"}],
+        "priorityClassName": "inference",
+        "topologySpreadConstraints": [
+            {
+                "maxSkew": 1,
+                "topologyKey": "topology.kubernetes.io/zone",
+                "whenUnsatisfiable": "ScheduleAnyway",
+            }
+        ],
+        "podLabels": {"example.com/team": "vision"},
+        "podAnnotations": {"example.com/owner": "cctv"},
+        "serviceAccountName": "qfleet-pods",
+    }
+    knobs = OperatorSettings.from_env({"QFLEET_POD_DEFAULTS": json.dumps(document)}).fleet.pod_defaults
+    assert knobs.tolerations == (toleration,)
+    assert knobs.image_pull_secrets == ("registry",)
+    assert knobs.priority_class_name == "inference"
+    assert knobs.topology_spread_constraints is not None and len(knobs.topology_spread_constraints) == 1
+    assert knobs.labels == {"example.com/team": "vision"}
+    assert knobs.annotations == {"example.com/owner": "cctv"}
+    assert knobs.service_account_name == "qfleet-pods"
+    for empty in ("", "  ", "{}"):
+        assert OperatorSettings.from_env({"QFLEET_POD_DEFAULTS": empty}).fleet.pod_defaults == PodKnobs()
 
 
 @pytest.mark.parametrize(
@@ -52,6 +91,14 @@ def test_environment_overrides() -> None:
         ("QFLEET_IMAGE_PULL_POLICY", "Sometimes", "Always, IfNotPresent, Never"),
         ("QFLEET_RESYNC_SECONDS", "nan", ">= 1"),
         ("QFLEET_LOG_FORMAT", "xml", "text, json"),
+        ("QFLEET_MAX_RUNNING_JOBS", "-1", ">= 0"),
+        ("QFLEET_MAX_RUNNING_JOBS", "many", "not an integer"),
+        ("QFLEET_PROGRESS_DEADLINE_SECONDS", "0", ">= 1"),
+        ("QFLEET_POD_DEFAULTS", "{tolerations: []}", "not valid JSON"),
+        ("QFLEET_POD_DEFAULTS", "[]", "must be a JSON object"),
+        ("QFLEET_POD_DEFAULTS", '{"toleration": []}', "unknown key(s) toleration"),
+        ("QFLEET_POD_DEFAULTS", '{"tolerations": [{"operator": "Maybe"}]}', "tolerations[0].operator"),
+        ("QFLEET_POD_DEFAULTS", '{"podLabels": {"qfleet.dev/model": "x"}}', "operator's own"),
     ],
 )
 def test_bad_values_name_the_variable(name: str, value: str, words: str) -> None:
