@@ -42,19 +42,20 @@
 # serving pods that stay Pending or crash show why a tier lacks capacity.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list", "watch"]
 # One inference Deployment per ISA tier, scaled to the camera load; deleted with its tier.
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["list", "watch", "create", "patch", "delete"]
-# One Service per QuantizedModel, in front of the replicas of every tier.
+# One Service per QuantizedModel, in front of the replicas of every tier (deleted with the model,
+# through its ownerReference).
 - apiGroups: [""]
   resources: ["services"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["list", "watch", "create", "patch"]
 # One PodDisruptionBudget per serving Deployment, so node drains keep replicas serving.
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
 # kopf and the operator report progress, gate failures and errors as Events.
 - apiGroups: [""]
   resources: ["events"]

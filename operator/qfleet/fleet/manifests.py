@@ -18,6 +18,7 @@ from qfleet import defaults
 from qfleet.fleet import names
 from qfleet.fleet.config import FleetConfig
 from qfleet.fleet.nodes import parse_cpu
+from qfleet.fleet.pods import PodKnobs, apply_pod_knobs, merged
 from qfleet.fleet.spec import ModelSpec
 from qfleet.fleet.uris import PvcUri
 from qfleet.isa import node_affinity
@@ -71,6 +72,11 @@ def threads_of_cpu(cpu: str) -> int:
         return max(1, math.floor(parse_cpu(cpu)))
     except ValueError:
         return 1
+
+
+def knobs_for(spec: ModelSpec, tier: str, config: FleetConfig) -> PodKnobs:
+    """The pod knobs of ``tier``'s pods: the target's over the operator's defaults."""
+    return merged(config.pod_defaults, spec.target(tier).pod)
 
 
 def artifacts_dir(owner: Owner, spec: ModelSpec, tier: str, key: str) -> PvcUri:
@@ -208,6 +214,8 @@ def job_for(owner: Owner, spec: ModelSpec, tier: str, key: str, config: FleetCon
     }
     if config.job_service_account:
         pod_spec["serviceAccountName"] = config.job_service_account
+    template = {"metadata": {"labels": labels, "annotations": annotations}, "spec": pod_spec}
+    apply_pod_knobs(template, knobs_for(spec, tier, config), spread_selector=None)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -235,10 +243,7 @@ def job_for(owner: Owner, spec: ModelSpec, tier: str, key: str, config: FleetCon
                     }
                 ]
             },
-            "template": {
-                "metadata": {"labels": labels, "annotations": annotations},
-                "spec": pod_spec,
-            },
+            "template": template,
         },
     }
 
@@ -362,6 +367,7 @@ def deployment_for(
             ],
         },
     }
+    apply_pod_knobs(template, knobs_for(spec, tier, config), spread_selector=selector)
     template_hash = names.short_hash(json.dumps(template, sort_keys=True), 16)
     return {
         "apiVersion": "apps/v1",

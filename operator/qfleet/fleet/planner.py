@@ -33,6 +33,7 @@ from qfleet.fleet.manifests import (
     cpu_budget,
     deployment_for,
     job_for,
+    knobs_for,
     model_selector,
     pipeline_inputs,
     serving_labels,
@@ -293,7 +294,8 @@ class _Planner:
         """The tier's result for the current key once its Job finished (else the last one)."""
         old = self.old_variants[tier]
         target = self.spec.target(tier)
-        nodes = self.observed.inventory.matching(tier, target.node_selector, target.pod.tolerations or ())
+        tolerations = knobs_for(self.spec, tier, self.config).tolerations or ()
+        nodes = self.observed.inventory.matching(tier, target.node_selector, tolerations)
         if not nodes:
             self.tiers_without_nodes.add(tier)
         result = old.result
@@ -541,7 +543,9 @@ class _Planner:
                     isa=variant.isa,
                     fps_per_replica=self.floors[variant.isa] or variant.served.fps_per_replica,
                     allocatable_cpu=self.observed.inventory.allocatable_cpu(
-                        variant.isa, target.node_selector, target.pod.tolerations or ()
+                        variant.isa,
+                        target.node_selector,
+                        knobs_for(self.spec, variant.isa, self.config).tolerations or (),
                     ),
                     current_replicas=_spec_replicas(deployment),
                     unschedulable=pods.unschedulable if pods is not None else 0,
@@ -728,8 +732,8 @@ class _Planner:
         return _Overview(
             variants=tuple(variants),
             serving=serving,
-            running=any(variant.state in (STATE_RUNNING, STATE_QUEUED) for variant in variants),
-            queued=tuple(variant.isa for variant in variants if variant.state == STATE_QUEUED),
+            running=bool(_in_state(variants, STATE_RUNNING, STATE_QUEUED)),
+            queued=_in_state(variants, STATE_QUEUED),
             rolling=tuple(variant.isa for variant in serving if variant.isa not in rolled_out),
             missing_nodes=missing_nodes,
             failed=failed,
@@ -935,6 +939,10 @@ class _Planner:
             if new is not None and new.status == event_type and (old is None or old.status != event_type):
                 events.append(Event("Warning", reason, new.message))
         return events
+
+
+def _in_state(variants: Sequence[VariantStatus], *states: str) -> tuple[str, ...]:
+    return tuple(variant.isa for variant in variants if variant.state in states)
 
 
 def _phase(overview: _Overview) -> str:

@@ -106,17 +106,25 @@ def plan_fleet(
 
     capacity = _even_capacity(replicas, planned)
     shortfall = max(0.0, demand_fps - capacity)
+    deployed, pending = _with_pending(pools, replicas, room, max_replicas)
+    return FleetPlan(
+        demand_fps, deployed, capacity, shortfall if shortfall > tolerance else 0.0, unschedulable=pending
+    )
+
+
+def _with_pending(
+    pools: Sequence[Pool], replicas: dict[str, int], room: dict[str, int], max_replicas: int
+) -> tuple[dict[str, int], dict[str, int]]:
+    """The replicas to deploy, and per pool the pending ones among them: a pool that has
+    unschedulable pods and is planned to its room keeps them (the autoscaler's signal)."""
     deployed, pending = {}, {}
     for pool in pools:
         count = replicas[pool.isa]
         if pool.unschedulable and count >= room[pool.isa]:
-            # Keep the pending pods: they are the autoscaler's signal (they never count).
             count = min(max_replicas, max(count, pool.current_replicas))
             pending[pool.isa] = count - replicas[pool.isa]
         deployed[pool.isa] = count
-    return FleetPlan(
-        demand_fps, deployed, capacity, shortfall if shortfall > tolerance else 0.0, unschedulable=pending
-    )
+    return deployed, pending
 
 
 def _room(pool: Pool, max_replicas: int) -> int:

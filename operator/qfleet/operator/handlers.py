@@ -41,6 +41,8 @@ OWNED = {names.LABEL_MANAGED_BY: names.MANAGED_BY}
 #: Only the quantization Jobs' pods matter (serving pods are seen through their Deployment).
 QUANTIZER_PODS = {**OWNED, names.LABEL_COMPONENT: names.COMPONENT_QUANTIZER}
 MODEL_NAME = {names.ANNOTATION_MODEL_NAME: kopf.PRESENT}
+#: Serving pods matter too: Pending as unschedulable, or crash-looping in a rollout.
+SERVER_PODS = {**OWNED, names.LABEL_COMPONENT: names.COMPONENT_SERVER}
 #: Kubernetes keeps event messages to 1 KiB.
 EVENT_MESSAGE_LIMIT = 1000
 #: Seconds kopf gets to stop cleanly after one of its core tasks failed, before the process exits.
@@ -167,6 +169,40 @@ def qfleet_pods(
     return {(str(namespace), annotations[names.ANNOTATION_MODEL_NAME]): _summary(body)}
 
 
+@kopf.index("v1", "pods", labels=SERVER_PODS, annotations=MODEL_NAME)
+def qfleet_server_pods(
+    namespace: str | None, annotations: kopf.Annotations, body: kopf.Body, **_: Any
+) -> dict[Any, Any]:
+    status = body.get("status") or {}
+    # Only what the planner reads: a ready pod's status is small, a failing one says why.
+    summary = _summary(body)
+    summary["status"] = {
+        "phase": status.get("phase"),
+        "conditions": [
+            dict(item) for item in status.get("conditions") or [] if item.get("type") == "PodScheduled"
+        ],
+        "containerStatuses": [
+            {"ready": item.get("ready"), "restartCount": item.get("restartCount"), "state": item.get("state")}
+            for item in status.get("containerStatuses") or []
+        ],
+    }
+    return {(str(namespace), annotations[names.ANNOTATION_MODEL_NAME]): summary}
+
+
+@kopf.index("v1", "services", labels=OWNED, annotations=MODEL_NAME)
+def qfleet_services(
+    namespace: str | None, annotations: kopf.Annotations, body: kopf.Body, **_: Any
+) -> dict[Any, Any]:
+    return {(str(namespace), annotations[names.ANNOTATION_MODEL_NAME]): _summary(body)}
+
+
+@kopf.index("policy", "v1", "poddisruptionbudgets", labels=OWNED, annotations=MODEL_NAME)
+def qfleet_pdbs(
+    namespace: str | None, annotations: kopf.Annotations, body: kopf.Body, **_: Any
+) -> dict[Any, Any]:
+    return {(str(namespace), annotations[names.ANNOTATION_MODEL_NAME]): _summary(body)}
+
+
 @kopf.index("apps", "v1", "deployments", labels=OWNED, annotations=MODEL_NAME)
 def qfleet_deployments(
     namespace: str | None, annotations: kopf.Annotations, body: kopf.Body, **_: Any
@@ -236,7 +272,10 @@ async def model_event(type: str, name: str, namespace: str | None, memo: Any, **
 
 @kopf.on.event("batch", "v1", "jobs", labels=OWNED, annotations=MODEL_NAME)
 @kopf.on.event("v1", "pods", labels=QUANTIZER_PODS, annotations=MODEL_NAME)
+@kopf.on.event("v1", "pods", labels=SERVER_PODS, annotations=MODEL_NAME)
 @kopf.on.event("apps", "v1", "deployments", labels=OWNED, annotations=MODEL_NAME)
+@kopf.on.event("v1", "services", labels=OWNED, annotations=MODEL_NAME)
+@kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=OWNED, annotations=MODEL_NAME)
 async def child_event(namespace: str | None, annotations: kopf.Annotations, memo: Any, **kwargs: Any) -> None:
     reconciler: Reconciler = memo.reconciler
     reconciler.bind(kwargs)

@@ -98,8 +98,9 @@ async def test_a_burst_of_triggers_is_one_reconcile() -> None:
         reconciler.trigger("ns", "m", delay=0.01)
     await asyncio.sleep(0.3)
     assert [method for method, _ in api.calls].count("GET") == 1
-    jobs = [path for method, path in api.calls if method == "POST"]
-    assert jobs == ["/apis/batch/v1/namespaces/ns/jobs"]
+    created = [path for method, path in api.calls if method == "POST"]
+    # The Job, and the model's Service (its address exists before anything serves).
+    assert created == ["/apis/batch/v1/namespaces/ns/jobs", "/api/v1/namespaces/ns/services"]
     status = api.objects["/apis/qfleet.dev/v1alpha1/namespaces/ns/quantizedmodels/m"]["status"]
     assert status["phase"] == "Quantizing"
     assert [e.reason for e in events] == ["QuantizationStarted", "PhaseChanged"]
@@ -114,7 +115,7 @@ async def test_running_it_again_changes_nothing_and_409_is_not_an_error() -> Non
     before = len(api.calls)
     # The Jobs index has not caught up yet: the Job is created again, the API answers 409.
     await reconciler.reconcile("ns", "m")
-    calls = api.calls[before:]
+    calls = [(method, path) for method, path in api.calls[before:] if "/services" not in path]
     assert [method for method, _ in calls] == ["GET", "POST"]  # no status patch: nothing changed
     assert events == []  # and no second "started" event
     await reconciler.close()
@@ -125,11 +126,13 @@ async def test_a_new_node_tier_revisits_every_model() -> None:
     nodes: list[Any] = []
     reconciler, _ = make(api, nodes=nodes)
     await reconciler.reconcile("ns", "m")
-    assert not [path for method, path in api.calls if method == "POST"]  # no node, no Job
+    # No node, no Job (the Service is there at once).
+    assert not [path for method, path in api.calls if method == "POST" and "/jobs" in path]
     nodes.append(node("n1"))
     reconciler.nodes_changed(delay=0.01)
     await asyncio.sleep(0.3)
-    assert [path for method, path in api.calls if method == "POST"] == ["/apis/batch/v1/namespaces/ns/jobs"]
+    created = [path for method, path in api.calls if method == "POST" and "/services" not in path]
+    assert created == ["/apis/batch/v1/namespaces/ns/jobs"]
     await reconciler.close()
 
 
