@@ -20,7 +20,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -44,6 +44,9 @@ INDEX_JOBS = "qfleet_jobs"
 INDEX_PODS = "qfleet_pods"
 INDEX_DEPLOYMENTS = "qfleet_deployments"
 INDEX_NODES = "qfleet_nodes"
+INDEX_SERVER_PODS = "qfleet_server_pods"
+INDEX_SERVICES = "qfleet_services"
+INDEX_PDBS = "qfleet_pdbs"
 NODES_KEY = "nodes"
 
 
@@ -81,6 +84,9 @@ class Caches:
     pods: Mapping[Any, Iterable[dict[str, Any]]]
     deployments: Mapping[Any, Iterable[dict[str, Any]]]
     nodes: Mapping[Any, Iterable[NodeInfo]]
+    server_pods: Mapping[Any, Iterable[dict[str, Any]]] = field(default_factory=dict)
+    services: Mapping[Any, Iterable[dict[str, Any]]] = field(default_factory=dict)
+    pdbs: Mapping[Any, Iterable[dict[str, Any]]] = field(default_factory=dict)
 
     @classmethod
     def from_kwargs(cls, kwargs: Mapping[str, Any]) -> Caches:
@@ -90,6 +96,9 @@ class Caches:
             pods=kwargs[INDEX_PODS],
             deployments=kwargs[INDEX_DEPLOYMENTS],
             nodes=kwargs[INDEX_NODES],
+            server_pods=kwargs[INDEX_SERVER_PODS],
+            services=kwargs[INDEX_SERVICES],
+            pdbs=kwargs[INDEX_PDBS],
         )
 
 
@@ -237,8 +246,10 @@ class Reconciler:
             return Observed(inventory=self.inventory(), admit_job=admit_job)
         return Observed(
             jobs=list(self.caches.jobs.get(key, ())),
-            pods=list(self.caches.pods.get(key, ())),
+            pods=[*self.caches.pods.get(key, ()), *self.caches.server_pods.get(key, ())],
             deployments=list(self.caches.deployments.get(key, ())),
+            services=list(self.caches.services.get(key, ())),
+            pdbs=list(self.caches.pdbs.get(key, ())),
             inventory=self.inventory(),
             admit_job=admit_job,
         )
@@ -339,6 +350,11 @@ class Reconciler:
         namespace = str(metadata["namespace"])
         await self._apply_jobs(model, result, namespace, logger)
         await self._apply_deployments(result, namespace, logger)
+        await self._apply_serving_objects(result, namespace, logger)
+        if result.requeue_after is not None:
+            # A grace period ends (pods pending as unschedulable): look again then, event or not.
+            name = str(metadata["name"])
+            self._spawn(self._trigger_later(namespace, name, result.requeue_after))
         for tier, record in result.new_results.items():
             self.metrics.new_result(tier, record)
         await self._apply_status(model, result, logger)
@@ -393,6 +409,35 @@ class Reconciler:
         for deployment_name in result.delete_deployments:
             if await self.api.delete(f"{deployments}/{deployment_name}"):
                 logger.info("deleted Deployment %s of a removed target", deployment_name)
+
+    async def _trigger_later(self, namespace: str, name: str, delay: float) -> None:
+        await asyncio.sleep(delay)
+        self.trigger(namespace, name)
+
+    async def _apply_serving_objects(self, result: Plan, namespace: str, logger: _ModelLogger) -> None:
+        """The model's Service and its PodDisruptionBudgets: create, else patch what qfleet sets."""
+        for collection, objects in (
+            (namespaced("v1", "services", namespace), result.services),
+            (namespaced("policy/v1", "poddisruptionbudgets", namespace), result.pdbs),
+        ):
+            for body in objects:
+                name = body["metadata"]["name"]
+                if await self.api.create(collection, body):
+                    logger.info("created %s %s", body["kind"], name)
+                    continue
+                patch = {
+                    "metadata": {
+                        "labels": body["metadata"]["labels"],
+                        "annotations": body["metadata"]["annotations"],
+                    },
+                    "spec": body["spec"],
+                }
+                await self.api.merge_patch(f"{collection}/{name}", patch)
+                logger.info("updated %s %s", body["kind"], name)
+        budgets = namespaced("policy/v1", "poddisruptionbudgets", namespace)
+        for name in result.delete_pdbs:
+            if await self.api.delete(f"{budgets}/{name}"):
+                logger.info("deleted PodDisruptionBudget %s of a removed target", name)
 
     async def _apply_status(self, model: Mapping[str, Any], result: Plan, logger: _ModelLogger) -> None:
         """Patch the status when it changed (fields no longer written are removed)."""
