@@ -76,14 +76,19 @@ def test_roles_allow_what_the_kopf_handlers_need(values: dict[str, Any]) -> None
 
 @pytest.mark.parametrize("values", [CLUSTER_WIDE, NAMESPACED], ids=["cluster-wide", "namespaced"])
 def test_roles_allow_the_service_pdbs_and_serving_pods(values: dict[str, Any]) -> None:
-    """The model's Service and its Deployments' PodDisruptionBudgets are created, patched and
-    deleted; pods are read (Jobs' results, serving pods that stay Pending) and never written."""
+    """The model's Service and its Deployments' PodDisruptionBudgets are created and patched (the
+    budget of a removed tier deleted; the Service goes with the model, through its owner
+    reference); pods are watched (Jobs' results, serving pods that stay Pending) and never written."""
     grants = operator_grants(render(values))
-    for group, resource in (("", "services"), ("policy", "poddisruptionbudgets")):
-        for verb in ("get", "list", "watch", "create", "patch", "delete"):
+    for group, resource, verbs in (
+        ("", "services", ("list", "watch", "create", "patch")),
+        ("policy", "poddisruptionbudgets", ("list", "watch", "create", "patch", "delete")),
+    ):
+        for verb in verbs:
             assert allowed(Call(group, resource, verb, NAMESPACE), grants), f"{verb} {resource}"
         assert not allowed(Call(group, resource, "update", NAMESPACE), grants)
-    for verb in ("get", "list", "watch"):
+    assert not allowed(Call("", "services", "delete", NAMESPACE), grants)
+    for verb in ("list", "watch"):
         assert allowed(Call("", "pods", verb, NAMESPACE), grants), f"{verb} pods"
     for verb in ("create", "patch", "update", "delete"):
         assert not allowed(Call("", "pods", verb, NAMESPACE), grants), f"{verb} pods"
