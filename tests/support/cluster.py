@@ -24,8 +24,23 @@ the QuantizedModel's ``scale`` subresource maps ``spec.replicas`` to the CRD's
 - the **Job controller**: retries up to ``backoffLimit``, honours ``podFailurePolicy`` exit
   codes, writes ``succeeded``/``failed`` and the Complete/Failed conditions, and deletes the
   pods of deleted Jobs;
-- the **Deployment controller**: reports ``readyReplicas`` (when a node matches the template's
-  affinity and :attr:`Cluster.deployments_ready` is set).
+- the **Deployment controller**: keeps real serving pods (``<deployment>-<template hash>-<suffix>``)
+  with RollingUpdate semantics (``maxSurge``/``maxUnavailable``, as numbers or percentages):
+  new-template pods are added while the total stays within ``replicas + maxSurge`` and old ones
+  removed only while the ready count stays at ``replicas - maxUnavailable`` or more; it reports
+  the replica counts and the Available and Progressing conditions (``ProgressDeadlineExceeded``
+  when no new pod became ready for ``progressDeadlineSeconds``) through the status subresource;
+- for those serving pods, the **scheduler** binds a pod to a Ready, uncordoned node whose labels
+  satisfy its required node affinity, whose NoSchedule/NoExecute taints it tolerates and whose
+  allocatable CPU, less the requests of the pods already bound there, covers its CPU request;
+  a pod that fits nowhere stays Pending with ``PodScheduled=False`` (``Unschedulable``) and is
+  tried again on every pass; pods of a node that is deleted are deleted (the pod GC);
+- and the **kubelet** runs them: a bound pod is Running and turns Ready after
+  :attr:`Cluster.pod_ready_seconds`, unless :attr:`Cluster.deployments_ready` is cleared (never
+  ready) or :attr:`Cluster.serving_fault` says its container crashes (``CrashLoopBackOff``).
+
+Every pass of the controllers records the ready serving capacity of each model (see
+:meth:`Cluster.min_capacity_since`).
 """
 
 from __future__ import annotations
@@ -35,7 +50,10 @@ import collections
 import contextlib
 import copy
 import functools
+import hashlib
+import itertools
 import json
+import math
 import os
 import re
 import signal
@@ -52,6 +70,7 @@ import kmock
 import yaml
 from kmock._internal import dicts as kmock_dicts
 
+from qfleet.fleet.nodes import parse_cpu
 from qfleet.isa import TIER_NAMES, TIERS, cpuinfo_flags, kernel_cap_env, tier, tier_from_flags
 from tests.support.paths import REPO
 
@@ -77,7 +96,7 @@ def _path_get(data: Mapping[str, Any], dotted: str) -> Any:
     for part in dotted.strip(".").split("."):
         if not isinstance(data, Mapping):
             return None
-        data = data.get(part)  # type: ignore[assignment]
+        data = data.get(part)
     return data
 
 
@@ -433,7 +452,19 @@ class Cluster:
         #: While cleared, finished Jobs wait before the kubelet reports them (tests hold Jobs).
         self.release_jobs = asyncio.Event()
         self.release_jobs.set()
+        #: While cleared, serving pods never become Ready (their readiness probe fails).
         self.deployments_ready = True
+        #: How long a bound serving pod takes to become Ready (its server starting).
+        self.pod_ready_seconds = 0.3
+        #: Faults of serving pods: a function of the pod's annotations -> True when its container
+        #: crashes on start (never Ready, ``CrashLoopBackOff`` with a growing restart count).
+        self.serving_fault: Callable[[Mapping[str, str]], bool] | None = None
+        #: (loop time, {(namespace, model): ready capacity}) whenever the capacity changed.
+        self.capacity_log: list[tuple[float, dict[tuple[str, str], float]]] = []
+        self._pod_seq: dict[str, int] = {}  # serving pod uid -> creation order
+        self._pod_counter = itertools.count(1)
+        self._pod_bound: dict[str, float] = {}  # serving pod uid -> loop time it was bound
+        self._rollouts: dict[str, _Rollout] = {}  # Deployment uid -> progress of its rollout
         #: How a test may change what runs: a function of (argv, env) -> (argv, env) that may
         #: only rewrite paths (enforced by :func:`only_paths_rewritten`).
         self.path_rewriter: Callable[[list[str], dict[str, str]], tuple[list[str], dict[str, str]]] | None = (
@@ -517,9 +548,41 @@ class Cluster:
             "apiVersion": "v1",
             "kind": "Node",
             "metadata": {"name": name, "labels": node_labels},
-            "status": {"allocatable": {"cpu": cpu, "memory": "64Gi"}, "capacity": {"cpu": cpu}},
+            "spec": {},
+            "status": {
+                "allocatable": {"cpu": cpu, "memory": "64Gi"},
+                "capacity": {"cpu": cpu},
+                "conditions": [_node_ready_condition(True)],
+            },
         }
         return await self.create("/api/v1/nodes", body)
+
+    async def set_node_ready(self, name: str, ready: bool) -> dict[str, Any]:
+        """The node's kubelet reports Ready (or stops: NotReady); its pods stay where they are."""
+        return await self.patch(
+            f"/api/v1/nodes/{name}/status", {"status": {"conditions": [_node_ready_condition(ready)]}}
+        )
+
+    async def taint_node(
+        self, name: str, key: str, value: str = "", effect: str = "NoSchedule"
+    ) -> dict[str, Any]:
+        """Add (or replace, by key and effect) a taint of the node."""
+        node = self.get(NODES, None, name)
+        if node is None:
+            raise RuntimeError(f"no node {name!r}")
+        taints = [
+            taint
+            for taint in (node.get("spec") or {}).get("taints") or []
+            if (taint.get("key"), taint.get("effect")) != (key, effect)
+        ]
+        taints.append({"key": key, "value": value, "effect": effect})
+        return await self.patch(f"/api/v1/nodes/{name}", {"spec": {"taints": taints}})
+
+    async def cordon_node(self, name: str, cordoned: bool = True) -> dict[str, Any]:
+        """``kubectl cordon`` (or ``uncordon``): no new pod lands there; running ones stay."""
+        return await self.patch(
+            f"/api/v1/nodes/{name}", {"spec": {"unschedulable": True if cordoned else None}}
+        )
 
     def add_claim(self, name: str) -> Path:
         folder = self.root / "pvc" / name
@@ -649,8 +712,7 @@ class Cluster:
             if owner and owner not in live_uids:
                 namespace, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
                 await self.request("DELETE", f"/api/v1/namespaces/{namespace}/pods/{name}")
-        for deployment in self.objects(DEPLOYMENTS):
-            await self._control_deployment(deployment)
+        await self._control_serving()
         if self.garbage_collector:
             await self._collect_garbage()
 
@@ -672,33 +734,432 @@ class Cluster:
                         await self.request("DELETE", f"{base}/namespaces/{namespace}/{plural}/{name}")
 
     def _schedule(self, template: Mapping[str, Any]) -> dict[str, Any] | None:
-        """The first node that satisfies the pod template's required node affinity."""
-        terms = (
-            (((template.get("spec") or {}).get("affinity") or {}).get("nodeAffinity") or {})
-            .get("requiredDuringSchedulingIgnoredDuringExecution", {})
-            .get("nodeSelectorTerms")
-        )
+        """The first node that satisfies the pod template's required node affinity (Job pods)."""
         for node in sorted(self.objects(NODES), key=lambda n: n["metadata"]["name"]):
-            labels = node["metadata"].get("labels") or {}
-            if not terms or any(_matches(term, labels) for term in terms):
+            if _affinity_matches(template.get("spec") or {}, node["metadata"].get("labels") or {}):
                 return node
         return None
 
-    async def _control_deployment(self, deployment: dict[str, Any]) -> None:
+    # -- serving pods: the Deployment controller, the scheduler and the kubelet --------------------
+
+    async def _control_serving(self) -> None:
+        """One pass over the serving pods: the kubelet reports, the Deployment controller adds and
+        removes pods, the scheduler binds the new ones, then each Deployment's status is written
+        and the ready capacity recorded."""
+        loop_time = asyncio.get_running_loop().time()
+        nodes = {node["metadata"]["name"]: node for node in self.objects(NODES)}
+        deployments = self.objects(DEPLOYMENTS)
+        live = {deployment["metadata"]["uid"]: deployment for deployment in deployments}
+        owned: dict[str, list[dict[str, Any]]] = {uid: [] for uid in live}
+        others: list[dict[str, Any]] = []
+        for pod in self.objects(PODS):
+            owner = _deployment_owner(pod)
+            if owner is None:
+                others.append(pod)
+                continue
+            node_name = (pod.get("spec") or {}).get("nodeName")
+            if owner not in live or (node_name and node_name not in nodes):
+                # The Deployment is gone (its pods go with it), or the node is (the pod GC).
+                await self._delete_pod(pod)
+                continue
+            owned[owner].append(pod)
+        uids = {pod["metadata"]["uid"] for pods in owned.values() for pod in pods}
+        for table in (self._pod_seq, self._pod_bound):
+            for uid in [uid for uid in table if uid not in uids]:
+                del table[uid]
+        for uid in [uid for uid in self._rollouts if uid not in live]:
+            del self._rollouts[uid]
+
+        for pods in owned.values():
+            for pod in pods:
+                await self._run_serving_pod(pod, loop_time)
+        for uid, deployment in live.items():
+            owned[uid] = await self._roll_out(deployment, owned[uid])
+        serving = [pod for pods in owned.values() for pod in pods]
+        pending = [pod for pod in serving if not (pod.get("spec") or {}).get("nodeName")]
+        if pending:
+            bound = [pod for pod in [*others, *serving] if (pod.get("spec") or {}).get("nodeName")]
+            await self._schedule_serving(
+                sorted(pending, key=self._seq_of), list(nodes.values()), bound, loop_time
+            )
+        for uid, deployment in live.items():
+            await self._report_deployment(deployment, owned[uid], loop_time)
+        capacity = self._capacity_of(serving)
+        if not self.capacity_log or self.capacity_log[-1][1] != capacity:
+            self.capacity_log.append((loop_time, capacity))
+
+    def _seq_of(self, pod: Mapping[str, Any]) -> tuple[int, str]:
+        metadata = pod["metadata"]
+        return self._pod_seq.get(metadata["uid"], 0), metadata["name"]
+
+    async def _delete_pod(self, pod: Mapping[str, Any]) -> None:
+        namespace, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
+        with contextlib.suppress(RuntimeError):  # already gone
+            await self.request("DELETE", f"/api/v1/namespaces/{namespace}/pods/{name}")
+
+    async def _roll_out(
+        self, deployment: Mapping[str, Any], pods: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """The Deployment controller's scaling for one Deployment; returns its pods afterwards."""
+        spec = deployment.get("spec") or {}
+        replicas = _desired_replicas(spec)
+        template = spec.get("template") or {}
+        current_hash = template_hash(template)
+        new = [pod for pod in pods if _pod_labels(pod).get(POD_TEMPLATE_HASH) == current_hash]
+        old = [pod for pod in pods if _pod_labels(pod).get(POD_TEMPLATE_HASH) != current_hash]
+        recreate = (spec.get("strategy") or {}).get("type") == "Recreate"
+        surge, unavailable = rolling_limits(spec, replicas)
+        doomed: list[dict[str, Any]] = []
+        if len(new) > replicas:  # scaled down: pending and unready pods first, then the newest
+            excess = self._scale_down_order(new)[: len(new) - replicas]
+            doomed += excess
+            new = [pod for pod in new if pod not in excess]
+        if old and recreate:
+            doomed += old
+            old = []
+        elif old:
+            min_available = max(0, replicas - unavailable)
+            new_unavailable = sum(1 for pod in new if not _pod_ready(pod))
+            room = len(new) + len(old) - min_available - new_unavailable
+            if room > 0:
+                # Old pods that serve nothing go first; then ready ones, while enough stay ready.
+                unhealthy = self._scale_down_order([pod for pod in old if not _pod_ready(pod)])[:room]
+                old = [pod for pod in old if pod not in unhealthy]
+                available = sum(1 for pod in [*new, *old] if _pod_ready(pod))
+                count = min(available - min_available, room - len(unhealthy))
+                healthy = self._scale_down_order(old)[: max(0, count)]
+                old = [pod for pod in old if pod not in healthy]
+                doomed += unhealthy + healthy
+        for pod in doomed:
+            await self._delete_pod(pod)
+        missing = replicas - len(new)
+        if old:
+            missing = 0 if recreate else min(missing, replicas + surge - len(new) - len(old))
+        for _ in range(max(0, missing)):
+            new.append(await self._create_serving_pod(deployment, template, current_hash))
+        return [*new, *old]
+
+    def _scale_down_order(self, pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Unscheduled, then pending, then unready pods, then the newest (as the ReplicaSet does)."""
+
+        def rank(pod: dict[str, Any]) -> tuple[bool, bool, bool, int]:
+            phase = (pod.get("status") or {}).get("phase")
+            scheduled = bool((pod.get("spec") or {}).get("nodeName"))
+            return scheduled, phase != "Pending", _pod_ready(pod), -self._seq_of(pod)[0]
+
+        return sorted(pods, key=rank)
+
+    async def _create_serving_pod(
+        self, deployment: Mapping[str, Any], template: Mapping[str, Any], pod_hash: str
+    ) -> dict[str, Any]:
+        metadata = deployment["metadata"]
+        namespace = metadata["namespace"]
+        template_metadata = template.get("metadata") or {}
+        body = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": f"{metadata['name']}-{pod_hash}-{uuid.uuid4().hex[:5]}",
+                "namespace": namespace,
+                "labels": {**(template_metadata.get("labels") or {}), POD_TEMPLATE_HASH: pod_hash},
+                "annotations": dict(template_metadata.get("annotations") or {}),
+                "ownerReferences": [
+                    {
+                        "apiVersion": "apps/v1",
+                        "kind": "Deployment",
+                        "name": metadata["name"],
+                        "uid": metadata["uid"],
+                        "controller": True,
+                        "blockOwnerDeletion": True,
+                    }
+                ],
+            },
+            "spec": copy.deepcopy(dict(template.get("spec") or {})),
+            "status": {"phase": "Pending"},
+        }
+        created: dict[str, Any] = await self.create(f"/api/v1/namespaces/{namespace}/pods", body)
+        self._pod_seq[created["metadata"]["uid"]] = next(self._pod_counter)
+        return created
+
+    async def _schedule_serving(
+        self,
+        pending: list[dict[str, Any]],
+        nodes: list[dict[str, Any]],
+        bound: list[dict[str, Any]],
+        loop_time: float,
+    ) -> None:
+        """Bind each pending pod to the fitting node with the most free CPU, or say why none fits."""
+        used: collections.defaultdict[str, float] = collections.defaultdict(float)
+        for pod in bound:
+            if (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed"):
+                used[pod["spec"]["nodeName"]] += pod_cpu_request(pod)
+        for pod in pending:
+            request = pod_cpu_request(pod)
+            fitting: list[tuple[float, str]] = []
+            reasons: collections.Counter[str] = collections.Counter()
+            for node in nodes:
+                name = node["metadata"]["name"]
+                why = unfit_reason(pod, node, request, used[name])
+                if why is None:
+                    fitting.append((node_cpu(node) - used[name], name))
+                else:
+                    reasons[why] += 1
+            path = f"/api/v1/namespaces/{pod['metadata']['namespace']}/pods/{pod['metadata']['name']}"
+            if fitting:
+                _, chosen = min(fitting, key=lambda item: (-item[0], item[1]))
+                used[chosen] += request
+                self._pod_bound[pod["metadata"]["uid"]] = loop_time
+                pod.setdefault("spec", {})["nodeName"] = chosen
+                status = self._serving_status(pod, ready=False, crashing=False, restarts=0)
+                updated = await self.patch(path, {"spec": {"nodeName": chosen}, "status": status})
+                pod.clear()
+                pod.update(updated)
+                continue
+            message = (
+                f"0/{len(nodes)} nodes are available: "
+                + ", ".join(f"{count} {why}" for why, count in sorted(reasons.items()))
+                + "."
+                if nodes
+                else "no nodes available to schedule pods"
+            )
+            scheduled = _condition(pod, "PodScheduled")
+            if scheduled.get("reason") == "Unschedulable" and scheduled.get("message") == message:
+                continue
+            since = (
+                scheduled.get("lastTransitionTime") if scheduled.get("reason") == "Unschedulable" else None
+            )
+            condition = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                         "message": message, "lastTransitionTime": since or now()}  # fmt: skip
+            updated = await self.patch(
+                path + "/status", {"status": {"phase": "Pending", "conditions": [condition]}}
+            )
+            pod.clear()
+            pod.update(updated)
+
+    async def _run_serving_pod(self, pod: dict[str, Any], loop_time: float) -> None:
+        """The kubelet of a bound serving pod: Ready after :attr:`pod_ready_seconds`, or crashing."""
+        if not (pod.get("spec") or {}).get("nodeName"):
+            return
+        uid = pod["metadata"]["uid"]
+        bound = self._pod_bound.setdefault(uid, loop_time)
+        annotations = pod["metadata"].get("annotations") or {}
+        crashing = self.serving_fault is not None and bool(self.serving_fault(annotations))
+        container_status = ((pod.get("status") or {}).get("containerStatuses") or [{}])[0]
+        restarts = int(container_status.get("restartCount") or 0)
+        if crashing:
+            ready = False
+            restarts = max(restarts, int((loop_time - bound) / CRASH_LOOP_SECONDS))
+        else:
+            ready = self.deployments_ready and loop_time - bound >= self.pod_ready_seconds
+        waiting = (container_status.get("state") or {}).get("waiting") or {}
+        shown = (
+            _pod_ready(pod),
+            waiting.get("reason") == "CrashLoopBackOff",
+            container_status.get("restartCount"),
+        )
+        if (pod.get("status") or {}).get("phase") == "Running" and shown == (ready, crashing, restarts):
+            return
+        status = self._serving_status(pod, ready=ready, crashing=crashing, restarts=restarts)
+        path = f"/api/v1/namespaces/{pod['metadata']['namespace']}/pods/{pod['metadata']['name']}/status"
+        updated = await self.patch(path, {"status": status})
+        pod.clear()
+        pod.update(updated)
+
+    def _serving_status(
+        self, pod: Mapping[str, Any], *, ready: bool, crashing: bool, restarts: int
+    ) -> dict[str, Any]:
+        """A bound pod's status: Running, its container ready or not, or crash-looping."""
+        stamp = now()
+        previous = pod.get("status") or {}
+        started = previous.get("startTime") or stamp
+        before = {cond.get("type"): cond for cond in previous.get("conditions") or []}
+
+        def condition(kind: str, value: bool) -> dict[str, Any]:
+            status = "True" if value else "False"
+            old = before.get(kind) or {}
+            since = old.get("lastTransitionTime") if old.get("status") == status else None
+            return {"type": kind, "status": status, "lastTransitionTime": since or stamp}
+
+        container = ((pod.get("spec") or {}).get("containers") or [{}])[0]
+        name = container.get("name", "server")
+        image = container.get("image", "")
+        if crashing:
+            state: dict[str, Any] = {
+                "waiting": {
+                    "reason": "CrashLoopBackOff",
+                    "message": f"back-off restarting failed container {name} in pod {pod['metadata']['name']}",
+                }
+            }
+            last_state: dict[str, Any] = {
+                "terminated": {"exitCode": 1, "reason": "Error", "startedAt": started, "finishedAt": stamp}
+            }
+        else:
+            state, last_state = {"running": {"startedAt": started}}, {}
+        seq = self._seq_of(pod)[0]
+        node = str(pod["spec"]["nodeName"])
+        return {
+            "phase": "Running",
+            "hostIP": f"10.0.0.{int(hashlib.sha256(node.encode()).hexdigest(), 16) % 250 + 2}",
+            "podIP": f"10.244.{seq // 250 % 250}.{seq % 250 + 2}",
+            "startTime": started,
+            "conditions": [
+                condition("PodScheduled", True),
+                condition("Initialized", True),
+                condition("ContainersReady", ready),
+                condition("Ready", ready),
+            ],
+            "containerStatuses": [
+                {
+                    "name": name,
+                    "image": image,
+                    "imageID": f"docker.io/{image}@sha256:{'0' * 64}",
+                    "ready": ready,
+                    "started": not crashing,
+                    "restartCount": restarts,
+                    "state": state,
+                    "lastState": last_state,
+                }
+            ],
+        }
+
+    async def _report_deployment(
+        self, deployment: Mapping[str, Any], pods: list[dict[str, Any]], loop_time: float
+    ) -> None:
+        """The Deployment's status subresource, written only when something in it changed."""
         metadata, spec = deployment["metadata"], deployment.get("spec") or {}
-        desired = int(spec.get("replicas") or 0)
-        ready = desired if self.deployments_ready and self._schedule(spec.get("template") or {}) else 0
-        status = {
-            "observedGeneration": metadata.get("generation", 1),
-            "replicas": desired,
-            "updatedReplicas": desired,
+        replicas = _desired_replicas(spec)
+        current_hash = template_hash(spec.get("template") or {})
+        new = [pod for pod in pods if _pod_labels(pod).get(POD_TEMPLATE_HASH) == current_hash]
+        ready = sum(1 for pod in pods if _pod_ready(pod))
+        new_ready = sum(1 for pod in new if _pod_ready(pod))
+        generation = int(metadata.get("generation") or 1)
+        rollout = self._rollouts.get(metadata["uid"])
+        if rollout is None or (rollout.template_hash, rollout.generation) != (current_hash, generation):
+            rollout = self._rollouts[metadata["uid"]] = _Rollout(
+                current_hash, generation, new_ready, loop_time
+            )
+        elif new_ready > rollout.new_ready:
+            rollout.progressed = loop_time
+        rollout.new_ready = new_ready
+        complete = len(pods) == len(new) == new_ready == replicas
+        if complete:
+            rollout.progressed = loop_time
+        deadline = spec.get("progressDeadlineSeconds")
+        deadline = 600.0 if deadline is None else float(deadline)
+        replica_set = f"{metadata['name']}-{current_hash}"
+        if complete:
+            progressing = (
+                "True",
+                "NewReplicaSetAvailable",
+                f'ReplicaSet "{replica_set}" has successfully progressed.',
+            )
+        elif loop_time - rollout.progressed > deadline:
+            progressing = (
+                "False",
+                "ProgressDeadlineExceeded",
+                f'ReplicaSet "{replica_set}" has timed out progressing.',
+            )
+        else:
+            progressing = ("True", "ReplicaSetUpdated", f'ReplicaSet "{replica_set}" is progressing.')
+        _, unavailable = rolling_limits(spec, replicas)
+        if ready >= replicas - unavailable:
+            available = ("True", "MinimumReplicasAvailable", "Deployment has minimum availability.")
+        else:
+            available = (
+                "False",
+                "MinimumReplicasUnavailable",
+                "Deployment does not have minimum availability.",
+            )
+        counts = {
+            "observedGeneration": generation,
+            "replicas": len(pods),
+            "updatedReplicas": len(new),
             "readyReplicas": ready,
             "availableReplicas": ready,
+            "unavailableReplicas": max(0, len(pods) - ready),
         }
-        current = deployment.get("status") or {}
-        if any(current.get(key) != value for key, value in status.items()):
-            path = f"/apis/apps/v1/namespaces/{metadata['namespace']}/deployments/{metadata['name']}/status"
-            await self.patch(path, {"status": status})
+        status = deployment.get("status") or {}
+        before = {cond.get("type"): cond for cond in status.get("conditions") or []}
+        wanted = {"Available": available, "Progressing": progressing}
+        shown = {
+            kind: (cond.get("status"), cond.get("reason"), cond.get("message"))
+            for kind, cond in before.items()
+        }
+        if all(status.get(key) == value for key, value in counts.items()) and shown == wanted:
+            return
+        stamp = now()
+        conditions = []
+        for kind, (value, reason, message) in wanted.items():
+            old = before.get(kind) or {}
+            same = shown.get(kind) == (value, reason, message)
+            transition = old.get("lastTransitionTime") if old.get("status") == value else None
+            conditions.append({
+                "type": kind, "status": value, "reason": reason, "message": message,
+                "lastUpdateTime": (old.get("lastUpdateTime") if same else None) or stamp,
+                "lastTransitionTime": transition or stamp,
+            })  # fmt: skip
+        path = f"/apis/apps/v1/namespaces/{metadata['namespace']}/deployments/{metadata['name']}/status"
+        await self.patch(path, {"status": {**counts, "conditions": conditions}})
+
+    # -- serving capacity ----------------------------------------------------------------------------
+
+    def _capacity_of(self, pods: list[dict[str, Any]]) -> dict[tuple[str, str], float]:
+        """Ready capacity per (namespace, model): FPS per replica x target utilization, summed
+        over the Ready serving pods."""
+        totals: dict[tuple[str, str], float] = {}
+        utilization: dict[tuple[str, str], float] = {}
+        for pod in pods:
+            metadata = pod["metadata"]
+            annotations = metadata.get("annotations") or {}
+            model = annotations.get(MODEL_NAME_ANNOTATION)
+            if _pod_labels(pod).get(COMPONENT_LABEL) != "server" or not model or not _pod_ready(pod):
+                continue
+            key = (str(metadata.get("namespace")), str(model))
+            if key not in utilization:
+                demand = ((self.model(*key) or {}).get("spec") or {}).get("demand") or {}
+                utilization[key] = float(demand.get("targetUtilization", 0.8))
+            try:
+                fps = float(annotations.get(FPS_ANNOTATION) or 0.0)
+            except ValueError:
+                fps = 0.0
+            totals[key] = totals.get(key, 0.0) + fps * utilization[key]
+        return totals
+
+    def serving_pods(self, namespace: str, model: str) -> list[dict[str, Any]]:
+        """The model's serving pods (all states, all tiers), by name."""
+        return sorted(
+            (
+                pod
+                for pod in self.objects(PODS, namespace)
+                if _pod_labels(pod).get(COMPONENT_LABEL) == "server"
+                and (pod["metadata"].get("annotations") or {}).get(MODEL_NAME_ANNOTATION) == model
+            ),
+            key=lambda pod: pod["metadata"]["name"],
+        )
+
+    def ready_capacity(self, namespace: str, model: str) -> float:
+        """The model's ready serving capacity now (FPS x target utilization of its Ready pods)."""
+        return self._capacity_of(self.serving_pods(namespace, model)).get((namespace, model), 0.0)
+
+    @staticmethod
+    def capacity_mark() -> float:
+        """A point in time to pass to :meth:`min_capacity_since`."""
+        return asyncio.get_running_loop().time()
+
+    def min_capacity_since(self, mark: float, namespace: str, model: str) -> float:
+        """The lowest ready capacity of the model over the controller passes since ``mark``
+        (the value in effect at ``mark`` and the current one included)."""
+        key = (namespace, model)
+        values = [self.ready_capacity(namespace, model)]
+        in_effect: float | None = None
+        for when, capacity in self.capacity_log:
+            if when <= mark:
+                in_effect = capacity.get(key, 0.0)
+            else:
+                values.append(capacity.get(key, 0.0))
+        if in_effect is not None:
+            values.append(in_effect)
+        return min(values)
 
     # -- the kubelet and the Job controller ------------------------------------------------------
 
@@ -988,6 +1449,40 @@ class Cluster:
                 raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{self.diagnostics()}")
             await asyncio.sleep(interval)
 
+    def serving_diagnostics(self) -> list[str]:
+        """Each Deployment's counts and conditions, and each of its pods: phase, readiness, why."""
+        lines = ["--- deployments:"]
+        pods = self.objects(PODS)
+        for deployment in self.objects(DEPLOYMENTS):
+            metadata, spec = deployment["metadata"], deployment.get("spec") or {}
+            status = deployment.get("status") or {}
+            conditions = " ".join(
+                f"{cond.get('type')}={cond.get('status')}({cond.get('reason')})"
+                for cond in status.get("conditions") or []
+            )
+            lines.append(
+                f"{metadata['namespace']}/{metadata['name']}: replicas={spec.get('replicas')} "
+                f"template={template_hash(spec.get('template') or {})} status: replicas={status.get('replicas')} "
+                f"updated={status.get('updatedReplicas')} ready={status.get('readyReplicas')} {conditions}"
+            )
+            for pod in sorted(pods, key=lambda pod: pod["metadata"]["name"]):
+                if _deployment_owner(pod) != metadata["uid"]:
+                    continue
+                pod_status = pod.get("status") or {}
+                container = (pod_status.get("containerStatuses") or [{}])[0]
+                waiting = (container.get("state") or {}).get("waiting") or {}
+                scheduled = _condition(pod, "PodScheduled")
+                why = waiting.get("reason") or (
+                    f"{scheduled.get('reason')}: {scheduled.get('message')}"
+                    if scheduled.get("status") == "False"
+                    else ""
+                )
+                lines.append(
+                    f"   {pod['metadata']['name']}: {pod_status.get('phase')} ready={_pod_ready(pod)} "
+                    f"node={(pod.get('spec') or {}).get('nodeName')} restarts={container.get('restartCount', 0)} {why}"
+                )
+        return lines
+
     def diagnostics(self) -> str:
         lines = ["--- models:"]
         for model in self.objects(self.model_resource):
@@ -1002,6 +1497,7 @@ class Cluster:
                     f"   variant {variant.get('isa')}: {variant.get('state')} {variant.get('message')}"
                 )
         lines.append("--- jobs: " + ", ".join(job["metadata"]["name"] for job in self.objects(JOBS)))
+        lines.extend(self.serving_diagnostics())
         for name, run in self.runs.items():
             lines.append(f"--- run {name}: exit codes {run.exit_codes}")
             if run.process is not None and run.process.returncode is None:
@@ -1047,6 +1543,165 @@ def _fail_job_exit_codes(spec: Mapping[str, Any]) -> set[int]:
         if rule.get("action") == "FailJob" and on_exit.get("operator") == "In":
             codes.update(int(value) for value in on_exit.get("values") or [])
     return codes
+
+
+#: The label that ties a Deployment's pods to the pod template they were made from.
+POD_TEMPLATE_HASH = "pod-template-hash"
+#: What the capacity log reads of a serving pod (see :meth:`Cluster.ready_capacity`).
+FPS_ANNOTATION = "qfleet.dev/fps-per-replica"
+MODEL_NAME_ANNOTATION = "qfleet.dev/model-name"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+#: A crash-looping container restarts this often (the real back-off grows; tests need it short).
+CRASH_LOOP_SECONDS = 0.3
+
+
+@dataclass
+class _Rollout:
+    """The Deployment controller's memory of one rollout: its template, and when a new pod last
+    became ready (the progress that ``progressDeadlineSeconds`` waits for)."""
+
+    template_hash: str
+    generation: int
+    new_ready: int
+    progressed: float
+
+
+def template_hash(template: Mapping[str, Any]) -> str:
+    """The ``pod-template-hash`` of a pod template: ten hex digits of a hash of it."""
+    return hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def _scaled(value: Any, replicas: int, *, round_up: bool) -> int:
+    text = str(value).strip()
+    if text.endswith("%"):
+        share = replicas * float(text[:-1]) / 100
+        return math.ceil(share) if round_up else math.floor(share)
+    return int(text)
+
+
+def rolling_limits(spec: Mapping[str, Any], replicas: int) -> tuple[int, int]:
+    """(maxSurge, maxUnavailable) in pods: numbers or percentages of ``replicas`` (25% each by
+    default; surge rounds up, unavailable down; both 0 means 1 unavailable, as Kubernetes does)."""
+    rolling = (spec.get("strategy") or {}).get("rollingUpdate") or {}
+    surge_value = rolling.get("maxSurge")
+    unavailable_value = rolling.get("maxUnavailable")
+    surge = _scaled("25%" if surge_value is None else surge_value, replicas, round_up=True)
+    unavailable = _scaled("25%" if unavailable_value is None else unavailable_value, replicas, round_up=False)
+    if surge == 0 and unavailable == 0:
+        unavailable = 1
+    return surge, unavailable
+
+
+def _desired_replicas(spec: Mapping[str, Any]) -> int:
+    replicas = spec.get("replicas")
+    return 1 if replicas is None else int(replicas)
+
+
+def _pod_labels(pod: Mapping[str, Any]) -> Mapping[str, str]:
+    return (pod.get("metadata") or {}).get("labels") or {}
+
+
+def _condition(obj: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
+    for cond in (obj.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == kind:
+            return cond
+    return {}
+
+
+def _pod_ready(pod: Mapping[str, Any]) -> bool:
+    return _condition(pod, "Ready").get("status") == "True"
+
+
+def _deployment_owner(pod: Mapping[str, Any]) -> str | None:
+    """The uid of the Deployment that controls the pod, if one does."""
+    for owner in (pod.get("metadata") or {}).get("ownerReferences") or []:
+        if owner.get("kind") == "Deployment" and owner.get("controller"):
+            return str(owner.get("uid"))
+    return None
+
+
+def _node_ready_condition(ready: bool) -> dict[str, Any]:
+    return {
+        "type": "Ready",
+        "status": "True" if ready else "False",
+        "reason": "KubeletReady" if ready else "NodeStatusUnknown",
+        "message": "kubelet is posting ready status" if ready else "Kubelet stopped posting node status.",
+        "lastHeartbeatTime": now(),
+        "lastTransitionTime": now(),
+    }
+
+
+def _cpu(quantity: Any) -> float:
+    try:
+        return parse_cpu(quantity)
+    except ValueError:
+        return 0.0
+
+
+def pod_cpu_request(pod: Mapping[str, Any]) -> float:
+    """The CPU a pod requests: each container's request (its limit where it sets none), summed."""
+    total = 0.0
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        resources = container.get("resources") or {}
+        cpu = (resources.get("requests") or {}).get("cpu") or (resources.get("limits") or {}).get("cpu")
+        if cpu is not None:
+            total += _cpu(cpu)
+    return total
+
+
+def node_cpu(node: Mapping[str, Any]) -> float:
+    return _cpu(((node.get("status") or {}).get("allocatable") or {}).get("cpu", "0"))
+
+
+def tolerates(tolerations: list[Mapping[str, Any]], taint: Mapping[str, Any]) -> bool:
+    """Whether a toleration of the pod matches the taint (Kubernetes' rules: ``Exists`` with no
+    key tolerates every taint, an empty effect matches every effect, ``Equal`` is the default)."""
+    for toleration in tolerations:
+        effect = toleration.get("effect") or ""
+        if effect and effect != taint.get("effect"):
+            continue
+        key = toleration.get("key") or ""
+        operator = toleration.get("operator") or "Equal"
+        if operator == "Exists":
+            if not key or key == taint.get("key"):
+                return True
+        elif key == taint.get("key") and (toleration.get("value") or "") == (taint.get("value") or ""):
+            return True
+    return False
+
+
+def _affinity_matches(pod_spec: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
+    """Whether node ``labels`` satisfy the pod's nodeSelector and required node affinity."""
+    selector = pod_spec.get("nodeSelector") or {}
+    if any(labels.get(key) != value for key, value in selector.items()):
+        return False
+    terms = (
+        ((pod_spec.get("affinity") or {}).get("nodeAffinity") or {})
+        .get("requiredDuringSchedulingIgnoredDuringExecution", {})
+        .get("nodeSelectorTerms")
+    )
+    return not terms or any(_matches(term, labels) for term in terms)
+
+
+def unfit_reason(pod: Mapping[str, Any], node: Mapping[str, Any], request: float, used: float) -> str | None:
+    """Why the scheduler cannot bind ``pod`` to ``node`` (``used``: CPU requested there already),
+    in the words of its FailedScheduling message; None when the pod fits."""
+    node_spec = node.get("spec") or {}
+    pod_spec = pod.get("spec") or {}
+    if _condition(node, "Ready").get("status") != "True":
+        return "node(s) had untolerated taint {node.kubernetes.io/not-ready: }"
+    if node_spec.get("unschedulable"):
+        return "node(s) were unschedulable"
+    if not _affinity_matches(pod_spec, (node.get("metadata") or {}).get("labels") or {}):
+        return "node(s) didn't match Pod's node affinity/selector"
+    for taint in node_spec.get("taints") or []:
+        if taint.get("effect") in ("NoSchedule", "NoExecute") and not tolerates(
+            pod_spec.get("tolerations") or [], taint
+        ):
+            return f"node(s) had untolerated taint {{{taint.get('key')}: {taint.get('value') or ''}}}"
+    if node_cpu(node) - used < request - 1e-9:
+        return "Insufficient cpu"
+    return None
 
 
 def _matches(term: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
