@@ -23,11 +23,13 @@ def _face(index: int) -> np.ndarray:
 
 
 def write_datasets(folder: Path) -> Path:
-    """The "data" claim: model/ (tiny IR), lfw.bin (easy pairs), lfw-hard.bin, calib/."""
+    """The "data" claim: model/ and model-v2/ (tiny IRs), lfw.bin (easy pairs), lfw-hard.bin, calib/."""
     from tests.support.tiny_ir import build_tiny_ir
 
     folder.mkdir(parents=True, exist_ok=True)
     build_tiny_ir(folder / "model")
+    # A second source model (the same weights under another name: a new pipeline key).
+    build_tiny_ir(folder / "model-v2")
     rng = np.random.default_rng(0)
     faces = [_face(index) for index in range(12)]
     images: list[bytes] = []
