@@ -32,10 +32,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "integration"))
+sys.path.insert(0, str(REPO))  # the tests package: its emulated cluster
 
 import kmock  # noqa: E402
-from cluster import DEPLOYMENTS, NODES, Cluster, Emulator  # noqa: E402
 
 from _common import (  # noqa: E402
     CAMERA_FPS,
@@ -58,6 +57,7 @@ from qfleet.fleet.planner import current_pipeline_key  # noqa: E402
 from qfleet.fleet.replicas import needed_replicas  # noqa: E402
 from qfleet.fleet.spec import parse_spec  # noqa: E402
 from qfleet.operator.settings import OperatorSettings  # noqa: E402
+from tests.support.cluster import DEPLOYMENTS, NODES, Cluster, Emulator  # noqa: E402
 
 SECTION_TITLE = "## Operator scale"
 OPERATOR_ENV = {"QFLEET_RESYNC_SECONDS": "3600"}

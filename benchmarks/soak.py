@@ -45,11 +45,10 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "integration"))
+sys.path.insert(0, str(REPO))  # the tests package: its emulated cluster
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import kmock  # noqa: E402
-from cluster import DEPLOYMENTS, JOBS, NODES, PODS, Cluster, Emulator, _matches, now  # noqa: E402
 
 from _common import (  # noqa: E402
     CAMERA_FPS,
@@ -75,6 +74,7 @@ from qfleet.fleet.planner import current_pipeline_key  # noqa: E402
 from qfleet.fleet.replicas import needed_replicas  # noqa: E402
 from qfleet.fleet.spec import parse_spec  # noqa: E402
 from qfleet.operator.settings import OperatorSettings  # noqa: E402
+from tests.support.cluster import DEPLOYMENTS, JOBS, NODES, PODS, Cluster, Emulator, _matches, now  # noqa: E402
 
 SECTION_TITLE = "## Soak"
 FPS = dict(TIERS)
