@@ -20,6 +20,7 @@ from qfleet.fleet.manifests import (
     template_hash,
     threads_for,
 )
+from qfleet.fleet.pods import parse_pod_knobs
 from qfleet.fleet.spec import parse_spec
 from qfleet.fleet.uris import MOUNT_ROOT, PvcUri
 
@@ -256,3 +257,27 @@ def test_pipeline_inputs_cover_what_changes_the_model() -> None:
     assert base != pipeline_inputs(make_spec(), FleetConfig(toolkit_image="reg/toolkit:2"))
     assert base != pipeline_inputs(make_spec(serving={"resources": {"limits": {"cpu": "4"}}}), CONFIG)
     assert base != pipeline_inputs(make_spec(), CONFIG, rerun="1")
+
+
+def test_pod_knobs_reach_jobs_and_serving_pods() -> None:
+    toleration = {"key": "isa", "operator": "Equal", "value": "vnni", "effect": "NoSchedule"}
+    spec = make_spec(targets=[{"isa": "avx2", "tolerations": [toleration], "priorityClassName": "faces",
+                               "podLabels": {"team": "video"}}])  # fmt: skip
+    config = FleetConfig(
+        pod_defaults=parse_pod_knobs({"imagePullSecrets": [{"name": "registry"}]}, "podDefaults")
+    )
+    job = job_for(OWNER, spec, "avx2", "k", config)["spec"]["template"]
+    artifact = PvcUri("models", "a/int8/model.xml")
+    served = deployment_for(OWNER, spec, "avx2", model=ServingModel(artifact, "k", 500.0), replicas=2,
+                            config=config)["spec"]["template"]  # fmt: skip
+    for template in (job, served):
+        pod = template["spec"]
+        assert pod["tolerations"] == [toleration] and pod["priorityClassName"] == "faces"
+        assert pod["imagePullSecrets"] == [{"name": "registry"}]
+        assert template["metadata"]["labels"]["team"] == "video"
+    # Serving replicas spread across hosts by default; a Job is one pod and does not.
+    (spread,) = served["spec"]["topologySpreadConstraints"]
+    assert (
+        spread["topologyKey"] == "kubernetes.io/hostname" and spread["whenUnsatisfiable"] == "ScheduleAnyway"
+    )
+    assert "topologySpreadConstraints" not in job["spec"]

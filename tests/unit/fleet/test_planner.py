@@ -537,3 +537,163 @@ def test_older_results_in_the_status_still_plan() -> None:
     assert not {"bf16Artifact", "bf16Gate", "runtimeIsa", "inferencePrecision", "speedup"} & set(record)
     again = plan(body, Observed(jobs=[job], deployments=[deployment], inventory=VNNI), CONFIG, now=T2)
     assert again.status["phase"] == c.READY and again.events == []
+
+
+# -- the fleet through changes ----------------------------------------------------------------------
+
+
+def test_a_lost_status_is_rebuilt_from_the_deployment() -> None:
+    body, job, deployment = first_pass_to_ready()
+    served = body["status"]["variants"][0]["served"]
+    body.pop("status")
+    body["spec"]["demand"]["cameras"] = 640
+    result = plan(body, Observed(deployments=[deployment], inventory=VNNI), CONFIG, now=T2)
+    assert result.create_jobs == []  # the result of the served key came back with the Deployment
+    (variant,) = result.status["variants"]
+    assert variant["served"]["artifact"] == served["artifact"] and variant["state"] == "Succeeded"
+    (change,) = result.deployments
+    assert change.action == "scale" and change.replicas == 9
+
+
+def crash_looping_pod(deployment: dict[str, Any], artifact: str) -> dict[str, Any]:
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    return {
+        "metadata": {"name": "p1", "labels": labels, "annotations": {"qfleet.dev/artifact": artifact}},
+        "status": {"phase": "Running", "containerStatuses": [{"ready": False, "restartCount": 4,
+                   "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]},
+    }  # fmt: skip
+
+
+def test_a_crash_looping_rollout_goes_back_to_the_last_good_model() -> None:
+    body, old_job, deployment = first_pass_to_ready()
+    good = body["status"]["variants"][0]["served"]["artifact"]
+    result, job = new_source_job(body, Observed(jobs=[old_job], deployments=[deployment], inventory=VNNI))
+    body = with_status(body, result)
+    done, pod = finished(job, result_of(job, int8_fps=600.0))
+    rolling = plan(
+        body, Observed(jobs=[done], pods=[pod], deployments=[deployment], inventory=VNNI), CONFIG, now=T2
+    )
+    (update,) = rolling.deployments
+    body = with_status(body, rolling)
+    new = rolling.status["variants"][0]["served"]["artifact"]
+    current = applied(deployment, update.body)
+    current["metadata"]["generation"] = 2  # rolling: not all pods run the new template
+    crashing = crash_looping_pod(current, new)
+    back = plan(body, Observed(jobs=[done], pods=[pod, crashing], deployments=[current], inventory=VNNI),
+                CONFIG, now=T2)  # fmt: skip
+    (variant,) = back.status["variants"]
+    assert variant["served"]["artifact"] == good
+    assert variant["rolledBack"]["artifact"] == new and variant["rolledBack"]["reason"] == "CrashLoopBackOff"
+    assert condition(back, c.TYPE_ROLLED_BACK)["status"] == c.TRUE
+    assert c.EVENT_ROLLED_BACK in event_reasons(back)
+    (change,) = back.deployments
+    assert change.body["metadata"]["annotations"]["qfleet.dev/artifact"] == good
+    # Not tried again while the key stays.
+    body = with_status(body, back)
+    again = plan(body, Observed(jobs=[done], pods=[pod], deployments=[applied(current, change.body)],
+                                inventory=VNNI), CONFIG, now=T2)  # fmt: skip
+    assert again.status["variants"][0]["served"]["artifact"] == good
+
+
+def test_the_old_tier_shrinks_only_as_the_new_one_becomes_ready() -> None:
+    body = model(targets=[{"isa": "amx_int8"}, {"isa": "avx512_vnni"}])
+    body["spec"]["demand"]["cameras"] = 640  # 3840 faces/s: 9 VNNI replicas
+    both = inventory(node("n1", "avx512_vnni"), node("n2", "amx_int8"))
+    only_vnni = inventory(node("n1", "avx512_vnni"))
+    (job,) = plan(body, Observed(inventory=only_vnni), CONFIG, now=T0).create_jobs
+    body = with_status(body, plan(body, Observed(inventory=only_vnni), CONFIG, now=T0))
+    done, pod = finished(job, result_of(job))
+    served = plan(body, Observed(jobs=[done], pods=[pod], inventory=only_vnni), CONFIG, now=T1)
+    body = with_status(body, served)
+    (create,) = served.deployments
+    vnni = ready(create.body)
+    assert vnni["spec"]["replicas"] == 9
+    # AMX arrives and passes (2000 faces/s per replica): fill moves the load there, but not yet.
+    start = plan(body, Observed(jobs=[done], pods=[pod], deployments=[vnni], inventory=both), CONFIG, now=T1)
+    (amx_job,) = start.create_jobs
+    body = with_status(body, start)
+    amx_done, amx_pod = finished(amx_job, result_of(amx_job, int8_fps=2000.0))
+    jobs, pods = [done, amx_done], [pod, amx_pod]
+    handover = plan(body, Observed(jobs=jobs, pods=pods, deployments=[vnni], inventory=both), CONFIG, now=T2)
+    replicas = {change.name: change.replicas for change in handover.deployments}
+    # VNNI keeps minReplicas 1 and the Service spreads evenly: 9 replicas in all (3840 / 463.2).
+    assert replicas["arcface-amx-int8"] == 8
+    assert replicas.get("arcface-avx512-vnni", 9) == 9  # kept: no AMX replica is ready yet
+    amx = next(change.body for change in handover.deployments if change.name == "arcface-amx-int8")
+    body = with_status(body, handover)
+    # Two of three AMX replicas ready: VNNI keeps what the rest of the demand needs.
+    partly = copy.deepcopy(amx)
+    partly["status"] = {"readyReplicas": 2, "updatedReplicas": 8, "replicas": 8}
+    step = plan(
+        body, Observed(jobs=jobs, pods=pods, deployments=[vnni, partly], inventory=both), CONFIG, now=T2
+    )
+    replicas = {change.name: change.replicas for change in step.deployments}
+    assert replicas["arcface-avx512-vnni"] == 2  # (3840 - 3200) / 463.2 -> 2
+    assert step.status["capacity"]["shortfallFacesPerSecond"] == 0
+
+
+def test_pending_pods_past_their_grace_spill_to_the_next_tier() -> None:
+    body = model(targets=[{"isa": "avx512_vnni"}, {"isa": "avx2"}])
+    # 1920 faces/s: 5 replicas of 463.2 (avx2 keeps its minReplicas 1, VNNI gets 4).
+    body["spec"]["demand"].update(cameras=320, pendingGraceSeconds=60)
+    both = inventory(node("n1", "avx512_vnni"), node("n2", "avx2"))
+    start = plan(body, Observed(inventory=both), CONFIG, now=T0)
+    body = with_status(body, start)
+    finished_jobs = [finished(job, result_of(job)) for job in start.create_jobs]
+    jobs, pods = [j for j, _ in finished_jobs], [p for _, p in finished_jobs]
+    served = plan(body, Observed(jobs=jobs, pods=pods, inventory=both), CONFIG, now=T1)
+    body = with_status(body, served)
+    deployments = [ready(change.body) for change in served.deployments]
+    vnni = next(d for d in deployments if d["metadata"]["name"] == "arcface-avx512-vnni")
+    assert vnni["spec"]["replicas"] == 4
+    labels = vnni["spec"]["template"]["metadata"]["labels"]
+    pending = [
+        {"metadata": {"name": f"p{i}", "labels": labels},
+         "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False",
+                    "reason": "Unschedulable", "lastTransitionTime": T1}]}}
+        for i in range(2)
+    ]  # fmt: skip
+    early = plan(body, Observed(jobs=jobs, pods=pods + pending, deployments=deployments, inventory=both),
+                 CONFIG, now="2030-01-01T00:05:30Z")  # fmt: skip
+    assert early.requeue_after == pytest.approx(31)  # the grace ends in 30 s
+    late = plan(body, Observed(jobs=jobs, pods=pods + pending, deployments=deployments, inventory=both),
+                CONFIG, now=T2)  # fmt: skip
+    replicas = {change.name: change.replicas for change in late.deployments}
+    assert replicas.get("arcface-avx512-vnni", 4) == 4  # the pending pods are the autoscaler's cue
+    assert replicas["arcface-avx2"] == 3  # its own 1 and the 2 pending replicas' share
+    covered = condition(late, c.TYPE_CAPACITY_INSUFFICIENT)
+    assert covered["status"] == c.FALSE and "unschedulable" in covered["message"]
+
+
+def test_all_tiers_switch_to_a_new_source_together() -> None:
+    body = model(targets=[{"isa": "avx512_vnni"}, {"isa": "avx2"}])
+    both = inventory(node("n1", "avx512_vnni"), node("n2", "avx2"))
+    start = plan(body, Observed(inventory=both), CONFIG, now=T0)
+    body = with_status(body, start)
+    done = [finished(job, result_of(job)) for job in start.create_jobs]
+    served = plan(body, Observed(jobs=[j for j, _ in done], pods=[p for _, p in done], inventory=both),
+                  CONFIG, now=T1)  # fmt: skip
+    body = with_status(body, served)
+    deployments = [ready(change.body) for change in served.deployments]
+    old = {v["isa"]: v["served"]["artifact"] for v in body["status"]["variants"]}
+    body["spec"]["source"] = {"format": "onnx", "uri": "pvc://models/r100-v2.onnx"}
+    only_vnni = inventory(node("n1", "avx512_vnni"))
+    first = plan(body, Observed(deployments=deployments, inventory=only_vnni), CONFIG, now=T2)
+    body = with_status(body, first)
+    (job,) = first.create_jobs
+    vnni_done, vnni_pod = finished(job, result_of(job))
+    held = plan(body, Observed(jobs=[vnni_done], pods=[vnni_pod], deployments=deployments, inventory=only_vnni),
+                CONFIG, now=T2)  # fmt: skip
+    variants = {v["isa"]: v for v in held.status["variants"]}
+    assert variants["avx512_vnni"]["served"]["artifact"] == old["avx512_vnni"]
+    assert variants["avx512_vnni"]["reason"] == c.REASON_WAITING_FOR_TIERS
+    served_now = {
+        change.body["metadata"]["annotations"]["qfleet.dev/artifact"] for change in held.deployments
+    }
+    assert served_now <= set(old.values())  # no Deployment rolls to the new model
+    # perTier lets it switch on its own.
+    body["spec"]["rollout"] = {"consistency": "perTier"}
+    free = plan(body, Observed(jobs=[vnni_done], pods=[vnni_pod], deployments=deployments, inventory=only_vnni),
+                CONFIG, now=T2)  # fmt: skip
+    switched = {v["isa"]: v["served"]["artifact"] for v in free.status["variants"]}
+    assert switched["avx512_vnni"] != old["avx512_vnni"] and switched["avx2"] == old["avx2"]
