@@ -124,6 +124,9 @@ async def exercise_the_operator(cluster: Cluster, objects: list[dict[str, Any]])
     # Cameras change (1000 -> 20000 faces/s): the Deployments are patched.
     await cluster.patch(path, {"spec": {"demand": {"cameras": 20}}})
     await cluster.wait_for("a Deployment patched", lambda: seen(cluster, "patch", "deployments"), timeout=30)
+    # The Service's annotations change (say, a load balancer's settings): the Service is patched.
+    await cluster.patch(path, {"spec": {"serving": {"service": {"annotations": {"lb": "internal"}}}}})
+    await cluster.wait_for("the Service patched", lambda: seen(cluster, "patch", "services"), timeout=30)
     # One tier fewer: its Deployment is deleted.
     await cluster.patch(path, {"spec": {"targets": [{"isa": "avx2"}]}})
     await cluster.wait_for("a Deployment deleted", lambda: seen(cluster, "delete", "deployments"), timeout=60)
