@@ -18,6 +18,7 @@ change until the fleet settled (the quantization Job included where the change n
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import sys
 import tempfile
@@ -73,6 +74,14 @@ def table(results: dict[str, list[Transition]]) -> str:
     return "\n".join(lines)
 
 
+def host_description() -> str:
+    from qfleet.isa import detect_host_tier, has_native_bf16
+
+    tier = detect_host_tier()
+    bf16 = "native bf16" if has_native_bf16(tier) else "no native bf16"
+    return f"{cpu_model()} (tier {tier}, {bf16}; {os.cpu_count()} cores)"
+
+
 def main() -> int:
     parser = script_parser(__doc__)
     parser.add_argument("--repeat", type=int, default=1, help="runs of each change (the worst ratio is kept)")
@@ -87,7 +96,7 @@ def main() -> int:
     if not args.no_write:
         section = (
             f"{TITLE}\n\n"
-            f"`benchmarks/transitions.py --repeat {args.repeat}` on {cpu_model()}, {utc_stamp()}: the real "
+            f"`benchmarks/transitions.py --repeat {args.repeat}` on {host_description()}, {utc_stamp()}: the real "
             "operator on the emulated cluster (pods ready 0.3 s after they are scheduled, maxSurge 1, "
             "maxUnavailable 0), the tiny test model quantized and benchmarked for real (1 CPU per "
             "replica unless the change says otherwise). The ratio is the lowest ready capacity seen "
