@@ -131,6 +131,8 @@ class Reconciler:
         self._sweep_scheduled = False
         #: Consecutive failed reconciles per model (for the retry backoff); cleared on success.
         self._failures: dict[ModelKey, int] = {}
+        #: Per model: a timer that reconciles it when a grace period ends.
+        self._wakeups: dict[ModelKey, asyncio.TimerHandle] = {}
         # A waiting request is repeated at least at every resync: give it three before it is stale.
         self.job_queue = JobQueue(
             settings.max_running_jobs, stale_seconds=max(STALE_SECONDS, 3 * settings.resync_seconds)
@@ -176,6 +178,9 @@ class Reconciler:
         if lock is not None and not lock.locked():
             del self._locks[key]
         self._failures.pop(key, None)
+        timer = self._wakeups.pop(key, None)
+        if timer is not None:
+            timer.cancel()
         self.metrics.forget(namespace, name)
         # Its Jobs stay counted until their deletion events (garbage collection) refresh them.
         self.job_queue.withdraw(key)
@@ -189,6 +194,9 @@ class Reconciler:
             self.trigger_all()
 
     async def close(self) -> None:
+        for timer in self._wakeups.values():
+            timer.cancel()
+        self._wakeups.clear()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -354,7 +362,7 @@ class Reconciler:
         if result.requeue_after is not None:
             # A grace period ends (pods pending as unschedulable): look again then, event or not.
             name = str(metadata["name"])
-            self._spawn(self._trigger_later(namespace, name, result.requeue_after))
+            self.wake_later((namespace, name), result.requeue_after)
         for tier, record in result.new_results.items():
             self.metrics.new_result(tier, record)
         await self._apply_status(model, result, logger)
@@ -410,9 +418,20 @@ class Reconciler:
             if await self.api.delete(f"{deployments}/{deployment_name}"):
                 logger.info("deleted Deployment %s of a removed target", deployment_name)
 
-    async def _trigger_later(self, namespace: str, name: str, delay: float) -> None:
-        await asyncio.sleep(delay)
-        self.trigger(namespace, name)
+    def wake_later(self, key: ModelKey, delay: float) -> None:
+        """Reconcile ``key`` after ``delay`` seconds; one timer per model, the earliest wins."""
+        loop = asyncio.get_running_loop()
+        due = loop.time() + delay
+        current = self._wakeups.get(key)
+        if current is not None and not current.cancelled() and current.when() <= due:
+            return
+        if current is not None:
+            current.cancel()
+        self._wakeups[key] = loop.call_at(due, self._wake, key)
+
+    def _wake(self, key: ModelKey) -> None:
+        self._wakeups.pop(key, None)
+        self.trigger(*key)
 
     async def _apply_serving_objects(self, result: Plan, namespace: str, logger: _ModelLogger) -> None:
         """The model's Service and its PodDisruptionBudgets: create, else patch what qfleet sets."""

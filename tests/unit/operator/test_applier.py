@@ -259,3 +259,21 @@ async def test_without_a_cap_every_job_starts() -> None:
     assert sorted(created_for(api)) == ["m0", "m1", "m2"]
     assert reconciler.observed("ns", "m0").admit_job is None
     await reconciler.close()
+
+
+async def test_a_grace_period_wakes_the_model_once_at_the_earliest_time() -> None:
+    api = FakeApi()
+    reconciler, _ = make(api, nodes=[node("n1")])
+    reconciler.wake_later(("ns", "m"), 30)
+    reconciler.wake_later(("ns", "m"), 0.05)  # earlier: replaces the first
+    reconciler.wake_later(("ns", "m"), 10)  # later: the earlier one stands
+    (timer,) = reconciler._wakeups.values()
+    assert timer.when() - asyncio.get_running_loop().time() < 1
+    await asyncio.wait_for(_until(lambda: any(method == "GET" for method, _ in api.calls)), 5)
+    assert not reconciler._wakeups
+    await reconciler.close()
+
+
+async def _until(check: Any) -> None:
+    while not check():
+        await asyncio.sleep(0.01)
