@@ -347,6 +347,36 @@ async def test_credentials_refused_with_401_exit_and_a_restart_recovers(cluster:
     assert len(job_names(cluster)) == 1 and second.returncode is None
 
 
+async def test_a_rotated_token_keeps_the_operator_reconciling(cluster: Cluster) -> None:
+    """Bound service-account tokens rotate: the old one starts being refused (401) and the file
+    holds a new one. The operator's own writes read the credentials again and carry on, so do
+    kopf's watches (its login reads them again): a camera change still rescales, no restart."""
+    operator, _ = await ready_model(cluster, "rotated")
+    cluster.write_kubeconfig(token="rotated-token")
+    expired = cluster.emulator.inject(Fault(".", status=401, token="test-token"))
+    await cluster.patch(cluster.model_path(NAMESPACE, "rotated"), {"spec": {"demand": {"cameras": 12}}})
+    await cluster.wait_for(
+        "the camera change applied with the new token",
+        lambda: status(cluster, "rotated").get("demand", {}).get("cameras") == 12,
+        timeout=90,
+    )
+    found = cluster.get(DEPLOYMENTS, NAMESPACE, "rotated-avx2") or {}
+    assert found["spec"]["replicas"] == variant(cluster, "rotated")["replicas"]
+    assert expired.hits > 0 and cluster.emulator.tokens["rotated-token"] > 0  # refused, then rotated
+    assert operator.returncode is None  # no restart was needed
+    log = cluster.operator_log()
+    assert "RBAC" not in log  # a 401 is a credentials problem, never reported as RBAC
+    expired.hits = 0
+    # Later changes go out with the new token only.
+    await cluster.patch(cluster.model_path(NAMESPACE, "rotated"), {"spec": {"demand": {"cameras": 4}}})
+    await cluster.wait_for(
+        "a second change",
+        lambda: status(cluster, "rotated").get("demand", {}).get("cameras") == 4,
+        timeout=60,
+    )
+    assert operator.returncode is None
+
+
 def test_the_exit_on_kopf_failure_fires_once_kopf_reports_a_failed_core_task() -> None:
     """The guard behind the crash-only exits above, alone: kopf's "... has failed: ..." error on
     its reactor loggers ends a process whose event loop would otherwise run on (a hung stop)."""

@@ -141,6 +141,8 @@ class Fault:
     hold: bool = False
     times: int | None = None
     user_agent: str | None = None
+    #: Only requests that carry this bearer token (a revoked or expired one).
+    token: str | None = None
     hits: int = 0
     released: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -152,6 +154,8 @@ class Fault:
         user_agent = headers.get("User-Agent", "")
         if self.user_agent is not None and self.user_agent not in user_agent:
             return False
+        if self.token is not None and bearer_token(headers) != self.token:
+            return False
         if self.method is not None and method.upper() != self.method.upper():
             return False
         is_watch = query.get("watch") in ("true", "1")
@@ -162,6 +166,11 @@ class Fault:
     def release(self) -> None:
         """End a held delay now."""
         self.released.set()
+
+
+def bearer_token(headers: Mapping[str, str]) -> str | None:
+    value = headers.get("Authorization", "")
+    return value.split(" ", 1)[1] if value.lower().startswith("bearer ") else None
 
 
 def status_body(code: int, reason: str, message: str) -> dict[str, Any]:
@@ -193,6 +202,8 @@ class Emulator(kmock.KubernetesEmulator):
         self.request_counts: collections.Counter[tuple[str, str, str]] = collections.Counter()
         #: Injected faults, tried in order (the first that matches acts).
         self.faults: list[Fault] = []
+        #: Bearer tokens of the requests served to clients other than the harness, counted.
+        self.tokens: collections.Counter[str | None] = collections.Counter()
 
     def inject(self, fault: Fault) -> Fault:
         """Make the API server misbehave for matching requests (until :meth:`heal`)."""
@@ -226,6 +237,8 @@ class Emulator(kmock.KubernetesEmulator):
         return resource
 
     async def __call__(self, raw_request: Any) -> Any:
+        if HARNESS_HEADER not in raw_request.headers:
+            self.tokens[bearer_token(raw_request.headers)] += 1
         for fault in list(self.faults):
             if fault.matches(raw_request.method, raw_request.path, raw_request.query, raw_request.headers):
                 fault.hits += 1
@@ -603,12 +616,13 @@ class Cluster:
 
     # -- the operator under test -----------------------------------------------------------------
 
-    def write_kubeconfig(self) -> Path:
+    def write_kubeconfig(self, token: str = "test-token") -> Path:
+        """The operator's credentials (write another ``token`` to rotate them)."""
         config = {
             "apiVersion": "v1",
             "kind": "Config",
             "clusters": [{"name": "kmock", "cluster": {"server": str(self.server.url).rstrip("/")}}],
-            "users": [{"name": "tester", "user": {"token": "test-token"}}],
+            "users": [{"name": "tester", "user": {"token": token}}],
             "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "tester"}}],
             "current-context": "kmock",
         }
