@@ -71,6 +71,30 @@ class Metrics:
             model_labels,
             registry=r,
         )
+        self.capacity_fps = Gauge(
+            "qfleet_capacity_faces_per_second",
+            "Faces/s the planned replicas of every tier carry together",
+            model_labels,
+            registry=r,
+        )
+        self.ready_replicas = Gauge(
+            "qfleet_ready_replicas",
+            "Ready replicas of the inference Deployment, per tier",
+            [*model_labels, "isa"],
+            registry=r,
+        )
+        self.condition = Gauge(
+            "qfleet_condition",
+            "1 for each status condition of a model at its current status (True, False or Unknown)",
+            [*model_labels, "type", "status"],
+            registry=r,
+        )
+        self.target_state = Gauge(
+            "qfleet_target_state",
+            "1 for the state of each target tier (Queued, Running, Succeeded, GateFailed, Failed, ...)",
+            [*model_labels, "isa", "state"],
+            registry=r,
+        )
         self.jobs_queued = Gauge(
             "qfleet_quantization_jobs_queued",
             "Quantization Jobs waiting for a slot under the operator's cap on running Jobs",
@@ -121,10 +145,17 @@ class Metrics:
         put(self.cameras, key, float(demand.cameras))
         put(self.demand_fps, key, demand.faces_per_second)
         put(self.shortfall_fps, key, status.capacity.shortfall_faces_per_second if status.capacity else 0.0)
+        put(self.capacity_fps, key, status.capacity.faces_per_second if status.capacity else 0.0)
+        for condition in status.conditions:
+            put(self.condition, (*key, condition.type, condition.status), 1.0)
         for variant in status.variants:
             isa = variant.isa
+            if variant.state:
+                put(self.target_state, (*key, isa, variant.state), 1.0)
             if variant.replicas is not None:
                 put(self.desired_replicas, (*key, isa), float(variant.replicas))
+            if variant.ready_replicas is not None:
+                put(self.ready_replicas, (*key, isa), float(variant.ready_replicas))
             if variant.served is not None:
                 put(
                     self.fps_per_replica,

@@ -68,3 +68,41 @@ def test_results_and_reconciles_are_counted() -> None:
 def test_two_instances_do_not_collide() -> None:
     Metrics()
     Metrics()  # separate registries: tests and restarts can build them freely
+
+
+def test_capacity_ready_replicas_conditions_and_states_follow_the_status() -> None:
+    metrics = Metrics()
+    status = {
+        **STATUS,
+        "conditions": [
+            {"type": "CapacityInsufficient", "status": "False", "reason": "DemandCovered"},
+            {"type": "RolledBack", "status": "False", "reason": "NoRollback"},
+        ],
+        "variants": [{**STATUS["variants"][0], "state": "Succeeded", "readyReplicas": 0}],
+    }
+    metrics.model_status("faces", "arcface", parse_status(status))
+    key = {"namespace": "faces", "model": "arcface"}
+    tier = {**key, "isa": "avx512_vnni"}
+    assert sample(metrics, "qfleet_capacity_faces_per_second", **key) == 463.2
+    assert sample(metrics, "qfleet_ready_replicas", **tier) == 0
+    assert sample(metrics, "qfleet_condition", **key, type="CapacityInsufficient", status="False") == 1
+    assert sample(metrics, "qfleet_target_state", **tier, state="Succeeded") == 1
+    # A condition changes status and a tier its state: one series each, the old ones go away.
+    changed = {
+        **status,
+        "conditions": [
+            {"type": "CapacityInsufficient", "status": "True", "reason": "ReplicasAtMaximum"},
+            {"type": "RolledBack", "status": "True", "reason": "CrashLoop"},
+        ],
+        "variants": [{**status["variants"][0], "state": "GateFailed", "readyReplicas": 1}],
+    }
+    metrics.model_status("faces", "arcface", parse_status(changed))
+    assert sample(metrics, "qfleet_condition", **key, type="CapacityInsufficient", status="False") is None
+    assert sample(metrics, "qfleet_condition", **key, type="RolledBack", status="True") == 1
+    assert sample(metrics, "qfleet_target_state", **tier, state="Succeeded") is None
+    assert sample(metrics, "qfleet_target_state", **tier, state="GateFailed") == 1
+    assert sample(metrics, "qfleet_ready_replicas", **tier) == 1
+    metrics.forget("faces", "arcface")
+    exposition = generate_latest(metrics.registry)
+    for name in ("qfleet_condition{", "qfleet_target_state{", "qfleet_ready_replicas{"):
+        assert name.encode() not in exposition
