@@ -40,6 +40,10 @@ TYPE_NODES_AVAILABLE = "NodesAvailable"
 TYPE_CAPACITY_INSUFFICIENT = "CapacityInsufficient"
 #: A tier's new model failed to roll out and the tier serves its last good model again.
 TYPE_ROLLED_BACK = "RolledBack"
+#: kstatus's "abnormal-true" pair, which Flux's health checks read: work is under way
+#: (Reconciling, mirrors Progressing) or cannot go on without a change (Stalled).
+TYPE_RECONCILING = "Reconciling"
+TYPE_STALLED = "Stalled"
 CONDITION_TYPES = (
     TYPE_READY,
     TYPE_PROGRESSING,
@@ -48,6 +52,8 @@ CONDITION_TYPES = (
     TYPE_NODES_AVAILABLE,
     TYPE_CAPACITY_INSUFFICIENT,
     TYPE_ROLLED_BACK,
+    TYPE_RECONCILING,
+    TYPE_STALLED,
 )
 
 TRUE = "True"

@@ -203,7 +203,8 @@ def plan(model: Mapping[str, Any], observed: Observed, config: FleetConfig, *, n
 def _invalid(previous: ModelStatus, message: str, *, generation: int | None, now: str) -> Plan:
     """The spec cannot be acted on: say so, touch no child (what is served keeps serving)."""
     old = previous.conditions
-    keep = [item for item in old if item.type not in (c.TYPE_READY, c.TYPE_DEGRADED, c.TYPE_PROGRESSING)]
+    replaced = (c.TYPE_READY, c.TYPE_DEGRADED, c.TYPE_PROGRESSING, c.TYPE_RECONCILING, c.TYPE_STALLED)
+    keep = [item for item in old if item.type not in replaced]
 
     def cond(type_: str, status: str) -> Condition:
         return c.condition(old, type_, status, c.REASON_INVALID_SPEC, message, generation=generation, now=now)
@@ -212,6 +213,8 @@ def _invalid(previous: ModelStatus, message: str, *, generation: int | None, now
         cond(c.TYPE_READY, c.FALSE),
         cond(c.TYPE_PROGRESSING, c.FALSE),
         cond(c.TYPE_DEGRADED, c.TRUE),
+        cond(c.TYPE_RECONCILING, c.FALSE),
+        cond(c.TYPE_STALLED, c.TRUE),
     )
     status = replace(
         previous, phase=c.FAILED, observed_generation=generation, conditions=(*conditions, *keep)
@@ -695,6 +698,7 @@ class _Planner:
     ) -> ModelStatus:
         overview = self._overview(variants, fleet, rolled_out)
         phase = _phase(overview)
+        progressing = self._progressing_condition(overview)
         return ModelStatus(
             phase=phase,
             observed_generation=self.generation,
@@ -703,12 +707,14 @@ class _Planner:
             address_url=address_url(self.owner, self.config.server_port),
             conditions=(
                 self._ready_condition(phase, overview),
-                self._progressing_condition(overview),
+                progressing,
                 self._degraded_condition(overview),
                 self._gate_condition(variants),
                 self._nodes_condition(overview),
                 self._capacity_condition(fleet, overview.serving),
                 self._rolled_back_condition(variants),
+                self._cond(c.TYPE_RECONCILING, progressing.status, progressing.reason, progressing.message),
+                self._stalled_condition(phase, overview),
             ),
             demand=DemandStatus(cameras=self.spec.cameras, faces_per_second=round(fleet.demand_fps, 3)),
             capacity=CapacityStatus(
@@ -834,6 +840,14 @@ class _Planner:
         return (
             f"no schedulable node of ISA tier {tier}{_selector_text(self.spec, tier)}: {waiting} cannot run"
         )
+
+    def _stalled_condition(self, phase: str, overview: _Overview) -> Condition:
+        """Nothing more happens without a change: every tier failed, or the gate blocks it."""
+        if phase in (c.FAILED, c.BLOCKED):
+            return self._cond(
+                c.TYPE_STALLED, c.TRUE, _degraded_reason(overview), "; ".join(overview.problems)
+            )
+        return self._cond(c.TYPE_STALLED, c.FALSE, c.REASON_AS_EXPECTED, "not stalled")
 
     def _rolled_back_condition(self, variants: Sequence[VariantStatus]) -> Condition:
         rolled_back = [variant for variant in variants if variant.rolled_back is not None]

@@ -30,5 +30,5 @@ def test_vocabulary_is_complete() -> None:
     assert set(c.PHASES) == {"Pending", "Quantizing", "Ready", "Degraded", "Blocked", "Failed"}
     assert set(c.CONDITION_TYPES) == {
         "Ready", "Progressing", "Degraded", "AccuracyGate", "NodesAvailable", "CapacityInsufficient",
-        "RolledBack",
+        "RolledBack", "Reconciling", "Stalled",
     }  # fmt: skip

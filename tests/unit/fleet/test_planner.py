@@ -543,7 +543,7 @@ def test_older_results_in_the_status_still_plan() -> None:
 
 
 def test_a_lost_status_is_rebuilt_from_the_deployment() -> None:
-    body, job, deployment = first_pass_to_ready()
+    body, _job, deployment = first_pass_to_ready()
     served = body["status"]["variants"][0]["served"]
     body.pop("status")
     body["spec"]["demand"]["cameras"] = 640
@@ -697,3 +697,16 @@ def test_all_tiers_switch_to_a_new_source_together() -> None:
                 CONFIG, now=T2)  # fmt: skip
     switched = {v["isa"]: v["served"]["artifact"] for v in free.status["variants"]}
     assert switched["avx512_vnni"] != old["avx512_vnni"] and switched["avx2"] == old["avx2"]
+
+
+def test_kstatus_reads_reconciling_and_stalled() -> None:
+    """Flux's health checks (kstatus) read the abnormal-true pair Reconciling / Stalled."""
+    quantizing = plan(model(), Observed(inventory=VNNI), CONFIG, now=T0)
+    assert condition(quantizing, c.TYPE_RECONCILING)["status"] == c.TRUE
+    assert condition(quantizing, c.TYPE_STALLED)["status"] == c.FALSE
+    body, _job, _deployment = first_pass_to_ready()
+    ready_status = parse_status(body["status"])
+    assert c.find(ready_status.conditions, c.TYPE_RECONCILING).status == c.FALSE  # type: ignore[union-attr]
+    invalid = plan(model(targets=[]), Observed(inventory=VNNI), CONFIG, now=T0)
+    assert condition(invalid, c.TYPE_STALLED)["status"] == c.TRUE
+    assert condition(invalid, c.TYPE_RECONCILING)["status"] == c.FALSE
