@@ -26,6 +26,10 @@ from tests.support.k8s_tools import CHART, CRDS, REPO, load_yaml_documents, run_
 
 EXAMPLES = REPO / "examples"
 GITOPS = EXAMPLES / "gitops" / "surveillance"
+#: The placeholder GitHub owner of the released images and chart (examples/README.md: replace it).
+OWNER = "example-org"
+#: The release the Argo CD and Flux examples install: chart version, image tag and Git tag v0.1.0.
+CHART_VERSION = "0.1.0"
 
 
 def documents(relative: str) -> list[dict[str, Any]]:
@@ -86,7 +90,7 @@ def test_examples_are_kubernetes_objects() -> None:
     assert len(objects) >= 12
     for path, obj in objects:
         assert obj.get("apiVersion") and obj.get("kind"), path
-        if obj["kind"] not in {"Kustomization", "ClusterConfig"}:
+        if obj["apiVersion"] != "kustomize.config.k8s.io/v1beta1" and obj["kind"] != "ClusterConfig":
             assert obj["metadata"].get("name"), path
 
 
@@ -194,11 +198,17 @@ def test_argocd_applications() -> None:
     (models,) = documents("argocd/qfleet-models.yaml")
     for app in (operator, models):
         assert app["apiVersion"] == "argoproj.io/v1alpha1" and app["kind"] == "Application"
-        assert (REPO / app["spec"]["source"]["path"]).is_dir(), app["spec"]["source"]["path"]
-    assert operator["spec"]["source"]["path"] == "charts/qfleet"
-    chart_values_validator().validate(with_chart_defaults(operator["spec"]["source"]["helm"]["valuesObject"]))
+    # The released chart: the OCI artifact the release workflow pushes, at a concrete version.
+    source = operator["spec"]["source"]
+    assert source["repoURL"] == f"oci://ghcr.io/{OWNER}/charts/qfleet"
+    assert source["path"] == "." and source["targetRevision"] == CHART_VERSION
+    chart_values_validator().validate(with_chart_defaults(source["helm"]["valuesObject"]))
+    for name, image in source["helm"]["valuesObject"]["images"].items():
+        assert image["repository"] == f"ghcr.io/{OWNER}/qfleet-{name}"
     assert "ServerSideApply=true" in operator["spec"]["syncPolicy"]["syncOptions"]
+    assert (REPO / models["spec"]["source"]["path"]).is_dir()
     assert models["spec"]["source"]["path"] == "examples/gitops/surveillance"
+    assert models["spec"]["source"]["targetRevision"] == f"v{CHART_VERSION}"
     (ignored,) = models["spec"]["ignoreDifferences"]
     assert ignored["kind"] == "QuantizedModel" and ignored["jsonPointers"] == ["/spec/demand/cameras"]
 
@@ -206,20 +216,27 @@ def test_argocd_applications() -> None:
 def test_flux_release_and_sources() -> None:
     sources = {
         (obj["kind"], obj["metadata"]["name"], obj["metadata"]["namespace"]): obj
-        for name in ("flux/gitrepository.yaml", "flux/helmrepository.yaml")
+        for name in ("flux/gitrepository.yaml", "flux/ocirepository.yaml")
         for obj in documents(name)
     }
     (release,) = documents("flux/helmrelease.yaml")
     assert release["apiVersion"] == "helm.toolkit.fluxcd.io/v2" and release["kind"] == "HelmRelease"
-    chart = release["spec"]["chart"]["spec"]
-    ref = chart["sourceRef"]
+    ref = release["spec"]["chartRef"]
+    assert "chart" not in release["spec"]
     assert (ref["kind"], ref["name"], ref["namespace"]) in sources
-    assert (REPO / chart["chart"]).resolve() == CHART.resolve()
+    oci = sources[(ref["kind"], ref["name"], ref["namespace"])]
+    assert oci["kind"] == "OCIRepository"
+    assert oci["spec"]["url"] == f"oci://ghcr.io/{OWNER}/charts/qfleet"
+    assert oci["spec"]["ref"]["tag"] == CHART_VERSION
+    assert oci["spec"]["layerSelector"]["mediaType"] == "application/vnd.cncf.helm.chart.content.v1.tar+gzip"
+    assert oci["spec"]["verify"]["provider"] == "cosign"
     assert (
         release["spec"]["install"]["crds"] == "Create"
         and release["spec"]["upgrade"]["crds"] == "CreateReplace"
     )
     chart_values_validator().validate(with_chart_defaults(release["spec"]["values"]))
+    for name, image in release["spec"]["values"]["images"].items():
+        assert image["repository"] == f"ghcr.io/{OWNER}/qfleet-{name}"
 
     (kustomization,) = documents("flux/models-kustomization.yaml")
     assert kustomization["apiVersion"] == "kustomize.toolkit.fluxcd.io/v1"
@@ -227,10 +244,38 @@ def test_flux_release_and_sources() -> None:
     assert ("GitRepository", ref["name"], kustomization["metadata"]["namespace"]) in sources
     assert (REPO / kustomization["spec"]["path"]).resolve() == GITOPS.resolve()
     repository = sources[("GitRepository", "qfleet", "flux-system")]
-    ignore = repository["spec"]["ignore"]
-    assert "!/charts/" in ignore and "!/examples/gitops/" in ignore
-    (oci,) = [s for s in sources.values() if s["kind"] == "HelmRepository"]
-    assert oci["spec"]["type"] == "oci" and oci["spec"]["url"].startswith("oci://")
+    assert repository["spec"]["ref"]["tag"] == f"v{CHART_VERSION}"
+    assert "!/examples/gitops/" in repository["spec"]["ignore"]
+
+
+def test_flux_creates_the_release_namespace_first() -> None:
+    (release,) = documents("flux/helmrelease.yaml")
+    (config,) = documents("flux/kustomization.yaml")
+    listed = [obj for name in config["resources"] for obj in documents(f"flux/{name}")]
+    assert listed[0]["kind"] == "Namespace"
+    assert listed[0]["metadata"]["name"] == release["metadata"]["namespace"]
+    output = run_tool("kubectl", "kustomize", str(EXAMPLES / "flux")).stdout
+    built = [doc for doc in yaml.safe_load_all(output) if doc]
+    kinds = [obj["kind"] for obj in built]
+    assert kinds[0] == "Namespace" and kinds.index("Namespace") < kinds.index("HelmRelease")
+    assert sorted(kinds) == sorted(obj["kind"] for obj in listed)
+
+
+def test_flux_waits_for_the_quantized_model() -> None:
+    (kustomization,) = documents("flux/models-kustomization.yaml")
+    (model,) = load_yaml_documents(GITOPS / "arcface-r100.yaml")
+    (check,) = kustomization["spec"]["healthChecks"]
+    assert (check["apiVersion"], check["kind"], check["name"], check["namespace"]) == (
+        model["apiVersion"],
+        model["kind"],
+        model["metadata"]["name"],
+        model["metadata"]["namespace"],
+    )
+    (exprs,) = kustomization["spec"]["healthCheckExprs"]
+    assert (exprs["apiVersion"], exprs["kind"]) == (model["apiVersion"], model["kind"])
+    assert "status.observedGeneration < metadata.generation" in exprs["inProgress"]
+    assert "c.type == 'Ready'" in exprs["current"]
+    assert "'Failed', 'Blocked'" in exprs["failed"] and "'RolledBack'" in exprs["failed"]
 
 
 def test_values_validation_catches_a_wrong_value() -> None:
