@@ -6,6 +6,10 @@
 # the only channel besides PyPI that CI can reach, so we fetch it with `npm pack` (which checks
 # the registry's integrity hash) and additionally pin the zip's SHA-256 here.
 #
+# Also `promtool` (Prometheus' rule checker, for the chart's alerting rules) from Debian's
+# `prometheus` package when apt is available: `apt-get download` plus `dpkg-deb -x`, no root
+# needed. Best effort: without it only the rule tests skip.
+#
 # Usage: scripts/install-k8s-tools.sh [DIR]     (default DIR: .venv/bin of this repository)
 # Idempotent: does nothing when DIR already holds the expected versions. Prints DIR.
 set -euo pipefail
@@ -24,6 +28,30 @@ installed() {
     "$target/helm" version --template '{{.Version}}' 2>/dev/null | grep -qx "$HELM_VERSION" || return 1
     "$target/kubectl" version --client -o json 2>/dev/null | grep -q "\"gitVersion\": \"$KUBECTL_VERSION\"" || return 1
 }
+
+# promtool from Debian's prometheus package; messages on stderr, stdout ends with DIR.
+install_promtool() {
+    [[ -x "$target/promtool" ]] && return 0
+    if ! command -v apt-get >/dev/null 2>&1 || ! command -v dpkg-deb >/dev/null 2>&1; then
+        echo "install-k8s-tools: apt-get/dpkg-deb not found; skipping promtool (install Prometheus'" \
+            "promtool into $target to run the alerting rule tests)." >&2
+        return 0
+    fi
+    local deb_dir
+    deb_dir="$(mktemp -d)"
+    if (cd "$deb_dir" && apt-get download prometheus >/dev/null 2>&1) \
+        && dpkg-deb -x "$deb_dir"/prometheus_*.deb "$deb_dir/root" \
+        && [[ -x "$deb_dir/root/usr/bin/promtool" ]]; then
+        mkdir -p "$target"
+        install -m 0755 "$deb_dir/root/usr/bin/promtool" "$target/.promtool.partial"
+        mv -f "$target/.promtool.partial" "$target/promtool"
+    else
+        echo "install-k8s-tools: could not fetch Debian's prometheus package (apt-get update?);" \
+            "skipping promtool." >&2
+    fi
+    rm -rf "$deb_dir"
+}
+install_promtool
 
 if installed; then
     echo "$target"
