@@ -1,4 +1,4 @@
-{{/* Names, labels, images and the locked-down security contexts shared by the templates. */}}
+{{/* Names, labels, images, pull secrets and the security contexts shared by the templates. */}}
 
 {{- define "qfleet.name" -}}
 {{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
@@ -44,14 +44,56 @@ app.kubernetes.io/part-of: qfleet
 {{- end -}}
 {{- end -}}
 
-{{/* An image reference: repository@digest when a digest is set, else repository:tag (tag defaults to appVersion). */}}
+{{/* An image of .Values.images by name (operator, toolkit, server); see qfleet.imageRef. */}}
 {{- define "qfleet.image" -}}
-{{- $image := index .root.Values.images .name -}}
-{{- if $image.digest -}}
-{{- printf "%s@%s" $image.repository $image.digest -}}
-{{- else -}}
-{{- printf "%s:%s" $image.repository (default .root.Chart.AppVersion $image.tag) -}}
+{{- include "qfleet.imageRef" (dict "root" .root "image" (index .root.Values.images .name)) -}}
 {{- end -}}
+
+{{/*
+An image reference: repository@digest when a digest is set, else repository:tag (tag defaults to
+appVersion). global.imageRegistry takes the place of the repository's registry (its first path
+component when that names a host, as Docker reads it), so one mirror serves every image.
+*/}}
+{{- define "qfleet.imageRef" -}}
+{{- $image := .image -}}
+{{- $repository := $image.repository -}}
+{{- $registry := dig "imageRegistry" "" (.root.Values.global | default dict) -}}
+{{- if $registry -}}
+{{- $parts := splitList "/" $repository -}}
+{{- $first := first $parts -}}
+{{- if and (gt (len $parts) 1) (or (contains "." $first) (contains ":" $first) (eq $first "localhost")) -}}
+{{- $repository = join "/" (rest $parts) -}}
+{{- end -}}
+{{- $repository = printf "%s/%s" (trimSuffix "/" $registry) $repository -}}
+{{- end -}}
+{{- if $image.digest -}}
+{{- printf "%s@%s" $repository $image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $repository (default .root.Chart.AppVersion $image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Image pull secrets as a JSON list of {name}: global.imagePullSecrets, then imagePullSecrets, then
+.extra; names may be given bare (as many umbrella charts do) and each appears once.
+*/}}
+{{- define "qfleet.imagePullSecrets" -}}
+{{- $given := concat (dig "imagePullSecrets" list (.root.Values.global | default dict)) (.root.Values.imagePullSecrets | default list) (.extra | default list) -}}
+{{- $names := list -}}
+{{- range $given -}}
+{{- $name := . -}}
+{{- if kindIs "map" . -}}
+{{- $name = get . "name" -}}
+{{- end -}}
+{{- if and $name (not (has $name $names)) -}}
+{{- $names = append $names $name -}}
+{{- end -}}
+{{- end -}}
+{{- $secrets := list -}}
+{{- range $names -}}
+{{- $secrets = append $secrets (dict "name" .) -}}
+{{- end -}}
+{{- toJson $secrets -}}
 {{- end -}}
 
 {{/* The namespaces the operator watches; empty means all of them. */}}
@@ -59,25 +101,25 @@ app.kubernetes.io/part-of: qfleet
 {{- if not .Values.operator.watchNamespaces -}}true{{- end -}}
 {{- end -}}
 
-{{/* Pod-level security: the restricted Pod Security Standard. */}}
+{{/*
+Pod-level security, from podSecurityContext (the restricted Pod Security Standard by default).
+A key set to null in the values is gone from them, so a platform may choose the uid.
+*/}}
 {{- define "qfleet.podSecurityContext" -}}
-runAsNonRoot: true
-runAsUser: {{ .Values.securityContext.runAsUser }}
-runAsGroup: {{ .Values.securityContext.runAsUser }}
-fsGroup: {{ .Values.securityContext.runAsUser }}
-seccompProfile:
-  type: RuntimeDefault
+{{- toYaml .Values.podSecurityContext -}}
 {{- end -}}
 
 {{- define "qfleet.containerSecurityContext" -}}
-runAsNonRoot: true
-runAsUser: {{ .Values.securityContext.runAsUser }}
-runAsGroup: {{ .Values.securityContext.runAsUser }}
-allowPrivilegeEscalation: false
-readOnlyRootFilesystem: true
-privileged: false
-capabilities:
-  drop: ["ALL"]
-seccompProfile:
-  type: RuntimeDefault
+{{- toYaml .Values.securityContext -}}
+{{- end -}}
+
+{{/* The uid the operator's container runs as, if the values fix one (its Jobs and servers get it). */}}
+{{- define "qfleet.runAsUser" -}}
+{{- $container := .Values.securityContext | default dict -}}
+{{- $pod := .Values.podSecurityContext | default dict -}}
+{{- if $container.runAsUser -}}
+{{- $container.runAsUser | int -}}
+{{- else if $pod.runAsUser -}}
+{{- $pod.runAsUser | int -}}
+{{- end -}}
 {{- end -}}

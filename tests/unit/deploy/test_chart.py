@@ -18,6 +18,18 @@ from tests.support.k8s_tools import ALL_FEATURES, CHART, CRDS
 
 SCHEMA_PATH = CHART / "values.schema.json"
 VALUES_PATH = CHART / "values.yaml"
+#: The chart's copy of crds/, rendered by templates/crd-quantizedmodels.yaml.
+CHART_CRDS = CHART / "files" / "crds"
+#: Objects that take keys beyond those described: the umbrella chart's globals, and Kubernetes
+#: types passed whole to the pod (the API server checks the keys the schema does not describe).
+OPEN_OBJECTS = {
+    "global",
+    "podSecurityContext",
+    "podSecurityContext.seccompProfile",
+    "securityContext",
+    "securityContext.capabilities",
+    "securityContext.seccompProfile",
+}
 
 
 def schema() -> dict[str, Any]:
@@ -64,17 +76,23 @@ def test_chart_metadata() -> None:
 
 def test_chart_crds_are_byte_identical_copies_of_crds() -> None:
     originals = {path.name: path.read_bytes() for path in CRDS.glob("*.yaml")}
-    copies = {path.name: path.read_bytes() for path in (CHART / "crds").glob("*.yaml")}
+    copies = {path.name: path.read_bytes() for path in CHART_CRDS.glob("*.yaml")}
     assert originals, "crds/ holds no CRD"
-    assert copies.keys() == originals.keys(), "charts/qfleet/crds/ must hold exactly the files of crds/"
+    assert copies.keys() == originals.keys(), "charts/qfleet/files/crds/ must hold exactly the files of crds/"
     for name, content in originals.items():
         assert copies[name] == content, (
-            f"charts/qfleet/crds/{name} differs from crds/{name}: cp crds/*.yaml charts/qfleet/crds/"
+            f"charts/qfleet/files/crds/{name} differs from crds/{name}: "
+            "cp crds/*.yaml charts/qfleet/files/crds/"
         )
 
 
+def test_chart_has_no_crds_folder() -> None:
+    """Helm would install a crds/ folder once and never upgrade it, beside the templated CRD."""
+    assert not (CHART / "crds").exists(), "move charts/qfleet/crds/ to charts/qfleet/files/crds/"
+
+
 def test_chart_crds_are_crds() -> None:
-    for path in (CHART / "crds").glob("*.yaml"):
+    for path in CHART_CRDS.glob("*.yaml"):
         for document in yaml.safe_load_all(path.read_text(encoding="utf-8")):
             assert document["kind"] == "CustomResourceDefinition", path
             assert document["apiVersion"] == "apiextensions.k8s.io/v1", path
@@ -107,7 +125,9 @@ def test_every_object_is_closed_or_a_typed_map() -> None:
     for path, node in walk_schema(schema()):
         if node.get("type") != "object":
             continue
-        if "properties" in node:
+        if path in OPEN_OBJECTS:
+            assert node.get("additionalProperties") is True, f"{path}: an open object"
+        elif "properties" in node:
             assert node.get("additionalProperties") is False, (
                 f"{path or 'root'}: set additionalProperties: false"
             )
@@ -162,6 +182,32 @@ def test_default_values_and_all_features_are_valid() -> None:
     check.validate(merged(default_values(), {"operator": {"watchNamespaces": ["faces", "lobby"]}}))
 
 
+def test_platform_values_are_valid() -> None:
+    """What real platforms need: an umbrella's globals (with keys of other subcharts), bare secret
+    names, Kubernetes fields the schema does not describe, env from Secrets."""
+    check = validator()
+    check.validate(
+        merged(
+            default_values(),
+            {
+                "global": {
+                    "imageRegistry": "mirror.example.com:5000/ghcr",
+                    "imagePullSecrets": ["bare-name", {"name": "as-object"}],
+                    "storageClass": "fast",
+                },
+                "podSecurityContext": {"seLinuxOptions": {"level": "s0:c1,c2"}, "supplementalGroups": [1]},
+                "securityContext": {"runAsUser": 1000, "capabilities": {"add": ["NET_BIND_SERVICE"]}},
+                "operator": {
+                    "extraEnv": [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}],
+                    "extraArgs": ["--verbose"],
+                    "extraVolumes": [{"name": "ca", "configMap": {"name": "ca-bundle"}}],
+                    "extraVolumeMounts": [{"name": "ca", "mountPath": "/etc/ssl/custom", "readOnly": True}],
+                },
+            },
+        )
+    )
+
+
 @pytest.mark.parametrize(
     "override",
     [
@@ -173,6 +219,20 @@ def test_default_values_and_all_features_are_valid() -> None:
         {"images": {"server": {"digest": "latest"}}},
         {"images": {"operator": {"pullPolicy": "Sometimes"}}},
         {"securityContext": {"runAsUser": 0}},
+        {"podSecurityContext": {"runAsUser": 0}},
+        {"podSecurityContext": {"runAsNonRoot": "yes"}},
+        {"podSecurityContext": {"seccompProfile": {"type": "Whatever"}}},
+        {"securityContext": {"capabilities": {"drop": "ALL"}}},
+        {"global": {"imageRegistry": "https://mirror.example.com"}},
+        {"global": {"imagePullSecrets": [{"secret": "registry"}]}},
+        {"crds": {"enabled": "yes"}},
+        {"crds": {"keepIt": True}},
+        {"leaderElection": {"podDisruptionBudget": {"maxUnavailable": 0}}},
+        {"operator": {"extraArgs": [1]}},
+        {"operator": {"extraVolumes": [{"emptyDir": {}}]}},
+        {"operator": {"extraVolumeMounts": [{"name": "ca", "mountPath": "relative"}]}},
+        {"operator": {"extraEnv": [{"name": "X", "value": "1", "valueFrom": {}}]}},
+        {"tests": {"image": {"digest": "latest"}}},
         {"workloads": {"jobMemory": "lots"}},
         {"workloads": {"benchmarkSeconds": 0}},
         {"metrics": {"serviceMonitor": {"interval": "often"}}},
@@ -218,5 +278,5 @@ def test_helmignore_keeps_templates_and_crds() -> None:
         for line in (CHART / ".helmignore").read_text(encoding="utf-8").splitlines()
         if line.strip() and not line.startswith("#")
     ]
-    for kept in ("templates", "crds", "values.yaml", "values.schema.json", "Chart.yaml"):
+    for kept in ("templates", "files", "values.yaml", "values.schema.json", "Chart.yaml"):
         assert not any(Path(kept).match(pattern.rstrip("/")) for pattern in patterns), kept

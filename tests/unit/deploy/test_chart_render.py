@@ -179,13 +179,15 @@ def assert_restricted(name: str, pod: Mapping[str, Any]) -> None:
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_every_chart_pod_is_locked_down(variant: str) -> None:
-    pods = pod_specs(render(VARIANTS[variant]))
-    assert pods
+    objects = render(VARIANTS[variant])
+    pods = pod_specs(objects)
+    assert {"Deployment", "Pod"} <= {o["kind"] for o in objects}, "the operator and the helm test pod"
     for name, pod in pods:
         assert_restricted(name, pod)
-        # The only writable path is an emptyDir at /tmp.
+        # The only writable path is an emptyDir at /tmp (the test pod writes nothing).
         mounts = {m["mountPath"]: m["name"] for c in pod["containers"] for m in c.get("volumeMounts", [])}
-        assert mounts == {"/tmp": "tmp"}
+        assert mounts in ({"/tmp": "tmp"}, {}), name
+    assert operator_container(objects)["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
 
 
 def test_every_pod_the_operator_creates_is_locked_down() -> None:
@@ -288,7 +290,7 @@ def test_chart_settings_reach_the_operator() -> None:
             "progressDeadlineSeconds": 900,
         },
         "podDefaults": POD_DEFAULTS,
-        "securityContext": {"runAsUser": 10001},
+        "podSecurityContext": {"runAsUser": 10001},
     }
     objects = render(values)
     container = operator_container(objects)
@@ -305,7 +307,10 @@ def test_chart_settings_reach_the_operator() -> None:
     # The operator logs in that format (its --log-format default) and passes it to its pods.
     assert fleet.log_format == "json" and env["QFLEET_LOG_FORMAT"] == "json"
     assert settings.max_running_jobs == 0 and fleet.progress_deadline_seconds == 900
-    assert fleet.pod_defaults == parse_pod_knobs(POD_DEFAULTS, "podDefaults")
+    # The chart's imagePullSecrets (ALL_FEATURES) come first, then podDefaults' own.
+    assert fleet.pod_defaults == parse_pod_knobs(
+        {**POD_DEFAULTS, "imagePullSecrets": [{"name": "registry"}]}, "podDefaults"
+    )
     # The chart's own pod runs as the same user as the pods the operator creates.
     pod = operator_deployment(objects)["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsUser"] == 10001
@@ -372,7 +377,8 @@ def test_leader_election_installs_peering(variant: str) -> None:
 
 def test_peering_crds_can_be_left_to_another_operator() -> None:
     objects = render({"leaderElection": {"enabled": True, "installPeeringCRDs": False}})
-    assert not find(objects, "CustomResourceDefinition")
+    crds = [o["metadata"]["name"] for o in find(objects, "CustomResourceDefinition")]
+    assert crds == ["quantizedmodels.qfleet.dev"]
     assert find(objects, "ClusterKopfPeering")
 
 
@@ -462,4 +468,6 @@ def test_notes_render(tmp_path: Path) -> None:
         str(write_values(NAMESPACED, tmp_path)),
     )  # fmt: skip
     assert "faces, lobby" in result.stdout
-    assert "kubectl scale qm/NAME --replicas=CAMERAS" in result.stdout
+    assert "kubectl scale qm/NAME --namespace faces --replicas=CAMERAS" in result.stdout
+    assert "kubectl get qm --namespace faces --watch" in result.stdout
+    assert "helm test q --namespace qfleet-system" in result.stdout
