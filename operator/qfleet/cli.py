@@ -2,7 +2,8 @@
 
 Each verb lives in ``qfleet.commands.<verb>`` and provides ``HELP`` (one line), ``configure(parser)``
 and ``run(args) -> dict``; heavy libraries (OpenVINO, NNCF, MXNet) are imported inside ``run`` so
-that ``qfleet --help`` stays fast. This module owns what every verb shares: ``--json`` (the result
+that ``qfleet --help`` stays fast and runs with none of them installed (each verb names the extra it
+needs when a library is missing, see :mod:`qfleet.extras`). This module owns what every verb shares: ``--json`` (the result
 as one JSON object on the last stdout line), ``--debug`` (tracebacks), logging, and turning a
 :class:`~qfleet.errors.QfleetError` into a one-line message and a non-zero exit.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -19,7 +21,7 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
-from qfleet import __version__, logs
+from qfleet import __version__, extras, logs
 from qfleet.errors import QfleetError
 
 #: Verbs in the order ``--help`` lists them.
@@ -39,6 +41,32 @@ VERBS: tuple[str, ...] = (
 )
 
 log = logging.getLogger("qfleet")
+
+#: Libraries whose versions ``--version`` shows beside qfleet's when they are installed: they
+#: decide what a quantized model computes.
+VERSIONED_LIBRARIES: tuple[str, ...] = ("openvino", "nncf")
+
+
+def version_text() -> str:
+    """``qfleet X`` plus the installed OpenVINO and NNCF, read from metadata (nothing is imported)."""
+    found = []
+    for library in VERSIONED_LIBRARIES:
+        try:
+            found.append(f"{library} {importlib.metadata.version(library)}")
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return f"qfleet {__version__}" + (f" ({', '.join(found)})" if found else "")
+
+
+class _VersionAction(argparse.Action):
+    """``--version``, with the library versions looked up only when asked for."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any, **__: Any) -> None:
+        print(version_text())
+        parser.exit()
 
 
 def _load_verbs() -> dict[str, ModuleType]:
@@ -77,7 +105,9 @@ def build_parser(modules: dict[str, ModuleType] | None = None) -> argparse.Argum
         description="Quantize a face-recognition model per CPU ISA tier, gate it on LFW accuracy, "
         "benchmark it, and size the inference fleet to the camera load.",
     )
-    parser.add_argument("--version", action="version", version=f"qfleet {__version__}")
+    parser.add_argument(
+        "--version", action=_VersionAction, help="show qfleet's version (and OpenVINO's and NNCF's) and exit"
+    )
     subparsers = parser.add_subparsers(dest="verb", metavar="COMMAND", required=True)
     for verb, module in modules.items():
         sub = subparsers.add_parser(
@@ -116,7 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logs.disable_progress_bars()
     module = args._module
     try:
-        result = module.run(args)
+        with extras.missing_extra_as_error(args.verb):
+            result = module.run(args)
     except QfleetError as exc:
         if args.debug:
             log.exception("%s failed", args.verb)

@@ -24,6 +24,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    from qfleet import extras
+
+    extras.require("benchmark", "openvino", "numpy", "tqdm")
     from qfleet.model.benchmark import benchmark_model
 
     return benchmark_model(

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from qfleet import defaults
+from qfleet import defaults, extras
 from qfleet.errors import InputError
 
 HELP = "convert an MXNet checkpoint, ONNX model or OpenVINO IR into an FP32 OpenVINO IR"
@@ -82,6 +82,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    # OpenVINO reads ONNX and IR itself; an MXNet checkpoint goes through mxnet.onnx's export.
+    extras.require(
+        "convert", "openvino", "numpy", "tqdm", *(("mxnet", "onnx") if args.format == "mxnet" else ())
+    )
     from qfleet.model.convert import convert_model
     from qfleet.model.metadata import MODEL_XML
 

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from qfleet import defaults
+from qfleet import defaults, extras
 from qfleet.errors import InputError, QfleetError
 from qfleet.fleet.replicas import DEFAULT_UTILIZATION, Demand, plan_replicas
 
@@ -84,6 +84,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise InputError(str(exc)) from None
     if args.threads < 0:
         raise InputError(f"--threads must be 0 (all cores) or more, got {args.threads}")
+    extras.require("demo")
     if args.out:
         return _demo(Path(args.out), args, demand)
     with tempfile.TemporaryDirectory(prefix="qfleet-demo-") as workdir:

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from qfleet import isa
+from qfleet import extras, isa
 from qfleet.errors import InputError
 
 HELP = "show this host's ISA tier, deciding CPU flags, bf16 support, OpenVINO kernels and NFD labels"
@@ -119,6 +119,7 @@ def _probe_model() -> Any:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     del args
+    extras.require("isa", "openvino", "numpy")
     from qfleet.model import runtime
 
     try:

@@ -41,6 +41,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    from qfleet import extras
+
+    extras.require("loadtest", "numpy", "aiohttp")
     from qfleet.serving.loadtest import LoadSpec, loadtest
 
     spec = LoadSpec(

@@ -41,6 +41,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any] | None:
+    from qfleet import extras
+
+    extras.require("operator")
     import kopf
 
     import qfleet.operator.handlers  # noqa: F401  (registers the handlers)

@@ -8,7 +8,7 @@ import json
 import sys
 from typing import Any
 
-from qfleet import defaults, isa
+from qfleet import defaults, extras, isa
 from qfleet.pipeline import (
     PipelineSpec,
     default_termination_log,
@@ -111,6 +111,9 @@ def spec_from_args(args: argparse.Namespace) -> PipelineSpec:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     # Bars only on a terminal (a Job's log is no terminal), whatever -q says.
     spec = dataclasses.replace(spec_from_args(args), progress=args.progress)
+    # Checked before any stage runs: a toolkit without NNCF should not fail after the conversion.
+    mxnet = ("mxnet", "onnx") if spec.fmt == "mxnet" else ()
+    extras.require("pipeline", "openvino", "nncf", "numpy", "PIL", "tqdm", *mxnet)
     result = run_pipeline(spec)
     message = termination_message(result)
     write_termination_log(spec.termination_log or default_termination_log(), message)

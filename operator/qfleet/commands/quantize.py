@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from qfleet import defaults
+from qfleet import defaults, extras
 from qfleet.isa import TIER_NAMES
 
 HELP = "quantize an FP32 IR to INT8 with NNCF on this host's ISA tier"
@@ -45,6 +45,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    extras.require("quantize", "openvino", "nncf", "numpy", "PIL", "tqdm")
     from qfleet.model.quantize import quantize_model
 
     metadata = quantize_model(

@@ -83,7 +83,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    from qfleet import extras
     from qfleet.errors import InputError
+
+    extras.require("serve")
     from qfleet.serving.server import ServerConfig, serve
 
     if not 0 <= args.port <= 65535:

@@ -29,6 +29,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    from qfleet import extras
+
+    extras.require("validate", "openvino", "numpy", "PIL", "tqdm")
     from qfleet.lfw.dataset import load_pairset
     from qfleet.model.embed import DEFAULT_BATCH, validate_model
     from qfleet.model.metadata import require_model_xml
