@@ -121,5 +121,8 @@ A key set to null in the values is gone from them, so a platform may choose the 
 {{- $container.runAsUser | int -}}
 {{- else if $pod.runAsUser -}}
 {{- $pod.runAsUser | int -}}
+{{- else -}}
+{{- /* No fixed user (OpenShift's restricted-v2 assigns one): the operator's pods name none either. */ -}}
+auto
 {{- end -}}
 {{- end -}}

@@ -31,7 +31,8 @@ class FleetConfig:
     #: CPU of one replica (and of the Job that measures it) when serving.resources names none.
     default_cpu: str = "4"
     #: UID/GID the pods run as (the images' non-root user).
-    run_as_user: int = 65532
+    #: None: the pods name no uid and the platform assigns one (OpenShift's restricted-v2).
+    run_as_user: int | None = 65532
     server_port: int = 8080
     #: Service account of the quantization Jobs; None uses the namespace's default.
     job_service_account: str | None = None

@@ -118,6 +118,8 @@ def _claim_volumes(
 
 
 def _pod_security(config: FleetConfig) -> dict[str, Any]:
+    if config.run_as_user is None:  # the platform assigns the uid and the fsGroup
+        return {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
     return {
         "runAsNonRoot": True,
         "runAsUser": config.run_as_user,

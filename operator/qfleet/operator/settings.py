@@ -11,7 +11,7 @@
 ``QFLEET_JOB_MEMORY``                 memory of a Job (8Gi)
 ``QFLEET_JOB_SERVICE_ACCOUNT``        service account of the Jobs (the namespace's default)
 ``QFLEET_DEFAULT_CPU``                CPU per replica when serving.resources names none (4)
-``QFLEET_RUN_AS_USER``                uid/gid of the pods (65532, the images' user)
+``QFLEET_RUN_AS_USER``                uid/gid of the pods (65532, the images' user; ``auto``: none, the platform assigns it)
 ``QFLEET_RESYNC_SECONDS``             how often every model is reconciled regardless of events (300)
 ``QFLEET_PEERING``                    kopf peering name for leader election (none: standalone)
 ``QFLEET_METRICS_PORT``               port of /metrics (the --metrics-port option wins)
@@ -68,7 +68,7 @@ class OperatorSettings:
             job_ttl_seconds=reader.integer("JOB_TTL_SECONDS", defaults.job_ttl_seconds, minimum=0),
             job_memory=reader.text("JOB_MEMORY", defaults.job_memory),
             default_cpu=reader.text("DEFAULT_CPU", defaults.default_cpu),
-            run_as_user=reader.integer("RUN_AS_USER", defaults.run_as_user, minimum=1),
+            run_as_user=reader.user("RUN_AS_USER", defaults.run_as_user),
             job_service_account=reader.text("JOB_SERVICE_ACCOUNT", "") or None,
             log_format=reader.choice("LOG_FORMAT", defaults.log_format, ("text", "json")),
             pod_defaults=reader.pod_knobs("POD_DEFAULTS"),
@@ -103,6 +103,12 @@ class _Reader:
         if value < minimum:
             raise InputError(f"{PREFIX}{name}={value} must be >= {minimum}")
         return value
+
+    def user(self, name: str, default: int | None) -> int | None:
+        """A uid, or ``auto``: the platform assigns one (OpenShift's restricted-v2 SCC)."""
+        if self.text(name, "").strip().lower() == "auto":
+            return None
+        return self.integer(name, default if default is not None else 65532, minimum=1)
 
     def number(self, name: str, default: float, *, minimum: float) -> float:
         raw = self.text(name, str(default))

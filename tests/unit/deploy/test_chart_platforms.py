@@ -254,9 +254,9 @@ def test_openshift_leaves_the_uid_to_the_platform() -> None:
         assert not {"runAsUser", "runAsGroup", "fsGroup"} & context.keys(), name
         assert context["seLinuxOptions"] == {"level": "s0:c26,c5"}
         assert_restricted(name, pod)
-    # The operator then leaves its own default to the pods it creates.
-    assert "QFLEET_RUN_AS_USER" not in rendered_env(operator_container(objects))
-    assert operator_settings(objects).fleet.run_as_user == 65532
+    # The operator then names no uid in the pods it creates either: the platform assigns it.
+    assert rendered_env(operator_container(objects))["QFLEET_RUN_AS_USER"] == "auto"
+    assert operator_settings(objects).fleet.run_as_user is None
 
 
 def test_container_security_context_overrides() -> None:

@@ -105,3 +105,22 @@ def test_bad_values_name_the_variable(name: str, value: str, words: str) -> None
     with pytest.raises(InputError) as caught:
         OperatorSettings.from_env({name: value})
     assert name in str(caught.value) and words in str(caught.value)
+
+
+def test_run_as_user_auto_leaves_the_uid_to_the_platform() -> None:
+    from qfleet.fleet.manifests import Owner, job_for
+    from qfleet.fleet.spec import parse_spec
+
+    settings = OperatorSettings.from_env({"QFLEET_RUN_AS_USER": "auto"})
+    assert settings.fleet.run_as_user is None
+    spec = parse_spec({
+        "source": {"format": "onnx", "uri": "pvc://models/m.onnx"},
+        "quantization": {"calibration": "pvc://data/calib"},
+        "validation": {"lfw": "pvc://data/lfw.bin"},
+        "targets": [{"isa": "avx2"}],
+        "artifacts": {"uri": "pvc://models/qfleet"},
+    })  # fmt: skip
+    job = job_for(Owner("m", "ns", "uid"), spec, "avx2", "k", settings.fleet)
+    security = job["spec"]["template"]["spec"]["securityContext"]
+    assert security["runAsNonRoot"] is True and "runAsUser" not in security and "fsGroup" not in security
+    assert OperatorSettings.from_env({"QFLEET_RUN_AS_USER": "1000"}).fleet.run_as_user == 1000
