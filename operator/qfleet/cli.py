@@ -35,6 +35,7 @@ VERBS: tuple[str, ...] = (
     "benchmark",
     "plan",
     "pipeline",
+    "fetch",
     "serve",
     "loadtest",
     "operator",

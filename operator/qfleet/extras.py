@@ -18,10 +18,10 @@ from qfleet.errors import InputError
 
 #: The importable top-level modules each extra installs, as the extras in pyproject.toml list them.
 EXTRA_MODULES: dict[str, tuple[str, ...]] = {
-    "server": ("openvino", "numpy", "aiohttp", "prometheus_client"),
+    "server": ("openvino", "numpy", "aiohttp", "prometheus_client", "boto3"),
     "operator": ("kopf", "kubernetes", "aiohttp", "prometheus_client", "yaml"),
-    "toolkit": ("mxnet", "numpy", "onnx", "openvino", "nncf", "PIL", "tqdm"),
-    "demo": ("mxnet", "numpy", "onnx", "openvino", "nncf", "PIL", "tqdm", "matplotlib"),
+    "toolkit": ("mxnet", "numpy", "onnx", "openvino", "nncf", "PIL", "tqdm", "boto3"),
+    "demo": ("mxnet", "numpy", "onnx", "openvino", "nncf", "PIL", "tqdm", "boto3", "matplotlib"),
 }
 
 #: The extra that each verb needs (``plan`` and ``gate`` need none).
@@ -34,6 +34,7 @@ VERB_EXTRAS: dict[str, str] = {
     "validate": "toolkit",
     "benchmark": "toolkit",
     "pipeline": "toolkit",
+    "fetch": "server",  # boto3, for s3://; https:// and local paths need nothing
     "isa": "server",  # OpenVINO, to ask its CPU plugin; the server and toolkit extras both have it
     "demo": "demo",
 }

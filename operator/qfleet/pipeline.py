@@ -145,6 +145,16 @@ def run_pipeline(spec: PipelineSpec) -> dict[str, Any]:
     return result
 
 
+def run_pipeline_anywhere(spec: PipelineSpec) -> dict[str, Any]:
+    """:func:`run_pipeline`, with ``s3://`` inputs downloaded first and an ``s3://`` ``--out``
+    published after (see :mod:`qfleet.storage.staging`); local paths run it as they are."""
+    from qfleet.storage.staging import run_with_object_storage, uses_object_storage
+
+    if not uses_object_storage(spec.source, spec.calibration, spec.lfw, spec.out):
+        return run_pipeline(spec)
+    return run_with_object_storage(spec, run_pipeline)
+
+
 def _run_stages(
     spec: PipelineSpec, staging: Path, *, final: Path, timings: dict[str, float]
 ) -> dict[str, Any]:

@@ -12,10 +12,11 @@ from qfleet import defaults, extras, isa
 from qfleet.pipeline import (
     PipelineSpec,
     default_termination_log,
-    run_pipeline,
+    run_pipeline_anywhere,
     termination_message,
     write_termination_log,
 )
+from qfleet.storage.staging import uses_object_storage
 
 HELP = "convert -> quantize -> validate FP32 and INT8 on LFW -> gate -> benchmark (one Job's work)"
 DESCRIPTION = (
@@ -30,16 +31,25 @@ DESCRIPTION = (
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--source", required=True, help="model: MXNet checkpoint prefix, .onnx file or IR .xml"
+        "--source",
+        required=True,
+        help="model: MXNet checkpoint prefix, .onnx file or IR .xml (a path or s3://BUCKET/KEY)",
     )
     parser.add_argument("--format", dest="fmt", required=True, choices=defaults.SOURCE_FORMATS)
     parser.add_argument(
         "--epoch", type=int, default=None, help="MXNet checkpoint epoch (default: 1 or the only one)"
     )
-    parser.add_argument("--calibration", required=True, help="lfw.bin or folder of aligned face crops")
-    parser.add_argument("--lfw", required=True, help="insightface lfw.bin to validate FP32 and INT8 on")
     parser.add_argument(
-        "--out", required=True, help="output directory (replaced only when every stage succeeds)"
+        "--calibration", required=True, help="lfw.bin or folder of aligned face crops (or s3://)"
+    )
+    parser.add_argument(
+        "--lfw", required=True, help="insightface lfw.bin to validate FP32 and INT8 on (or s3://)"
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="output directory (replaced only when every stage succeeds), or s3://BUCKET/PREFIX to "
+        "publish to (never over an existing model)",
     )
     parser.add_argument(
         "--expect-isa", choices=isa.TIER_NAMES, default=None, help="refuse to run on another tier"
@@ -113,8 +123,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     spec = dataclasses.replace(spec_from_args(args), progress=args.progress)
     # Checked before any stage runs: a toolkit without NNCF should not fail after the conversion.
     mxnet = ("mxnet", "onnx") if spec.fmt == "mxnet" else ()
-    extras.require("pipeline", "openvino", "nncf", "numpy", "PIL", "tqdm", *mxnet)
-    result = run_pipeline(spec)
+    s3 = ("boto3",) if uses_object_storage(spec.source, spec.calibration, spec.lfw, spec.out) else ()
+    extras.require("pipeline", "openvino", "nncf", "numpy", "PIL", "tqdm", *mxnet, *s3)
+    result = run_pipeline_anywhere(spec)
     message = termination_message(result)
     write_termination_log(spec.termination_log or default_termination_log(), message)
     if "error" in result:

@@ -49,6 +49,7 @@ MODULE_OF = {
     "tqdm": "tqdm",
     "matplotlib": "matplotlib",
     "pyyaml": "yaml",
+    "boto3": "boto3",
 }
 
 
