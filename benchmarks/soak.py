@@ -294,7 +294,9 @@ async def soak_operator(
         cluster = SoakCluster(emulator, server, root, job_seconds=job_seconds, interval=1.0)
         await cluster.add_namespace(NAMESPACE)
         for index in range(nodes):
-            await cluster.add_node(f"node-{index:04d}", TIERS[index % len(TIERS)][0], cpu="64")
+            # Room for every replica: the soak measures the operator, not the scheduler (the test
+            # cluster now places serving pods by their CPU requests).
+            await cluster.add_node(f"node-{index:04d}", TIERS[index % len(TIERS)][0], cpu="100000")
         for index in range(models):
             name = f"site-{index:04d}"
             fleet.specs[name] = spec_for(name, TIERS[index % len(TIERS)][0], rng.choice((16, 64, 256)), 1)
