@@ -28,18 +28,14 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # the tests package: its emulated cluster and scenarios
 
 from _common import RESULTS, cpu_model, replace_section, script_parser, utc_stamp  # noqa: E402
-from tests.support.cluster import running_cluster  # noqa: E402
-from tests.support.operator_fixtures import NAMESPACE, write_datasets  # noqa: E402
+from tests.support.operator_fixtures import NAMESPACE, model_cluster, write_datasets  # noqa: E402
 from tests.support.transitions import SCENARIOS, Transition  # noqa: E402
 
 TITLE = "## Capacity through changes"
 
 
 async def run_one(name: str, data: Path, root: Path) -> Transition:
-    async with running_cluster(root) as cluster:
-        cluster.claims["data"] = data
-        cluster.add_claim("models")
-        await cluster.add_namespace(NAMESPACE)
+    async with model_cluster(root, data) as cluster:
         await cluster.start_operator("--namespace", NAMESPACE)
         return await SCENARIOS[name](cluster)
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from tests.support.cluster import JOBS, running_cluster
+from tests.support.cluster import JOBS
 from tests.support.k8s_tools import find, render
-from tests.support.operator_fixtures import NAMESPACE, model_body, write_datasets
+from tests.support.operator_fixtures import NAMESPACE, model_body, model_cluster
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -31,12 +31,9 @@ def replica_env(objects: list[dict[str, Any]], pod_name: str) -> dict[str, str]:
     return env
 
 
-async def test_two_replicas_one_works(tmp_path: Path) -> None:
+async def test_two_replicas_one_works(tmp_path: Path, datasets: Path) -> None:
     objects = render({"leaderElection": {"enabled": True, "replicas": 2}})
-    async with running_cluster(tmp_path) as cluster:
-        cluster.claims["data"] = write_datasets(tmp_path / "data")
-        cluster.add_claim("models")
-        await cluster.add_namespace(NAMESPACE)
+    async with model_cluster(tmp_path, datasets) as cluster:
         for crd in find(objects, "CustomResourceDefinition"):
             cluster.emulator.install_crd(crd)
         (peering,) = find(objects, "ClusterKopfPeering")

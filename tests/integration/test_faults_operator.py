@@ -19,14 +19,13 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.support.cluster import DEPLOYMENTS, JOBS, NODES, PODS, Cluster, Fault, PodFault, running_cluster
-from tests.support.operator_fixtures import NAMESPACE, model_body, write_datasets
+from tests.support.cluster import DEPLOYMENTS, JOBS, NODES, PODS, Cluster, Fault, PodFault
+from tests.support.operator_fixtures import NAMESPACE, model_body
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -34,19 +33,11 @@ MODELS = "/quantizedmodels"
 OPERATOR_UA = "qfleet-operator"
 
 
-@pytest.fixture(scope="module")
-def datasets(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_datasets(tmp_path_factory.mktemp("data"))
-
-
 @pytest.fixture
-async def cluster(tmp_path: Path, datasets: Path) -> AsyncIterator[Cluster]:
-    async with running_cluster(tmp_path) as cluster:
-        cluster.claims["data"] = datasets
-        cluster.add_claim("models")
-        await cluster.add_namespace(NAMESPACE)
-        await cluster.add_node("avx2-1", "avx2")
-        yield cluster
+async def cluster(cluster: Cluster) -> Cluster:
+    """The integration tests' cluster with one avx2 node."""
+    await cluster.add_node("avx2-1", "avx2")
+    return cluster
 
 
 # -- helpers ---------------------------------------------------------------------------------------

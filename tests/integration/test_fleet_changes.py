@@ -8,16 +8,14 @@ and it logs the ready capacity throughout: each change must keep the capacity at
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import kmock
 import pytest
 
 from qfleet.fleet import names
-from tests.support.cluster import JOBS, PODS, Cluster, running_cluster
-from tests.support.operator_fixtures import NAMESPACE, model_body, write_datasets
+from tests.support.cluster import JOBS, PODS, Cluster
+from tests.support.operator_fixtures import NAMESPACE, model_body
 from tests.support.transitions import (
     condition,
     cpu_change,
@@ -37,20 +35,6 @@ pytestmark = pytest.mark.timeout(300)
 
 SERVICES = kmock.resource("", "v1", "services")
 BUDGETS = kmock.resource("policy", "v1", "poddisruptionbudgets")
-
-
-@pytest.fixture(scope="module")
-def datasets(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_datasets(tmp_path_factory.mktemp("data"))
-
-
-@pytest.fixture
-async def cluster(tmp_path: Path, datasets: Path) -> AsyncIterator[Cluster]:
-    async with running_cluster(tmp_path) as cluster:
-        cluster.claims["data"] = datasets
-        cluster.add_claim("models")
-        await cluster.add_namespace(NAMESPACE)
-        yield cluster
 
 
 async def start(cluster: Cluster, **env: str) -> None:

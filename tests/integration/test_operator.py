@@ -14,7 +14,6 @@ import math
 import shutil
 import signal
 import urllib.request
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,24 +21,10 @@ import pytest
 
 from qfleet.fleet.uris import MOUNT_ROOT
 from qfleet.isa import kernel_cap_env, tier_of_runtime_isa
-from tests.support.cluster import DEPLOYMENTS, JOBS, Cluster, running_cluster
-from tests.support.operator_fixtures import NAMESPACE, expected_replicas, model_body, write_datasets
+from tests.support.cluster import DEPLOYMENTS, JOBS, Cluster
+from tests.support.operator_fixtures import NAMESPACE, expected_replicas, model_body
 
 pytestmark = pytest.mark.timeout(240)
-
-
-@pytest.fixture(scope="module")
-def datasets(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_datasets(tmp_path_factory.mktemp("data"))
-
-
-@pytest.fixture
-async def cluster(tmp_path: Path, datasets: Path) -> AsyncIterator[Cluster]:
-    async with running_cluster(tmp_path) as cluster:
-        cluster.claims["data"] = datasets
-        cluster.add_claim("models")
-        await cluster.add_namespace(NAMESPACE)
-        yield cluster
 
 
 # -- helpers ---------------------------------------------------------------------------------------

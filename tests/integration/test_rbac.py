@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
-from tests.support.cluster import DEPLOYMENTS, JOBS, Cluster, Emulator, running_cluster
+from tests.support.cluster import DEPLOYMENTS, JOBS, Cluster, Emulator
 from tests.support.k8s_tools import find, render
-from tests.support.operator_fixtures import NAMESPACE, model_body, write_datasets
+from tests.support.operator_fixtures import NAMESPACE, model_body, model_cluster
 from tests.support.rbac import (
     CLUSTER_WIDE,
     NAMESPACED,
@@ -139,19 +139,11 @@ async def exercise_the_operator(cluster: Cluster, objects: list[dict[str, Any]])
     assert cluster.objects(JOBS, NAMESPACE) and cluster.objects(DEPLOYMENTS, NAMESPACE)
 
 
-@pytest.fixture(scope="module")
-def datasets(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_datasets(tmp_path_factory.mktemp("rbac-data"))
-
-
 async def recorded_calls(
     values: dict[str, Any], root: Path, datasets: Path
 ) -> tuple[list[Call], list[dict[str, Any]]]:
     objects = render(values)
-    async with running_cluster(root, RecordingEmulator) as cluster:
-        cluster.claims["data"] = datasets
-        cluster.add_claim("models")
-        await cluster.add_namespace(NAMESPACE)
+    async with model_cluster(root, datasets, RecordingEmulator) as cluster:
         try:
             await exercise_the_operator(cluster, objects)
         except BaseException:

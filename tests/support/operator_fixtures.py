@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from qfleet.lfw.dataset import encode_image, write_lfw_bin
+from tests.support.cluster import Cluster, Emulator, running_cluster
 
 NAMESPACE = "faces"
 
@@ -93,3 +96,17 @@ def expected_replicas(status: dict[str, Any], spec: dict[str, Any], isa: str) ->
     needed = math.ceil(round(faces / fps, 9)) if faces > 0 else 0
     serving = spec["serving"]
     return max(serving["minReplicas"], min(serving["maxReplicas"], needed))
+
+
+@contextlib.asynccontextmanager
+async def model_cluster(
+    root: Path, data: Path, emulator_class: type[Emulator] | None = None
+) -> AsyncIterator[Cluster]:
+    """A running test cluster ready for QuantizedModels: the "data" claim is ``data`` (see
+    :func:`write_datasets`), an empty "models" claim, and the namespace :data:`NAMESPACE`
+    (``emulator_class``: as for :func:`~tests.support.cluster.running_cluster`)."""
+    async with running_cluster(root, emulator_class) as cluster:
+        cluster.claims["data"] = data
+        cluster.add_claim("models")
+        await cluster.add_namespace(NAMESPACE)
+        yield cluster
