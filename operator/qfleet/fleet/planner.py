@@ -256,6 +256,12 @@ class _Planner:
         self.queued: dict[str, int] = {}
         #: Per tier: its serving pods (pending, failing).
         self.pods: dict[str, TierPods] = {}
+        #: Per tier: the lower FPS per replica while its pods change model (see _fps_floor).
+        self.floors: dict[str, float | None] = {}
+        #: Per tier: the tolerations of its pods (a tainted node counts only if they tolerate it).
+        self.tolerations = {
+            target.isa: knobs_for(spec, target.isa, config).tolerations or () for target in spec.targets
+        }
         # The status is the operator's memory; where it lost a tier's records (a restored backup,
         # a status edited by hand) the tier's Deployment still carries them.
         self.old_variants = {
@@ -280,7 +286,7 @@ class _Planner:
 
     def _recovered(self, tier: str, variants: Sequence[VariantStatus]) -> VariantStatus:
         old = next((variant for variant in variants if variant.isa == tier), VariantStatus(isa=tier))
-        deployment = self.deployments.get(names.deployment_name(self.owner.name, tier))
+        deployment = self._deployment_of(tier)
         if deployment is None or (old.served is not None and old.result is not None):
             return old
         served = record(deployment, names.ANNOTATION_SERVED)
@@ -297,8 +303,7 @@ class _Planner:
         """The tier's result for the current key once its Job finished (else the last one)."""
         old = self.old_variants[tier]
         target = self.spec.target(tier)
-        tolerations = knobs_for(self.spec, tier, self.config).tolerations or ()
-        nodes = self.observed.inventory.matching(tier, target.node_selector, tolerations)
+        nodes = self.observed.inventory.matching(tier, target.node_selector, self.tolerations[tier])
         if not nodes:
             self.tiers_without_nodes.add(tier)
         result = old.result
@@ -373,7 +378,7 @@ class _Planner:
     def _check_rollout(self, variant: VariantStatus) -> VariantStatus:
         """Roll a tier back to its last good model when its new model's rollout failed."""
         tier, served = variant.isa, variant.served
-        deployment = self.deployments.get(names.deployment_name(self.owner.name, tier))
+        deployment = self._deployment_of(tier)
         rolling = (record(deployment, names.ANNOTATION_SERVED) or {}).get("artifact") if deployment else None
         pods = tier_pods(
             self.observed.pods,
@@ -520,7 +525,7 @@ class _Planner:
     def _fps_floor(self, variant: VariantStatus) -> float | None:
         """While the tier's pods change model, the lower of the old and new FPS per replica."""
         served = variant.served
-        deployment = self.deployments.get(names.deployment_name(self.owner.name, variant.isa))
+        deployment = self._deployment_of(variant.isa)
         if served is None or deployment is None:
             return None
         floor = annotation_float(deployment, names.ANNOTATION_FPS_FLOOR)
@@ -539,7 +544,7 @@ class _Planner:
             if variant.served is None or variant.served.fps_per_replica <= 0:
                 continue
             target = self.spec.target(variant.isa)
-            deployment = self.deployments.get(names.deployment_name(self.owner.name, variant.isa))
+            deployment = self._deployment_of(variant.isa)
             pods = self.pods.get(variant.isa)
             pools.append(
                 Pool(
@@ -548,7 +553,7 @@ class _Planner:
                     allocatable_cpu=self.observed.inventory.allocatable_cpu(
                         variant.isa,
                         target.node_selector,
-                        knobs_for(self.spec, variant.isa, self.config).tolerations or (),
+                        self.tolerations[variant.isa],
                     ),
                     current_replicas=_spec_replicas(deployment),
                     unschedulable=pods.unschedulable if pods is not None else 0,
@@ -574,7 +579,11 @@ class _Planner:
         return replace(fleet, replicas=held)
 
     def _ready(self, tier: str) -> int:
-        return ready_replicas(self.deployments.get(names.deployment_name(self.owner.name, tier)))
+        return ready_replicas(self._deployment_of(tier))
+
+    def _deployment_of(self, tier: str) -> Mapping[str, Any] | None:
+        """The tier's serving Deployment as the cache holds it (None: not there yet)."""
+        return self.deployments.get(names.deployment_name(self.owner.name, tier))
 
     def _deployments(
         self, variants: Sequence[VariantStatus], fleet: FleetPlan
@@ -606,7 +615,7 @@ class _Planner:
             if result is not None and result.pipeline_key == variant.served.pipeline_key:
                 found[names.ANNOTATION_RESULT] = _compact(result_to_dict(result))
             else:  # a newer key's result does not describe what is served: keep the one that does
-                current = self.deployments.get(names.deployment_name(self.owner.name, variant.isa)) or {}
+                current = self._deployment_of(variant.isa) or {}
                 kept = _records_of(current).get(names.ANNOTATION_RESULT)
                 if kept and (record(current, names.ANNOTATION_RESULT) or {}).get("pipelineKey") == (
                     variant.served.pipeline_key
