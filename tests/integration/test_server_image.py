@@ -20,6 +20,7 @@ import pytest
 
 from tests.support.image_packages import BLOCKER, blocked_modules
 from tests.support.paths import REPO
+from tests.support.server import end_process
 
 
 def _free_port() -> int:
@@ -66,13 +67,7 @@ def test_server_image_serves_a_model_without_mxnet_nncf_or_kubernetes(tiny_ir: C
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
             assert response.status == 200
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        end_process(process, timeout=20)
         if process.stdout:
             process.stdout.close()
         if process.stderr:

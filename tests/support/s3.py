@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from tests.support.server import end_process
+
 ACCESS_KEY = "qfleet-test-key"
 SECRET_KEY = "qfleet-test-secret"
 REGION = "us-east-1"
@@ -88,9 +90,4 @@ def s3_server(*, env: dict[str, str] | None = None, timeout: float = 30.0) -> It
                 time.sleep(0.1)
         yield S3Server(endpoint, process)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        end_process(process, timeout=10)

@@ -49,3 +49,15 @@ def stop_server(server: ServerProcess, *, graceful: bool = False, timeout: float
     else:
         server.process.kill()
     server.process.wait(timeout=timeout)
+
+
+def end_process(process: subprocess.Popen[str] | subprocess.Popen[bytes], *, timeout: float) -> None:
+    """SIGTERM, then SIGKILL if it is still running after ``timeout`` seconds; waits for the exit."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
