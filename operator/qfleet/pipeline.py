@@ -61,6 +61,12 @@ class PipelineSpec:
     progress: bool = True
     #: Where the result goes besides stdout (None: the pod's termination-log file when it exists).
     termination_log: str | None = None
+    #: sha256 pins of https:// inputs (a download that differs is refused).
+    source_sha256: str | None = None
+    calibration_sha256: str | None = None
+    lfw_sha256: str | None = None
+    #: Plain http:// inputs are accepted (only pinned ones).
+    allow_http: bool = False
 
     def to_args(self) -> list[str]:
         """The ``qfleet pipeline`` arguments that run this spec (every value spelled out, so a
@@ -69,6 +75,15 @@ class PipelineSpec:
         if self.epoch is not None:
             args += ["--epoch", str(self.epoch)]
         args += ["--calibration", self.calibration, "--lfw", self.lfw, "--out", self.out]
+        for flag, pin in (
+            ("--source-sha256", self.source_sha256),
+            ("--calibration-sha256", self.calibration_sha256),
+            ("--lfw-sha256", self.lfw_sha256),
+        ):
+            if pin is not None:
+                args += [flag, pin]
+        if self.allow_http:
+            args.append("--allow-http")
         if self.expect_isa is not None:
             args += ["--expect-isa", self.expect_isa]
         args += ["--preset", self.preset, "--subset-size", str(self.subset_size)]

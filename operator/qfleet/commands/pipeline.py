@@ -16,7 +16,8 @@ from qfleet.pipeline import (
     termination_message,
     write_termination_log,
 )
-from qfleet.storage.staging import uses_object_storage
+from qfleet.storage.staging import check_pins
+from qfleet.storage.uris import is_s3
 
 HELP = "convert -> quantize -> validate FP32 and INT8 on LFW -> gate -> benchmark (one Job's work)"
 DESCRIPTION = (
@@ -33,17 +34,30 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--source",
         required=True,
-        help="model: MXNet checkpoint prefix, .onnx file or IR .xml (a path or s3://BUCKET/KEY)",
+        help="model: MXNet checkpoint prefix, .onnx file or IR .xml (a path, s3://BUCKET/KEY, or an "
+        "https:// .onnx)",
     )
     parser.add_argument("--format", dest="fmt", required=True, choices=defaults.SOURCE_FORMATS)
     parser.add_argument(
         "--epoch", type=int, default=None, help="MXNet checkpoint epoch (default: 1 or the only one)"
     )
     parser.add_argument(
-        "--calibration", required=True, help="lfw.bin or folder of aligned face crops (or s3://)"
+        "--calibration",
+        required=True,
+        help="lfw.bin or folder of aligned face crops (or s3://, or an https:// lfw.bin)",
     )
     parser.add_argument(
-        "--lfw", required=True, help="insightface lfw.bin to validate FP32 and INT8 on (or s3://)"
+        "--lfw", required=True, help="insightface lfw.bin to validate FP32 and INT8 on (or s3://, https://)"
+    )
+    for name in ("source", "calibration", "lfw"):
+        parser.add_argument(
+            f"--{name}-sha256",
+            default=None,
+            metavar="HEX",
+            help=f"expected sha256 of an https:// --{name} (a download that differs is refused)",
+        )
+    parser.add_argument(
+        "--allow-http", action="store_true", help="accept plain http:// inputs (each needs its --*-sha256)"
     )
     parser.add_argument(
         "--out",
@@ -115,6 +129,10 @@ def spec_from_args(args: argparse.Namespace) -> PipelineSpec:
         flip=not args.no_flip,
         progress=not args.quiet,
         termination_log=args.termination_log,
+        source_sha256=args.source_sha256,
+        calibration_sha256=args.calibration_sha256,
+        lfw_sha256=args.lfw_sha256,
+        allow_http=args.allow_http,
     )
 
 
@@ -123,7 +141,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     spec = dataclasses.replace(spec_from_args(args), progress=args.progress)
     # Checked before any stage runs: a toolkit without NNCF should not fail after the conversion.
     mxnet = ("mxnet", "onnx") if spec.fmt == "mxnet" else ()
-    s3 = ("boto3",) if uses_object_storage(spec.source, spec.calibration, spec.lfw, spec.out) else ()
+    check_pins(spec)  # before any download or stage: a pin on a local input is a mistake
+    s3 = (
+        ("boto3",)
+        if any(is_s3(value) for value in (spec.source, spec.calibration, spec.lfw, spec.out))
+        else ()
+    )
     extras.require("pipeline", "openvino", "nncf", "numpy", "PIL", "tqdm", *mxnet, *s3)
     result = run_pipeline_anywhere(spec)
     message = termination_message(result)

@@ -1,6 +1,8 @@
-"""``qfleet pipeline`` with ``s3://`` inputs and output: download, run locally, publish.
+"""``qfleet pipeline`` with ``s3://`` or ``https://`` inputs and an ``s3://`` output: download,
+run locally, publish.
 
-The pipeline itself only reads and writes local paths. Here its ``s3://`` inputs are downloaded
+The pipeline itself only reads and writes local paths. Here its ``https://`` inputs (one file
+each, checked against the sha256 pinned for it) and its ``s3://`` inputs are downloaded
 into a temporary directory first (an MXNet source prefix brings its ``-symbol.json`` and
 ``-NNNN.params``; an IR ``.xml`` its ``.bin``; a calibration prefix every object below it), the
 pipeline writes into a local temporary output, and each model directory of that output
@@ -27,7 +29,8 @@ from qfleet.model.metadata import MODEL_XML
 from qfleet.outputs import write_json
 from qfleet.storage.publish import publish
 from qfleet.storage.s3 import S3Store
-from qfleet.storage.uris import S3Uri, is_s3, parse_s3_uri
+from qfleet.storage.transfer import checked_sha256, download_http
+from qfleet.storage.uris import S3Uri, is_http, is_s3, parse_http_uri, parse_s3_uri
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +39,26 @@ _PARAMS = re.compile(r"-(\d{4})\.params$")
 ARTIFACT_KEYS = {"artifact": "int8", "fp32_artifact": "fp32", "bf16_artifact": "bf16"}
 
 
+INPUTS = ("source", "calibration", "lfw")
+
+
 def uses_object_storage(*values: str | None) -> bool:
-    return any(is_s3(value) for value in values)
+    """Whether any of ``values`` is remote (``s3://``, ``https://``, ``http://``)."""
+    return any(is_s3(value) or is_http(value) for value in values)
+
+
+def check_pins(spec: Any) -> None:
+    """A sha256 pin belongs to an https:// input, and a plain http:// input needs one."""
+    for name in INPUTS:
+        value, pin = getattr(spec, name), getattr(spec, f"{name}_sha256", None)
+        flag = f"--{name}-sha256"
+        if pin is not None and not is_http(value):
+            raise InputError(f"{flag} pins an https:// download, but --{name} is {value!r}")
+        checked_sha256(pin, what=flag)
+        if is_http(value):
+            parse_http_uri(value, allow_http=getattr(spec, "allow_http", False))
+            if value.strip().lower().startswith("http://") and pin is None:
+                raise InputError(f"--{name} {value!r} is plain http: pin its content with {flag}")
 
 
 def download_object(store: S3Store, uri: S3Uri, target: Path) -> Path:
@@ -100,7 +121,9 @@ def run_with_object_storage(
     try:
         started = time.perf_counter()
         try:
-            store = store or S3Store()
+            check_pins(spec)
+            needs_store = any(is_s3(v) for v in (spec.source, spec.calibration, spec.lfw, spec.out))
+            store = store or (S3Store() if needs_store else None)
             local = _local_inputs(spec, store, work)
         except QfleetError as exc:
             return _stage_failed({"timings": {"fetch-inputs": _since(started)}}, "fetch-inputs", exc)
@@ -112,6 +135,7 @@ def run_with_object_storage(
         result.setdefault("timings", {}).update(timings)
         if out_uri is None or "error" in result:
             return result
+        assert store is not None
         started = time.perf_counter()
         try:
             result["published"] = _publish_all(result, Path(local.out), out_uri, store)
@@ -124,14 +148,24 @@ def run_with_object_storage(
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _local_inputs(spec: Any, store: S3Store, work: Path) -> Any:
+def _local_inputs(spec: Any, store: S3Store | None, work: Path) -> Any:
     changes: dict[str, str] = {}
+    for field in INPUTS:
+        value = getattr(spec, field)
+        if is_http(value):
+            uri = parse_http_uri(value, allow_http=getattr(spec, "allow_http", False))
+            target = work / field / uri.name
+            target.parent.mkdir(parents=True)
+            download_http(uri, target, sha256=getattr(spec, f"{field}_sha256", None))
+            changes[field] = str(target)
     if is_s3(spec.source):
+        assert store is not None
         source = parse_s3_uri(spec.source)
         changes["source"] = str(download_source(store, source, spec.fmt, spec.epoch, work / "source"))
     for field in ("calibration", "lfw"):
         value = getattr(spec, field)
         if is_s3(value):
+            assert store is not None
             changes[field] = str(download_file_or_prefix(store, parse_s3_uri(value), work / field))
     if is_s3(spec.out):
         parse_s3_uri(spec.out)  # a bad --out is refused before the work, not after it

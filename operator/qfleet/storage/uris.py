@@ -171,3 +171,8 @@ def parse_location(value: str, *, allow_http: bool = False) -> Location:
 def is_s3(value: str | None) -> bool:
     """Whether ``value`` is spelled as an ``s3://`` URI (not whether it is a valid one)."""
     return bool(value) and str(value).strip().lower().startswith("s3://")
+
+
+def is_http(value: str | None) -> bool:
+    """Whether ``value`` is spelled as an ``https://`` or ``http://`` URL."""
+    return bool(value) and str(value).strip().lower().startswith(("https://", "http://"))
