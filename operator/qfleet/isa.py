@@ -153,6 +153,18 @@ def kernel_cap_env(name: str) -> dict[str, str]:
     return {"ONEDNN_MAX_CPU_ISA": tier(name).onednn_cap}
 
 
+def kernel_cap_forbids_bf16(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether ``ONEDNN_MAX_CPU_ISA`` caps the kernels at a tier without bf16 ones.
+
+    OpenVINO's CPU plugin reads the CPU's flags, not the cap: on a bf16 host capped at AVX2 it
+    still reports BF16 and defaults to bf16, and then fails to compile. Under such a cap qfleet
+    treats the host as the capped tier: no bf16.
+    """
+    value = (os.environ if environ is None else environ).get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
+    capped = next((tier for tier in TIERS if tier.onednn_cap == value), None)
+    return capped is not None and not capped.native_bf16
+
+
 def higher_tiers(name: str) -> tuple[IsaTier, ...]:
     """The tiers above ``name`` (empty for the highest)."""
     index = TIER_NAMES.index(tier(name).name)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qfleet.errors import InputError, IsaMismatchError
-from qfleet.isa import detect_host_tier, has_native_bf16, tier
+from qfleet.isa import detect_host_tier, has_native_bf16, kernel_cap_forbids_bf16, tier
 
 if TYPE_CHECKING:
     import openvino as ov
@@ -113,13 +113,25 @@ def read_model(model_xml: str | os.PathLike[str], *, ov_core: ov.Core | None = N
 
 
 def native_bf16(ov_core: ov.Core | None = None) -> bool:
-    """Whether the CPU plugin can compute bf16 on this host (it honours ``ONEDNN_MAX_CPU_ISA``)."""
+    """Whether the CPU plugin can compute bf16 on this host, its kernels capped or not.
+
+    The plugin's BF16 capability comes from the CPU's flags and ignores ``ONEDNN_MAX_CPU_ISA``;
+    a cap below the bf16 tiers takes bf16 away (see :func:`qfleet.isa.kernel_cap_forbids_bf16`).
+    """
+    if kernel_cap_forbids_bf16():
+        return False
     capabilities = (ov_core or core()).get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     return "BF16" in {str(capability) for capability in capabilities}
 
 
 def default_inference_precision(ov_core: ov.Core | None = None) -> str:
-    """What the plugin computes in when nobody says: bf16 on bf16-capable hosts, else f32."""
+    """What the plugin computes in when nobody says: bf16 on bf16-capable hosts, else f32.
+
+    Under a kernel cap without bf16 the plugin still says bf16 (and cannot compile it): f32 is
+    what runs there, since qfleet always names the precision it compiles for.
+    """
+    if kernel_cap_forbids_bf16():
+        return "f32"
     return str((ov_core or core()).get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name())
 
 
