@@ -4,13 +4,19 @@ Pure functions from the spec to plain dicts, ready to send to the API server. Ev
 describe meets the "restricted" Pod Security Standard: non-root, no privilege escalation, all
 capabilities dropped, RuntimeDefault seccomp, a read-only root filesystem (``/tmp`` is an
 emptyDir) and no service-account token (neither the pipeline nor the server talks to the API).
+
+Models and data on claims are mounted; those in object storage (``s3://``, ``https://``) are
+read by the pods themselves: the Job's pipeline downloads its inputs and publishes its artifacts,
+and a serving pod's init container (``qfleet fetch``) copies its model, verified, into an
+emptyDir that the server reads. Credentials reach only those containers, by reference to the
+spec's Secret (``envFrom``): the operator never reads a Secret.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,8 +25,8 @@ from qfleet.fleet import names
 from qfleet.fleet.config import FleetConfig
 from qfleet.fleet.nodes import parse_cpu
 from qfleet.fleet.pods import PodKnobs, apply_pod_knobs, merged
-from qfleet.fleet.spec import ModelSpec
-from qfleet.fleet.uris import PvcUri
+from qfleet.fleet.spec import ModelSpec, StorageSpec
+from qfleet.fleet.uris import ArtifactUri, InputUri, PvcUri, S3Uri, claims_of, in_pod
 from qfleet.isa import node_affinity
 from qfleet.pipeline import PipelineSpec
 
@@ -29,7 +35,14 @@ TERMINATION_LOG = defaults.TERMINATION_LOG
 USER_ERROR_EXIT_CODES = (2, 3)
 PIPELINE_CONTAINER = "pipeline"
 SERVER_CONTAINER = "server"
+FETCH_CONTAINER = "fetch-model"
 TMP_VOLUME = "tmp"
+#: The emptyDir a serving pod's init container fetches an object-storage model into.
+MODEL_VOLUME = "model"
+MODEL_DIR = "/var/lib/qfleet/model"
+#: Where the store's CA bundle (``spec.storage.caBundle``) is mounted.
+CA_VOLUME = "storage-ca"
+CA_DIR = "/etc/qfleet/storage-ca"
 
 
 @dataclass(frozen=True)
@@ -79,21 +92,38 @@ def knobs_for(spec: ModelSpec, tier: str, config: FleetConfig) -> PodKnobs:
     return merged(config.pod_defaults, spec.target(tier).pod)
 
 
-def artifacts_dir(owner: Owner, spec: ModelSpec, tier: str, key: str) -> PvcUri:
+def artifacts_dir(owner: Owner, spec: ModelSpec, tier: str, key: str) -> ArtifactUri:
     """Where a pipeline writes: ``<artifacts>/<model>/<pipeline key>/<tier>``."""
     return spec.artifacts.join(owner.name, key, tier)
 
 
 def pipeline_inputs(spec: ModelSpec, config: FleetConfig, *, rerun: str | None = None) -> dict[str, Any]:
-    """Everything that changes a pipeline's artifacts or measured FPS: the pipeline key's input."""
+    """Everything that changes a pipeline's artifacts or measured FPS: the pipeline key's input.
+
+    A sha256 pin is part of it only when set, so models without pins keep the keys they had.
+    """
+    source: dict[str, Any] = {"format": spec.source_format, "uri": str(spec.source), "epoch": spec.epoch}
+    quantization: dict[str, Any] = {
+        "preset": spec.preset,
+        "subsetSize": spec.subset_size,
+        "calibration": str(spec.calibration),
+    }
+    validation: dict[str, Any] = {
+        "lfw": str(spec.lfw),
+        "maxDrop": spec.max_drop,
+        "minAccuracy": spec.min_accuracy,
+    }
+    for section, key, pin in (
+        (source, "sha256", spec.source_sha256),
+        (quantization, "calibrationSha256", spec.calibration_sha256),
+        (validation, "lfwSha256", spec.lfw_sha256),
+    ):
+        if pin is not None:
+            section[key] = pin
     return {
-        "source": {"format": spec.source_format, "uri": str(spec.source), "epoch": spec.epoch},
-        "quantization": {
-            "preset": spec.preset,
-            "subsetSize": spec.subset_size,
-            "calibration": str(spec.calibration),
-        },
-        "validation": {"lfw": str(spec.lfw), "maxDrop": spec.max_drop, "minAccuracy": spec.min_accuracy},
+        "source": source,
+        "quantization": quantization,
+        "validation": validation,
         "image": config.toolkit_image,
         # The benchmark runs with the serving CPU budget: another budget, another FPS per replica.
         "cpu": cpu_budget(spec, config),
@@ -103,11 +133,11 @@ def pipeline_inputs(spec: ModelSpec, config: FleetConfig, *, rerun: str | None =
 
 
 def _claim_volumes(
-    uris: list[PvcUri], *, writable: set[str]
+    uris: Iterable[InputUri], *, writable: set[str]
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     volumes: list[dict[str, Any]] = [{"name": TMP_VOLUME, "emptyDir": {}}]
     mounts: list[dict[str, Any]] = [{"name": TMP_VOLUME, "mountPath": "/tmp"}]
-    for claim in sorted({uri.claim for uri in uris}):
+    for claim in sorted({uri.claim for uri in claims_of(uris)}):
         read_only = claim not in writable
         volume = f"pvc-{names.short_hash(claim)}"
         volumes.append(
@@ -149,6 +179,44 @@ def _env(threads: int, config: FleetConfig) -> list[dict[str, str]]:
     ]
 
 
+def _storage_access(storage: StorageSpec) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """What a container that reads or writes object storage adds: ``envFrom`` the spec's Secret
+    and the connection settings as the standard variables; the CA bundle's volume (or [])."""
+    env = [
+        {"name": name, "value": value}
+        for name, value in (
+            ("AWS_ENDPOINT_URL", storage.endpoint),
+            ("AWS_REGION", storage.region),
+            ("QFLEET_S3_ADDRESSING", storage.addressing),
+            ("AWS_CA_BUNDLE", f"{CA_DIR}/{storage.ca_bundle.key}" if storage.ca_bundle else None),
+        )
+        if value is not None
+    ]
+    access: dict[str, Any] = {"env": env}
+    if storage.secret_name:
+        access["envFrom"] = [{"secretRef": {"name": storage.secret_name}}]
+    if storage.ca_bundle is None:
+        return access, []
+    access["volumeMounts"] = [{"name": CA_VOLUME, "mountPath": CA_DIR, "readOnly": True}]
+    volume = {
+        "name": CA_VOLUME,
+        "configMap": {
+            "name": storage.ca_bundle.name,
+            "items": [{"key": storage.ca_bundle.key, "path": storage.ca_bundle.key}],
+        },
+    }
+    return access, [volume]
+
+
+def _with_storage_access(container: dict[str, Any], access: Mapping[str, Any]) -> dict[str, Any]:
+    container["env"] = [*container.get("env", []), *access["env"]]
+    if "envFrom" in access:
+        container["envFrom"] = list(access["envFrom"])
+    if "volumeMounts" in access:
+        container["volumeMounts"] = [*container.get("volumeMounts", []), *access["volumeMounts"]]
+    return container
+
+
 def _resources(
     spec: ModelSpec, config: FleetConfig, *, memory: str | None, cpu: str | None = None
 ) -> dict[str, dict[str, str]]:
@@ -176,12 +244,12 @@ def job_for(owner: Owner, spec: ModelSpec, tier: str, key: str, config: FleetCon
     out = artifacts_dir(owner, spec, tier, key)
     threads = threads_for(spec, config)
     args = PipelineSpec(
-        source=spec.source.pod_path,
+        source=in_pod(spec.source),
         fmt=spec.source_format,
         epoch=spec.epoch,
-        calibration=spec.calibration.pod_path,
-        lfw=spec.lfw.pod_path,
-        out=out.pod_path,
+        calibration=in_pod(spec.calibration),
+        lfw=in_pod(spec.lfw),
+        out=in_pod(out),
         expect_isa=tier,
         preset=spec.preset,
         subset_size=spec.subset_size,
@@ -190,29 +258,37 @@ def job_for(owner: Owner, spec: ModelSpec, tier: str, key: str, config: FleetCon
         threads=threads,
         benchmark_seconds=config.benchmark_seconds,
         termination_log=TERMINATION_LOG,
+        source_sha256=spec.source_sha256,
+        calibration_sha256=spec.calibration_sha256,
+        lfw_sha256=spec.lfw_sha256,
+        allow_http=spec.storage.allow_http,
     ).to_args()
-    volumes, mounts = _claim_volumes(list(spec.claims), writable={spec.artifacts.claim})
+    writable = {spec.artifacts.claim} if isinstance(spec.artifacts, PvcUri) else set()
+    volumes, mounts = _claim_volumes(list(spec.claims), writable=writable)
+    container: dict[str, Any] = {
+        "name": PIPELINE_CONTAINER,
+        "image": config.toolkit_image,
+        "imagePullPolicy": config.image_pull_policy,
+        "command": ["qfleet", "pipeline"],
+        "args": args,
+        "env": _env(threads, config),
+        "resources": _resources(spec, config, memory=config.job_memory),
+        "securityContext": _container_security(),
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "File",
+        "volumeMounts": mounts,
+    }
+    if spec.uses_object_storage:
+        access, extra_volumes = _storage_access(spec.storage)
+        _with_storage_access(container, access)
+        volumes += extra_volumes
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
         "affinity": node_affinity(tier, spec.target(tier).node_selector),
         "securityContext": _pod_security(config),
         "volumes": volumes,
-        "containers": [
-            {
-                "name": PIPELINE_CONTAINER,
-                "image": config.toolkit_image,
-                "imagePullPolicy": config.image_pull_policy,
-                "command": ["qfleet", "pipeline"],
-                "args": args,
-                "env": _env(threads, config),
-                "resources": _resources(spec, config, memory=config.job_memory),
-                "securityContext": _container_security(),
-                "terminationMessagePath": TERMINATION_LOG,
-                "terminationMessagePolicy": "File",
-                "volumeMounts": mounts,
-            }
-        ],
+        "containers": [container],
     }
     if config.job_service_account:
         pod_spec["serviceAccountName"] = config.job_service_account
@@ -274,7 +350,7 @@ SERVER_DRAIN_SECONDS = 30
 class ServingModel:
     """What one tier's pods serve: the artifact, and the CPU budget its FPS was measured with."""
 
-    artifact: PvcUri
+    artifact: ArtifactUri
     pipeline_key: str
     fps_per_replica: float
     #: CPU per replica; None: the spec's budget now.
@@ -312,9 +388,16 @@ def deployment_for(
         names.LABEL_NAME: "qfleet-server",
     }
     volumes, mounts = _claim_volumes([artifact], writable=set())
+    init_containers: list[dict[str, Any]] = []
+    model_path = artifact.pod_path if isinstance(artifact, PvcUri) else f"{MODEL_DIR}/{artifact.name}"
+    if isinstance(artifact, S3Uri):
+        fetch, fetch_volumes = _fetch_container(spec, config, artifact, cpu=cpu)
+        init_containers.append(fetch)
+        volumes += [{"name": MODEL_VOLUME, "emptyDir": {}}, *fetch_volumes]
+        mounts.append({"name": MODEL_VOLUME, "mountPath": MODEL_DIR, "readOnly": True})
     args = [
         "--model",
-        artifact.pod_path,
+        model_path,
         "--name",
         owner.name,
         "--host",
@@ -347,6 +430,7 @@ def deployment_for(
             # a rollout or a node drain stops the pod is still answered.
             "terminationGracePeriodSeconds": PRESTOP_SECONDS + SERVER_DRAIN_SECONDS + 5,
             "volumes": volumes,
+            **({"initContainers": init_containers} if init_containers else {}),
             "containers": [
                 {
                     "name": SERVER_CONTAINER,
@@ -397,6 +481,33 @@ def deployment_for(
             "template": template,
         },
     }
+
+
+def _fetch_container(
+    spec: ModelSpec, config: FleetConfig, artifact: S3Uri, *, cpu: str
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The storage initializer: ``qfleet fetch`` of the artifact's model directory into the
+    pod's emptyDir, every file checked against the sha256 its ``qfleet.json`` records. A
+    mismatch fails the init container, so the pod never becomes ready and the rollout keeps the
+    previous pods serving. Only this container gets the store's credentials."""
+    directory = S3Uri(artifact.bucket, artifact.key.rsplit("/", 1)[0] if "/" in artifact.key else "")
+    container: dict[str, Any] = {
+        "name": FETCH_CONTAINER,
+        "image": spec.serving_image or config.server_image,
+        "imagePullPolicy": config.image_pull_policy,
+        "command": ["qfleet", "fetch"],
+        "args": [str(directory), MODEL_DIR],
+        "env": _env(1, config),
+        # As much CPU as the server (an init container's resources do not add to the pod's).
+        "resources": _resources(spec, config, memory=None, cpu=cpu),
+        "securityContext": _container_security(),
+        "volumeMounts": [
+            {"name": TMP_VOLUME, "mountPath": "/tmp"},
+            {"name": MODEL_VOLUME, "mountPath": MODEL_DIR},
+        ],
+    }
+    access, volumes = _storage_access(spec.storage)
+    return _with_storage_access(container, access), volumes
 
 
 def _probe(path: str, port: int, *, period: int, failures: int) -> dict[str, Any]:

@@ -74,7 +74,7 @@ from qfleet.fleet.status import (
     served_to_dict,
     status_to_dict,
 )
-from qfleet.fleet.uris import UriError, parse_pvc_uri
+from qfleet.fleet.uris import UriError, parse_artifact_uri
 
 # Per-tier states reported in status.variants[].state.
 STATE_WAITING_FOR_NODES = "WaitingForNodes"
@@ -635,7 +635,7 @@ class _Planner:
             return None
         tier = variant.isa
         try:
-            artifact = parse_pvc_uri(served.artifact, field=f"status.variants[{tier}].served.artifact")
+            artifact = parse_artifact_uri(served.artifact, field=f"status.variants[{tier}].served.artifact")
         except UriError:
             return None
         replicas = fleet.replicas.get(tier, self.spec.min_replicas)

@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from qfleet.fleet.status import SPEEDUPS, Bf16Record, GateRecord, JobError, ResultRecord
-from qfleet.fleet.uris import pod_path_to_uri
+from qfleet.fleet.uris import artifact_of_result
 
 JobState = Literal["running", "succeeded", "failed"]
 
@@ -186,10 +186,13 @@ def _number(value: object, what: str) -> float:
     return float(value)
 
 
-def _uri_of(pod_path: object, what: str) -> str:
-    uri = pod_path_to_uri(str(pod_path))
+def _uri_of(location: object, what: str) -> str:
+    """The artifact's URI: an in-pod path on a mounted claim, or where it was published in S3."""
+    uri = artifact_of_result(str(location))
     if uri is None:
-        raise ResultError(f"the pipeline result's {what} {pod_path!r} is not on a mounted claim")
+        raise ResultError(
+            f"the pipeline result's {what} {location!r} is neither on a mounted claim nor an s3:// URI"
+        )
     return str(uri)
 
 

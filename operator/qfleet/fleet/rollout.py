@@ -160,7 +160,10 @@ def _unschedulable_since(pod: Mapping[str, Any]) -> datetime | None:
 
 def _failing(pod: Mapping[str, Any]) -> str | None:
     name = _metadata(pod).get("name")
-    for container in _status(pod).get("containerStatuses") or []:
+    # An init container that keeps failing (a model fetch refused: damaged, missing, denied)
+    # holds the pod before its server ever starts: the same dead end as a crashing server.
+    status = _status(pod)
+    for container in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
         if container.get("ready"):
             continue
         waiting = (container.get("state") or {}).get("waiting") or {}

@@ -9,13 +9,24 @@ problem is reported with the field's path and what to write instead.
 from __future__ import annotations
 
 import math
+import re
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from qfleet import defaults
 from qfleet.fleet.pods import KnobError, PodKnobs, parse_names_map, parse_pod_knobs
-from qfleet.fleet.uris import PvcUri, UriError, parse_pvc_uri
+from qfleet.fleet.uris import (
+    ArtifactUri,
+    HttpUri,
+    InputUri,
+    PvcUri,
+    UriError,
+    claims_of,
+    parse_artifact_uri,
+    parse_input_uri,
+)
 from qfleet.isa import TIER_NAMES, has_native_bf16
 
 FORMATS = defaults.SOURCE_FORMATS
@@ -32,6 +43,12 @@ SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
 #: ``allTiers``: a new pipeline's models go live together, once every tier has its result;
 #: ``perTier``: each tier switches as soon as its own result is in.
 CONSISTENCY_MODES = ("allTiers", "perTier")
+#: S3 addressing styles (``QFLEET_S3_ADDRESSING``): on-prem stores usually need ``path``.
+ADDRESSING_STYLES = ("path", "virtual")
+# Secret and ConfigMap names are DNS subdomains; a ConfigMap key is a file name.
+_OBJECT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+_CONFIG_KEY = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 #: The defaults the CRD's schema declares (tests/unit/deploy/test_crd_schema.py checks they agree); those
 #: the command line shares come from :mod:`qfleet.defaults`.
@@ -50,11 +67,38 @@ DEFAULTS: dict[str, Any] = {
     "demand.pendingGraceSeconds": 300,
     "rollout.onGateFailure": "keep",
     "rollout.consistency": "allTiers",
+    "storage.caBundle.key": "ca.crt",
+    "storage.allowHttp": False,
 }
 
 
 class SpecError(ValueError):
     """The spec cannot be acted on; the message names the field and what to do."""
+
+
+@dataclass(frozen=True)
+class ConfigMapKey:
+    name: str
+    key: str
+
+
+@dataclass(frozen=True)
+class StorageSpec:
+    """How the pods reach object storage: credentials only by reference, settings as values.
+
+    The operator never reads the Secret: the pods it builds name it in ``envFrom``, so its keys
+    become the standard variables (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
+    ``AWS_SESSION_TOKEN``). Without a Secret the pods use what their ServiceAccount or node gives
+    them (IRSA, workload identity, an instance profile).
+    """
+
+    secret_name: str | None = None
+    endpoint: str | None = None
+    region: str | None = None
+    ca_bundle: ConfigMapKey | None = None
+    addressing: str | None = None
+    #: Plain ``http://`` inputs are accepted (each must pin its sha256).
+    allow_http: bool = DEFAULTS["storage.allowHttp"]
 
 
 @dataclass(frozen=True)
@@ -69,12 +113,12 @@ class Target:
 @dataclass(frozen=True)
 class ModelSpec:
     source_format: str
-    source: PvcUri
+    source: InputUri
     epoch: int | None
     preset: str
     subset_size: int
-    calibration: PvcUri
-    lfw: PvcUri
+    calibration: InputUri
+    lfw: InputUri
     max_drop: float
     min_accuracy: float | None
     targets: tuple[Target, ...]
@@ -88,13 +132,18 @@ class ModelSpec:
     faces_per_frame: float
     target_utilization: float
     placement: str
-    artifacts: PvcUri
+    artifacts: ArtifactUri
     on_gate_failure: str
     service_type: str = DEFAULTS["serving.service.type"]
     service_annotations: Mapping[str, str] = field(default_factory=dict)
     #: How long replicas may stay Pending (unschedulable) before their tier counts as short.
     pending_grace_seconds: int = DEFAULTS["demand.pendingGraceSeconds"]
     consistency: str = DEFAULTS["rollout.consistency"]
+    storage: StorageSpec = field(default_factory=StorageSpec)
+    #: sha256 pins of ``https://`` inputs: source, calibration, lfw (None: not pinned).
+    source_sha256: str | None = None
+    calibration_sha256: str | None = None
+    lfw_sha256: str | None = None
 
     @property
     def tiers(self) -> tuple[str, ...]:
@@ -108,8 +157,13 @@ class ModelSpec:
 
     @property
     def claims(self) -> tuple[PvcUri, ...]:
-        """Every URI a quantization Job reads or writes."""
-        return (self.source, self.calibration, self.lfw, self.artifacts)
+        """Every ``pvc://`` URI a quantization Job reads or writes (what it mounts)."""
+        return tuple(claims_of([self.source, self.calibration, self.lfw, self.artifacts]))
+
+    @property
+    def uses_object_storage(self) -> bool:
+        """Whether a pod of this model reads or writes anything but claims."""
+        return len(self.claims) < 4
 
 
 def parse_spec(spec: Mapping[str, Any] | None) -> ModelSpec:
@@ -136,15 +190,23 @@ def parse_spec(spec: Mapping[str, Any] | None) -> ModelSpec:
     if on_gate_failure == "bf16":
         _check_bf16_targets(targets)
     service = _section(serving, "service", where="spec.serving")
+    storage = _storage(_section(spec, "storage"))
+    inputs = _Inputs(storage.allow_http)
+    source_uri = inputs.uri(source, "uri", "spec.source", sha256="sha256")
+    if isinstance(source_uri, HttpUri) and source_format != "onnx":
+        raise SpecError(
+            f"spec.source.uri {str(source_uri)!r}: an https source must be one .onnx file; put "
+            f"{source_format} models (several files) on s3:// or a PersistentVolumeClaim"
+        )
 
     return ModelSpec(
         source_format=source_format,
-        source=_uri(source.get("uri"), "spec.source.uri"),
+        source=source_uri,
         epoch=epoch,
         preset=_choice(quantization, "quantization.preset", PRESETS),
         subset_size=_integer(quantization, "quantization.subsetSize", minimum=1),
-        calibration=_uri(quantization.get("calibration"), "spec.quantization.calibration"),
-        lfw=_uri(validation.get("lfw"), "spec.validation.lfw"),
+        calibration=inputs.uri(quantization, "calibration", "spec.quantization", sha256="calibrationSha256"),
+        lfw=inputs.uri(validation, "lfw", "spec.validation", sha256="lfwSha256"),
         max_drop=_fraction(validation, "validation.maxDrop"),
         min_accuracy=min_accuracy,
         targets=targets,
@@ -158,13 +220,108 @@ def parse_spec(spec: Mapping[str, Any] | None) -> ModelSpec:
         faces_per_frame=_positive(demand, "demand.facesPerFrame"),
         target_utilization=_utilization(demand),
         placement=_choice(demand, "demand.placement", PLACEMENTS),
-        artifacts=_uri(artifacts.get("uri"), "spec.artifacts.uri"),
+        artifacts=_artifacts_uri(artifacts.get("uri")),
         on_gate_failure=on_gate_failure,
         service_type=_choice(service, "serving.service.type", SERVICE_TYPES),
         service_annotations=_annotations(service.get("annotations"), "spec.serving.service.annotations"),
         pending_grace_seconds=_integer(demand, "demand.pendingGraceSeconds", minimum=0),
         consistency=_choice(rollout, "rollout.consistency", CONSISTENCY_MODES),
+        storage=storage,
+        source_sha256=inputs.pins.get("spec.source.sha256"),
+        calibration_sha256=inputs.pins.get("spec.quantization.calibrationSha256"),
+        lfw_sha256=inputs.pins.get("spec.validation.lfwSha256"),
     )
+
+
+class _Inputs:
+    """Parses the input URIs and their sha256 pins (a pin belongs to an https:// input)."""
+
+    def __init__(self, allow_http: bool) -> None:
+        self.allow_http = allow_http
+        self.pins: dict[str, str] = {}
+
+    def uri(self, section: Mapping[str, Any], key: str, where: str, *, sha256: str) -> InputUri:
+        path = f"{where}.{key}"
+        try:
+            uri = parse_input_uri(section.get(key), field=path, allow_http=self.allow_http)
+        except UriError as exc:
+            raise SpecError(str(exc)) from None
+        pin = section.get(sha256)
+        pin_path = f"{where}.{sha256}"
+        if pin is not None:
+            if not isinstance(uri, HttpUri):
+                raise SpecError(
+                    f"{pin_path} pins an https:// download; {path} is {uri}, which is read as it is "
+                    f"(remove {sha256})"
+                )
+            if not isinstance(pin, str) or not _SHA256.match(pin.strip().lower()):
+                raise SpecError(f"{pin_path} must be 64 hexadecimal digits (sha256sum's output), got {pin!r}")
+            self.pins[pin_path] = pin.strip().lower()
+        elif isinstance(uri, HttpUri) and uri.url.lower().startswith("http://"):
+            raise SpecError(f"{path} {str(uri)!r} is plain http: pin its content with {pin_path}")
+        return uri
+
+
+def _artifacts_uri(value: object) -> ArtifactUri:
+    try:
+        return parse_artifact_uri(value, field="spec.artifacts.uri")
+    except UriError as exc:
+        raise SpecError(str(exc)) from None
+
+
+def _storage(storage: Mapping[str, Any]) -> StorageSpec:
+    secret = _section(storage, "secretRef", where="spec.storage")
+    ca_bundle = _section(storage, "caBundle", where="spec.storage")
+    secret_name = _object_name(secret.get("name"), "spec.storage.secretRef.name") if secret else None
+    ca = None
+    if ca_bundle:
+        key = ca_bundle.get("key", DEFAULTS["storage.caBundle.key"])
+        if not isinstance(key, str) or not _CONFIG_KEY.match(key):
+            raise SpecError(f"spec.storage.caBundle.key must be a ConfigMap key such as ca.crt, got {key!r}")
+        ca = ConfigMapKey(_object_name(ca_bundle.get("name"), "spec.storage.caBundle.name"), key)
+    addressing = storage.get("addressing")
+    if addressing is not None and addressing not in ADDRESSING_STYLES:
+        raise SpecError(
+            f"spec.storage.addressing must be one of {', '.join(ADDRESSING_STYLES)}, got {addressing!r}"
+        )
+    allow_http = storage.get("allowHttp", DEFAULTS["storage.allowHttp"])
+    if not isinstance(allow_http, bool):
+        raise SpecError(f"spec.storage.allowHttp must be true or false, got {allow_http!r}")
+    return StorageSpec(
+        secret_name=secret_name,
+        endpoint=_endpoint(storage.get("endpoint")),
+        region=_plain_string(storage.get("region"), "spec.storage.region"),
+        ca_bundle=ca,
+        addressing=addressing,
+        allow_http=allow_http,
+    )
+
+
+def _object_name(value: object, path: str) -> str:
+    if not isinstance(value, str) or not _OBJECT_NAME.match(value):
+        raise SpecError(
+            f"{path} must name an object in the model's namespace (a DNS subdomain), got {value!r}"
+        )
+    return value
+
+
+def _endpoint(value: object) -> str | None:
+    if value is None:
+        return None
+    parts = urllib.parse.urlsplit(value) if isinstance(value, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SpecError(
+            f"spec.storage.endpoint must be the store's URL, such as https://minio.storage:9000, got {value!r}"
+        )
+    return str(value).rstrip("/")
+
+
+def _plain_string(value: object, path: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip() or any(ch.isspace() for ch in value.strip()):
+        raise SpecError(f"{path} must be a name without spaces, got {value!r}")
+    return value.strip()
 
 
 def _replicas(serving: Mapping[str, Any]) -> tuple[int, int]:
@@ -305,13 +462,6 @@ def _choice(
     if value not in choices:
         raise SpecError(f"spec.{path} must be one of {', '.join(choices)}, got {value!r}")
     return str(value)
-
-
-def _uri(value: object, path: str) -> PvcUri:
-    try:
-        return parse_pvc_uri(value, field=path)
-    except UriError as exc:
-        raise SpecError(str(exc)) from None
 
 
 def _targets(value: object) -> tuple[Target, ...]:

@@ -22,7 +22,7 @@ from qfleet.fleet.manifests import (
 )
 from qfleet.fleet.pods import parse_pod_knobs
 from qfleet.fleet.spec import parse_spec
-from qfleet.fleet.uris import MOUNT_ROOT, PvcUri
+from qfleet.fleet.uris import MOUNT_ROOT, PvcUri, parse_artifact_uri
 
 OWNER = Owner(name="arcface", namespace="faces", uid="uid-1")
 CONFIG = FleetConfig(toolkit_image="reg/toolkit:1", server_image="reg/server:1", benchmark_seconds=20)
@@ -281,3 +281,101 @@ def test_pod_knobs_reach_jobs_and_serving_pods() -> None:
         spread["topologyKey"] == "kubernetes.io/hostname" and spread["whenUnsatisfiable"] == "ScheduleAnyway"
     )
     assert "topologySpreadConstraints" not in job["spec"]
+
+
+STORAGE = {
+    "secretRef": {"name": "minio-credentials"},
+    "endpoint": "https://minio.storage:9000",
+    "region": "eu-west-1",
+    "caBundle": {"name": "minio-ca", "key": "ca.pem"},
+    "addressing": "path",
+}
+DIGEST = "ab" * 32
+
+
+def s3_spec(**overrides: Any) -> Any:
+    return make_spec(
+        source={"format": "onnx", "uri": "https://models.example/r100.onnx", "sha256": DIGEST},
+        quantization={"calibration": "s3://data/calib", "subsetSize": 100},
+        validation={"lfw": "s3://data/lfw.bin"},
+        artifacts={"uri": "s3://models/qfleet"},
+        storage=STORAGE,
+        **overrides,
+    )
+
+
+def test_job_with_object_storage_passes_uris_and_references_the_secret() -> None:
+    job = job_for(OWNER, s3_spec(), "avx2", "0123456789", CONFIG)
+    pod = job["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    args = pipeline_parser().parse_args(container["args"])
+    assert args.source == "https://models.example/r100.onnx" and args.source_sha256 == DIGEST
+    assert args.calibration == "s3://data/calib" and args.lfw == "s3://data/lfw.bin"
+    assert args.out == "s3://models/qfleet/arcface/0123456789/avx2" and not args.allow_http
+    # No claim is mounted; the credentials are a reference, never a value the operator read.
+    assert not [volume for volume in pod["volumes"] if "persistentVolumeClaim" in volume]
+    assert container["envFrom"] == [{"secretRef": {"name": "minio-credentials"}}]
+    env = {item["name"]: item["value"] for item in container["env"]}
+    assert env["AWS_ENDPOINT_URL"] == "https://minio.storage:9000" and env["AWS_REGION"] == "eu-west-1"
+    assert env["QFLEET_S3_ADDRESSING"] == "path"
+    assert env["AWS_CA_BUNDLE"] == "/etc/qfleet/storage-ca/ca.pem"
+    assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & set(env)
+    ca = next(volume for volume in pod["volumes"] if volume["name"] == "storage-ca")
+    assert ca["configMap"] == {"name": "minio-ca", "items": [{"key": "ca.pem", "path": "ca.pem"}]}
+    assert {"name": "storage-ca", "mountPath": "/etc/qfleet/storage-ca", "readOnly": True} in container[
+        "volumeMounts"
+    ]
+
+
+def test_pvc_inputs_with_s3_artifacts_mount_only_the_input_claims_read_only() -> None:
+    spec = make_spec(artifacts={"uri": "s3://models/qfleet"})
+    pod = job_for(OWNER, spec, "avx2", "k", CONFIG)["spec"]["template"]["spec"]
+    claims = {
+        v["persistentVolumeClaim"]["claimName"]: v["persistentVolumeClaim"]["readOnly"]
+        for v in pod["volumes"]
+        if "persistentVolumeClaim" in v
+    }
+    assert claims == {"models": True, "data": True}
+    assert "envFrom" not in pod["containers"][0]  # no Secret named: the pod's own identity (IRSA...)
+
+
+def test_pins_change_the_pipeline_key_input_only_when_set() -> None:
+    assert "sha256" not in pipeline_inputs(make_spec(), CONFIG)["source"]
+    pinned = pipeline_inputs(s3_spec(), CONFIG)
+    assert pinned["source"]["sha256"] == DIGEST and "lfwSha256" not in pinned["validation"]
+
+
+def test_an_s3_model_is_fetched_and_verified_by_an_init_container() -> None:
+    artifact = parse_artifact_uri("s3://models/qfleet/arcface/k/avx2/int8/model.xml", field="artifact")
+    deployment = deployment_for(
+        OWNER, s3_spec(), "avx2", model=ServingModel(artifact, "k", 500.0), replicas=2, config=CONFIG
+    )
+    pod = deployment["spec"]["template"]["spec"]
+    (fetch,) = pod["initContainers"]
+    server = pod["containers"][0]
+    assert fetch["command"] == ["qfleet", "fetch"]
+    assert fetch["args"] == ["s3://models/qfleet/arcface/k/avx2/int8", "/var/lib/qfleet/model"]
+    assert fetch["image"] == server["image"] and fetch["envFrom"] == [
+        {"secretRef": {"name": "minio-credentials"}}
+    ]
+    assert fetch["securityContext"] == server["securityContext"]
+    assert {"name": "model", "emptyDir": {}} in pod["volumes"]
+    assert {"name": "model", "mountPath": "/var/lib/qfleet/model"} in fetch["volumeMounts"]
+    # The server reads the local copy and holds no credentials.
+    assert server["args"][server["args"].index("--model") + 1] == "/var/lib/qfleet/model/model.xml"
+    assert {"name": "model", "mountPath": "/var/lib/qfleet/model", "readOnly": True} in server["volumeMounts"]
+    assert "envFrom" not in server and not any(e["name"].startswith("AWS_") for e in server["env"])
+    assert deployment["metadata"]["annotations"][names.ANNOTATION_ARTIFACT] == str(artifact)
+
+
+def test_a_claim_model_gets_no_init_container() -> None:
+    artifact = PvcUri("models", "a/int8/model.xml")
+    pod = deployment_for(
+        OWNER,
+        make_spec(storage=STORAGE),
+        "avx2",
+        model=ServingModel(artifact, "k", 500.0),
+        replicas=1,
+        config=CONFIG,
+    )["spec"]["template"]["spec"]
+    assert "initContainers" not in pod and "envFrom" not in pod["containers"][0]

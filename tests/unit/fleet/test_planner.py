@@ -407,9 +407,9 @@ def test_two_tiers_fill_in_target_order() -> None:
 
 def test_invalid_spec_is_a_condition_and_touches_nothing() -> None:
     body, job, deployment = first_pass_to_ready()
-    body["spec"]["source"]["uri"] = "s3://bucket/r100.onnx"
+    body["spec"]["source"]["uri"] = "gs://bucket/r100.onnx"
     result = plan(body, Observed(jobs=[job], deployments=[deployment], inventory=VNNI), CONFIG, now=T2)
-    assert result.invalid_spec is not None and "unsupported scheme 's3'" in result.invalid_spec
+    assert result.invalid_spec is not None and "unsupported scheme 'gs'" in result.invalid_spec
     assert (result.create_jobs, result.delete_jobs, result.deployments, result.delete_deployments) == (
         [],
         [],
@@ -555,16 +555,20 @@ def test_a_lost_status_is_rebuilt_from_the_deployment() -> None:
     assert change.action == "scale" and change.replicas == 9
 
 
-def crash_looping_pod(deployment: dict[str, Any], artifact: str) -> dict[str, Any]:
+def crash_looping_pod(
+    deployment: dict[str, Any], artifact: str, statuses: str = "containerStatuses"
+) -> dict[str, Any]:
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     return {
         "metadata": {"name": "p1", "labels": labels, "annotations": {"qfleet.dev/artifact": artifact}},
-        "status": {"phase": "Running", "containerStatuses": [{"ready": False, "restartCount": 4,
+        "status": {"phase": "Running", statuses: [{"ready": False, "restartCount": 4,
                    "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]},
     }  # fmt: skip
 
 
-def test_a_crash_looping_rollout_goes_back_to_the_last_good_model() -> None:
+# A crashing server, or a model fetch (the init container) that keeps refusing a damaged artifact.
+@pytest.mark.parametrize("statuses", ["containerStatuses", "initContainerStatuses"])
+def test_a_crash_looping_rollout_goes_back_to_the_last_good_model(statuses: str) -> None:
     body, old_job, deployment = first_pass_to_ready()
     good = body["status"]["variants"][0]["served"]["artifact"]
     result, job = new_source_job(body, Observed(jobs=[old_job], deployments=[deployment], inventory=VNNI))
@@ -578,7 +582,7 @@ def test_a_crash_looping_rollout_goes_back_to_the_last_good_model() -> None:
     new = rolling.status["variants"][0]["served"]["artifact"]
     current = applied(deployment, update.body)
     current["metadata"]["generation"] = 2  # rolling: not all pods run the new template
-    crashing = crash_looping_pod(current, new)
+    crashing = crash_looping_pod(current, new, statuses)
     back = plan(body, Observed(jobs=[done], pods=[pod, crashing], deployments=[current], inventory=VNNI),
                 CONFIG, now=T2)  # fmt: skip
     (variant,) = back.status["variants"]

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from qfleet.fleet.pods import PodKnobs
-from qfleet.fleet.spec import DEFAULTS, SpecError, parse_spec
+from qfleet.fleet.spec import DEFAULTS, ConfigMapKey, SpecError, StorageSpec, parse_spec
 
 MINIMAL: dict[str, Any] = {
     "source": {"format": "onnx", "uri": "pvc://models/r100.onnx"},
@@ -52,7 +52,21 @@ def test_minimal_spec_gets_the_defaults() -> None:
     ("path", "value", "words"),
     [
         ("source.format", "caffe", ["spec.source.format", "mxnet, onnx, openvino"]),
-        ("source.uri", "s3://bucket/m.onnx", ["spec.source.uri", "unsupported scheme 's3'"]),
+        ("source.uri", "gs://bucket/m.onnx", ["spec.source.uri", "unsupported scheme 'gs'", "s3://"]),
+        ("source.uri", "s3://bucket/../m.onnx", ["spec.source.uri", "'..'"]),
+        (
+            "source",
+            {"format": "mxnet", "uri": "https://models.example/r100"},
+            ["an https source must be one .onnx file", "s3://"],
+        ),
+        ("source.uri", "http://models.example/r100.onnx", ["plain http", "allowHttp"]),
+        ("source.sha256", "ab" * 32, ["spec.source.sha256 pins an https:// download"]),
+        ("artifacts.uri", "https://models.example/out", ["spec.artifacts.uri", "read-only"]),
+        ("storage.secretRef", {"name": "Bad Name"}, ["spec.storage.secretRef.name"]),
+        ("storage.endpoint", "minio:9000", ["spec.storage.endpoint", "https://"]),
+        ("storage.addressing", "dns", ["spec.storage.addressing", "path, virtual"]),
+        ("storage.caBundle", {"name": "ca", "key": "a/b"}, ["spec.storage.caBundle.key"]),
+        ("storage.allowHttp", "yes", ["spec.storage.allowHttp"]),
         ("source.epoch", -2, ["spec.source.epoch"]),
         ("quantization.calibration", "pvc://data/../x", ["spec.quantization.calibration", "'..'"]),
         ("quantization.subsetSize", 0, ["spec.quantization.subsetSize", ">= 1"]),
@@ -108,6 +122,52 @@ def test_mistakes_are_named(path: str, value: Any, words: list[str]) -> None:
         parse_spec(spec)
     for word in words:
         assert word in str(caught.value)
+
+
+def test_object_storage_uris_with_their_settings_and_pins() -> None:
+    spec = copy.deepcopy(MINIMAL)
+    digest = "0123456789abcdef" * 4
+    spec["source"] = {"format": "onnx", "uri": "https://models.example/r100.onnx", "sha256": digest.upper()}
+    spec["quantization"] = {"calibration": "s3://data/calib/"}
+    spec["validation"] = {"lfw": "http://mirror.local/lfw.bin", "lfwSha256": digest}
+    spec["artifacts"] = {"uri": "s3://models/qfleet"}
+    spec["storage"] = {
+        "secretRef": {"name": "minio-credentials"},
+        "endpoint": "https://minio.storage:9000/",
+        "region": "eu-west-1",
+        "caBundle": {"name": "minio-ca"},
+        "addressing": "path",
+        "allowHttp": True,
+    }
+    parsed = parse_spec(spec)
+    assert str(parsed.source) == "https://models.example/r100.onnx" and parsed.source_sha256 == digest
+    assert str(parsed.calibration) == "s3://data/calib" and parsed.calibration_sha256 is None
+    assert parsed.lfw_sha256 == digest and str(parsed.artifacts) == "s3://models/qfleet"
+    assert parsed.claims == () and parsed.uses_object_storage
+    assert parsed.storage == StorageSpec(
+        secret_name="minio-credentials",
+        endpoint="https://minio.storage:9000",
+        region="eu-west-1",
+        ca_bundle=ConfigMapKey("minio-ca", "ca.crt"),
+        addressing="path",
+        allow_http=True,
+    )
+    # Plain http needs the opt-in as well as the pin.
+    del spec["storage"]["allowHttp"]
+    with pytest.raises(SpecError, match="plain http"):
+        parse_spec(spec)
+
+
+def test_claims_are_only_the_pvc_uris() -> None:
+    spec = copy.deepcopy(MINIMAL)
+    spec["artifacts"] = {"uri": "s3://models/qfleet"}
+    parsed = parse_spec(spec)
+    assert [str(uri) for uri in parsed.claims] == [
+        "pvc://models/r100.onnx",
+        "pvc://data/calib",
+        "pvc://data/lfw.bin",
+    ]
+    assert parsed.uses_object_storage and not parse_spec(MINIMAL).uses_object_storage
 
 
 @pytest.mark.parametrize("section", ["source", "quantization", "validation", "artifacts"])
