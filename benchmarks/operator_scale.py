@@ -56,11 +56,22 @@ from qfleet.fleet import names  # noqa: E402
 from qfleet.fleet.planner import current_pipeline_key  # noqa: E402
 from qfleet.fleet.replicas import needed_replicas  # noqa: E402
 from qfleet.fleet.spec import parse_spec  # noqa: E402
+from qfleet.isa import detect_host_tier  # noqa: E402
 from qfleet.operator.settings import OperatorSettings  # noqa: E402
 from tests.support.cluster import DEPLOYMENTS, NODES, Cluster, Emulator  # noqa: E402
 
 SECTION_TITLE = "## Operator scale"
 OPERATOR_ENV = {"QFLEET_RESYNC_SECONDS": "3600"}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of the process ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def isa_tier() -> str:
+    return detect_host_tier() or "unknown ISA tier"
 
 
 def model_body(index: int, tier: str, fps: float, cameras: int, config: Any) -> dict[str, Any]:
@@ -84,7 +95,34 @@ def replicas_for(cameras: int, fps: float) -> int:
     return max(1, min(64, needed_replicas(cameras * CAMERA_FPS * FACES_PER_FRAME, fps, UTILIZATION)))
 
 
-async def measure(models: int, nodes: int, changes: int, burst: int, seed: int) -> dict[str, Any]:
+def resumable(body: dict[str, Any]) -> dict[str, Any]:
+    """Mark ``body`` as handled by kopf before (its last-handled-configuration annotation), as every
+    model is after an operator restart: kopf resumes it rather than handling a creation."""
+    import kopf
+
+    storage = kopf.AnnotationsDiffBaseStorage(prefix=names.GROUP, key="last-handled-configuration")
+    patch = kopf.Patch()
+    storage.store(body=kopf.Body(body), patch=patch, essence=storage.build(body=kopf.Body(body)))
+    body["metadata"].setdefault("annotations", {}).update(patch["metadata"]["annotations"])
+    return body
+
+
+PEERING_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "kopfpeerings.kopf.dev"},
+    "spec": {
+        "group": "kopf.dev",
+        "scope": "Namespaced",
+        "names": {"kind": "KopfPeering", "plural": "kopfpeerings", "singular": "kopfpeering"},
+        "versions": [{"name": "v1", "served": True, "storage": True}],
+    },
+}
+
+
+async def measure(
+    models: int, nodes: int, changes: int, burst: int, seed: int, *, failover: bool = False
+) -> dict[str, Any]:
     rng = random.Random(seed)
     config = OperatorSettings.from_env(OPERATOR_ENV).fleet
     root = Path(tempfile.mkdtemp(prefix="qfleet-scale-"))
@@ -99,7 +137,7 @@ async def measure(models: int, nodes: int, changes: int, burst: int, seed: int) 
         for index in range(models):
             tier, fps = TIERS[index % len(TIERS)]
             cameras = rng.choice((16, 64, 256))
-            body = model_body(index, tier, fps, cameras, config)
+            body = resumable(model_body(index, tier, fps, cameras, config))
             await cluster.apply_model(body)
             fleet[body["metadata"]["name"]] = (tier, fps, cameras)
 
@@ -108,34 +146,62 @@ async def measure(models: int, nodes: int, changes: int, burst: int, seed: int) 
             deployment = cluster.get(DEPLOYMENTS, NAMESPACE, names.deployment_name(name, tier))
             return None if deployment is None else int(deployment["spec"]["replicas"])
 
-        started = time.perf_counter()
-        process = await cluster.start_operator("--namespace", NAMESPACE, "--quiet", env=OPERATOR_ENV)
-        try:
+        async def change(name: str) -> float:
+            tier, fps, cameras = fleet[name]
+            new = 1024 if cameras != 1024 else 32  # always a different replica count
+            want = replicas_for(new, fps)
+            assert want != replicas_for(cameras, fps)
+            fleet[name] = (tier, fps, new)
+            begin = time.perf_counter()
+            await cluster.patch(cluster.model_path(NAMESPACE, name), {"spec": {"demand": {"cameras": new}}})
+            while replicas(name) != want:
+                if time.perf_counter() - begin > 120:
+                    raise RuntimeError(f"{name}: no rescale within 120 s")
+                await asyncio.sleep(0.002)
+            return time.perf_counter() - begin
+
+        async def planned(started: float, during: list[float]) -> float:
+            """Seconds from ``started`` until every Deployment has its planned replicas; meanwhile,
+            one camera change after another (the first a second in), each timed into ``during``."""
+            done = asyncio.Event()
+
+            async def change_meanwhile() -> None:
+                await asyncio.sleep(1.0)
+                while not done.is_set():
+                    during.append(await change(rng.choice(sorted(fleet))))
+                    await asyncio.sleep(0.5)
+
+            changer = asyncio.create_task(change_meanwhile())
             pending = set(fleet)
             while pending:
                 pending = {n for n in pending if replicas(n) != replicas_for(fleet[n][2], fleet[n][1])}
-                if time.perf_counter() - started > 600:
-                    raise RuntimeError(f"{len(pending)} Deployments missing after 10 minutes")
-                await asyncio.sleep(0.05)
-            startup = time.perf_counter() - started
+                if time.perf_counter() - started > 1800:
+                    raise RuntimeError(f"{len(pending)} Deployments missing after 30 minutes")
+                await asyncio.sleep(0.25)  # the emulator serves from this process: poll gently
+            elapsed = time.perf_counter() - started
+            done.set()
+            await changer
+            return elapsed
+
+        env = dict(OPERATOR_ENV)
+        if failover:
+            cluster.emulator.install_crd(PEERING_CRD)
+            await cluster.create(
+                f"/apis/kopf.dev/v1/namespaces/{NAMESPACE}/kopfpeerings",
+                {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": "qfleet"}},
+            )
+            env["QFLEET_PEERING"] = "qfleet"
+        before = sum(emulator.request_counts.values())
+        started = time.perf_counter()
+        emulator_cpu = time.process_time()
+        process = await cluster.start_operator("--namespace", NAMESPACE, "--quiet", env=env)
+        try:
+            during: list[float] = []
+            startup = await planned(started, during)
+            requests = sum(emulator.request_counts.values()) - before
+            operator_cpu = cpu_seconds(process.pid)
+            emulator_cpu = time.process_time() - emulator_cpu
             await asyncio.sleep(2.0)  # let the follow-up reconciles (Deployment events) settle
-
-            async def change(name: str) -> float:
-                tier, fps, cameras = fleet[name]
-                new = 1024 if cameras != 1024 else 32  # always a different replica count
-                want = replicas_for(new, fps)
-                assert want != replicas_for(cameras, fps)
-                fleet[name] = (tier, fps, new)
-                begin = time.perf_counter()
-                await cluster.patch(
-                    cluster.model_path(NAMESPACE, name), {"spec": {"demand": {"cameras": new}}}
-                )
-                while replicas(name) != want:
-                    if time.perf_counter() - begin > 60:
-                        raise RuntimeError(f"{name}: no rescale within 60 s")
-                    await asyncio.sleep(0.002)
-                return time.perf_counter() - begin
-
             sequential = [await change(name) for name in rng.sample(sorted(fleet), min(changes, models))]
             await asyncio.sleep(1.0)
             burst_names = rng.sample(sorted(fleet), min(burst, models))
@@ -148,14 +214,24 @@ async def measure(models: int, nodes: int, changes: int, burst: int, seed: int) 
                 begin = time.perf_counter()
                 await cluster.request("GET", cluster.model_path(NAMESPACE, name))
                 api.append(time.perf_counter() - begin)
-            requests = sum(emulator.request_counts.values())
             assert len(cluster.objects(NODES)) == nodes
+            takeover: dict[str, Any] = {}
+            if failover:
+                takeover = await fail_over(cluster, env, process, fleet, planned, replicas)
         finally:
             await cluster.stop_operator(process)
+            for extra in list(cluster._operators):
+                await cluster.stop_operator(extra)
     return {
         "models": models,
         "nodes": nodes,
         "startup_s": round(startup, 2),
+        "per_model_ms": round(startup / models * 1000, 2),
+        # CPU time during start-up, per model: the operator's, and the emulator's (with the
+        # benchmark's own polling, which shares its process). Robust on a busy machine.
+        "operator_cpu_ms_per_model": round(operator_cpu / models * 1000, 2),
+        "emulator_cpu_ms_per_model": round(emulator_cpu / models * 1000, 2),
+        "during_startup": summary(during) if during else None,
         "sequential": summary(sequential),
         "burst": {
             **summary(list(burst_latencies)),
@@ -164,8 +240,33 @@ async def measure(models: int, nodes: int, changes: int, burst: int, seed: int) 
         },
         "api_get_ms": round(statistics.median(api) * 1000, 2),
         "api_requests": requests,
+        "requests_per_model": round(requests / models, 1),
         "peak_rss_mib": round(memory.get("VmHWM", 0) / 1024, 1),
         "rss_mib": round(memory.get("VmRSS", 0) / 1024, 1),
+        **takeover,
+    }
+
+
+async def fail_over(
+    cluster: Cluster, env: dict[str, str], leader: Any, fleet: dict[str, Any], planned: Any, replicas: Any
+) -> dict[str, Any]:
+    """A standby joins, the leader is killed (SIGKILL): how long until the standby has taken over
+    and planned every Deployment anew? Every camera count is changed while no one leads, so each
+    Deployment must be rescaled by the standby (that is what "reconciled" means here)."""
+    standby = await cluster.start_operator("--namespace", NAMESPACE, "--quiet", env=env, log_name="standby")
+    await asyncio.sleep(5.0)  # the standby registers its keep-alive and pauses
+    await cluster.stop_operator(leader, kill=True)
+    killed = time.perf_counter()
+    for name, (tier, fps, cameras) in list(fleet.items()):
+        new = 1024 if cameras != 1024 else 32
+        fleet[name] = (tier, fps, new)
+        await cluster.patch(cluster.model_path(NAMESPACE, name), {"spec": {"demand": {"cameras": new}}})
+    during: list[float] = []
+    total = await planned(killed, during)
+    memory = status_kib(standby.pid, "VmHWM")
+    return {
+        "failover_s": round(total, 2),
+        "failover_standby_peak_rss_mib": round(memory.get("VmHWM", 0) / 1024, 1),
     }
 
 
@@ -182,38 +283,45 @@ def render(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = [
         SECTION_TITLE,
         "",
-        f"`python benchmarks/operator_scale.py` on {meta['cpu']}, {meta['cores']} cores, {meta['measured_at']}; "
-        f"the KMock API emulator (same machine, one Python process, over HTTP) and the real `qfleet operator` "
-        f"process. Models start quantized (their status holds a passed result, as after an operator restart), "
-        f"so no Job runs. A change = PATCH `spec.demand.cameras` -> the Deployment's `spec.replicas` is the "
-        f"new count. Load average at the end: {meta['load']}.",
+        f"`python benchmarks/operator_scale.py --models {' '.join(str(r['models']) for r in results)}` on "
+        f"{meta['cpu']} ({meta['isa']}), {meta['cores']} cores, {meta['measured_at']}; the KMock API emulator "
+        f"(same machine, one Python process, over HTTP) and the real `qfleet operator` process. Models start "
+        f"quantized and already handled by kopf (their status holds a passed result, their annotations kopf's "
+        f"last-handled configuration: an operator restart), so no Job runs. A change = PATCH "
+        f"`spec.demand.cameras` -> the Deployment's `spec.replicas` is the new count; during start-up one change "
+        f"after another (from 1 s after the operator starts until every Deployment is planned). Load average "
+        f"before / after: {meta['load_before']} / {meta['load']}.",
         "",
-        "| models | nodes | start-up (all Deployments) | one change at a time p50 / p95 / max | "
-        "burst: N changes at once, p50 / p95 / max | operator peak RSS | emulator GET p50 |",
-        "|---:|---:|---:|---|---|---:|---:|",
+        "| models | nodes | start-up (all Deployments) | per model | change during start-up p50 / p95 / max | "
+        "one change at a time after p50 / p95 / max | burst: N at once p50 / p95 / max | "
+        "operator peak RSS | API requests per model |",
+        "|---:|---:|---:|---:|---|---|---|---:|---:|",
     ]
     for r in results:
-        s, b = r["sequential"], r["burst"]
-        lines.append(
-            f"| {r['models']} | {r['nodes']} | {r['startup_s']:.1f} s | {s['p50_s'] * 1000:.0f} / "
-            f"**{s['p95_s'] * 1000:.0f}** / {s['max_s'] * 1000:.0f} ms ({s['changes']} changes) | "
-            f"N={b['size']}: {b['p50_s'] * 1000:.0f} / {b['p95_s'] * 1000:.0f} / {b['max_s'] * 1000:.0f} ms | "
-            f"{r['peak_rss_mib']:.0f} MiB | {r['api_get_ms']:.1f} ms |"
+        s, b, d = r["sequential"], r["burst"], r.get("during_startup")
+        during = (
+            f"{d['p50_s'] * 1000:.0f} / **{d['p95_s'] * 1000:.0f}** / {d['max_s'] * 1000:.0f} ms ({d['changes']})"
+            if d
+            else "-"
         )
-    small, large = results[0], results[-1]
-    ratio = large["sequential"]["p95_s"] / max(small["sequential"]["p95_s"], 1e-9)
-    goal = large["sequential"]["p95_s"] < 2.0
-    lines += [
-        "",
-        f"Goal p95 < 2 s at {large['models']} models: **{'met' if goal else 'missed'}** "
-        f"({large['sequential']['p95_s']:.2f} s); p95 at {large['models']} vs {small['models']} models: "
-        f"{ratio:.2f}x. A change costs the API server a few requests (kopf's annotation patch, one GET of the "
-        f"model, the Deployment patch, the status patch, a Scaled event); a burst queues them on the one "
-        f"emulator process (the GET column is its answer time with the operator idle). Start-up is bound by "
-        f"the same: {large['api_requests']} requests for {large['models']} models (per model a GET, the "
-        f"Deployment, the status, kopf's annotation, two Events, and a GET when the Deployment appears).",
-        "",
-    ]
+        lines.append(
+            f"| {r['models']} | {r['nodes']} | {r['startup_s']:.1f} s | **{r['per_model_ms']:.1f} ms** | {during} | "
+            f"{s['p50_s'] * 1000:.0f} / {s['p95_s'] * 1000:.0f} / {s['max_s'] * 1000:.0f} ms ({s['changes']}) | "
+            f"N={b['size']}: {b['p50_s'] * 1000:.0f} / {b['p95_s'] * 1000:.0f} / {b['max_s'] * 1000:.0f} ms | "
+            f"{r['peak_rss_mib']:.0f} MiB | {r['requests_per_model']:.1f} |"
+        )
+    for r in results:
+        if "failover_s" in r:
+            lines += [
+                "",
+                f"Failover at {r['models']} models: a standby replica (kopf peering), the leader killed "
+                f"(SIGKILL), every model's cameras changed meanwhile: {r['failover_s']:.1f} s from the kill "
+                f"until the standby had rescaled every Deployment (standby peak RSS "
+                f"{r['failover_standby_peak_rss_mib']:.0f} MiB). kopf's peering lets a standby take over only "
+                f"when the dead leader's keep-alive has expired (60 s, kopf's default lifetime); the rest is "
+                f"the standby's start-up.",
+            ]
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -226,16 +334,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--changes", type=int, default=40, help="camera changes one at a time (default 40)")
     parser.add_argument("--burst", type=int, default=50, help="camera changes at once (default 50)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--failover", action="store_true", help="then a standby replica takes over from the killed leader"
+    )
     parser.add_argument("--results", type=Path, default=RESULTS, help="Markdown file to update")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args(argv)
     results = []
+    load_before = ", ".join(f"{value:.1f}" for value in os.getloadavg())
     for models in args.models:
-        result = asyncio.run(measure(models, args.nodes, args.changes, args.burst, args.seed))
+        result = asyncio.run(
+            measure(models, args.nodes, args.changes, args.burst, args.seed, failover=args.failover)
+        )
         print(json.dumps(result), flush=True)
         results.append(result)
     meta = {
         "cpu": cpu_model(),
+        "isa": isa_tier(),
+        "load_before": load_before,
         "cores": os.cpu_count(),
         "measured_at": utc_stamp("%Y-%m-%d"),
         "load": ", ".join(f"{value:.1f}" for value in os.getloadavg()),

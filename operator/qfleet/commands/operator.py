@@ -53,7 +53,11 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
         # kopf logs every handler call at INFO; qfleet's own lines say what matters.
         logging.getLogger("kopf").setLevel(logging.WARNING)
         logging.getLogger("qfleet").setLevel(logging.WARNING if args.quiet else logging.INFO)
-    memo = kopf.Memo(metrics_port=args.metrics_port, clusterwide=bool(args.all_namespaces))
+    memo = kopf.Memo(
+        metrics_port=args.metrics_port,
+        clusterwide=bool(args.all_namespaces),
+        namespaces=list(args.namespaces or ()),
+    )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(
             kopf.operator(

@@ -1,9 +1,12 @@
 """Gather what the cluster holds, run the pure planner, apply its plan.
 
 One reconcile of a model at a time (a lock per model); triggers that arrive while one is
-queued are folded into it, so a burst of Job, pod and Deployment events costs one pass. Reads
-come from kopf's indices (kept current by its watches) plus one fresh GET of the model (its
-status is the operator's memory), writes go through :class:`~qfleet.operator.kube.KubeApi`.
+queued are folded into it, and a trigger whose model was reconciled since is dropped, so a burst
+of Job, pod and Deployment events costs one pass. At most ``RECONCILE_SLOTS`` reconciles run at
+once, the most urgent first (:mod:`~qfleet.operator.slots`): a user's change is not held up by
+the start-up's resume of every model. Reads come from the operator's caches (kept current by
+kopf's events, see :mod:`~qfleet.operator.cache`) plus one fresh GET of the model (its status is
+the operator's memory), writes go through :class:`~qfleet.operator.kube.KubeApi`.
 
 Quantization Jobs of all models share one cap (``max_running_jobs``, see
 :class:`~qfleet.fleet.job_queue.JobQueue`): the planner asks the queue before it creates a Job
@@ -29,25 +32,22 @@ from qfleet.fleet import names
 from qfleet.fleet.job_queue import SETTLE_SECONDS, STALE_SECONDS, JobQueue, job_finished
 from qfleet.fleet.nodes import Inventory, NodeInfo
 from qfleet.fleet.planner import Event, Observed, Plan, plan
+from qfleet.operator.cache import NODES_KEY, ClusterCache
 from qfleet.operator.kube import ApiError, KubeApi, namespaced
 from qfleet.operator.metrics import Metrics
 from qfleet.operator.settings import OperatorSettings
+from qfleet.operator.slots import BACKGROUND, NORMAL, URGENT, PrioritySlots
 
 log = logging.getLogger("qfleet.operator")
 
 ModelKey = tuple[str, str]
 EventPoster = Callable[[Mapping[str, Any], Event], None]
 
-#: Names of the kopf indices (the handlers' keyword arguments).
-INDEX_MODELS = "qfleet_models"
-INDEX_JOBS = "qfleet_jobs"
-INDEX_PODS = "qfleet_pods"
-INDEX_DEPLOYMENTS = "qfleet_deployments"
-INDEX_NODES = "qfleet_nodes"
-INDEX_SERVER_PODS = "qfleet_server_pods"
-INDEX_SERVICES = "qfleet_services"
-INDEX_PDBS = "qfleet_pdbs"
-NODES_KEY = "nodes"
+__all__ = ["NODES_KEY", "Caches", "Reconciler", "retry_delay", "retryable"]
+
+#: Reconciles running at once. Each one waits on the API server most of the time; a few dozen
+#: keep one busy, more only lengthen the queue in front of an urgent change.
+RECONCILE_SLOTS = 16
 
 
 #: Retries after an API error back off exponentially, from half a second up to a minute (a busy or
@@ -77,7 +77,7 @@ def utc_now() -> str:
 
 @dataclass
 class Caches:
-    """kopf's indices: live, read-only mappings from a key to the objects indexed under it."""
+    """The operator's caches: live, read-only mappings from a key to the objects under it."""
 
     models: Mapping[Any, Iterable[Any]]
     jobs: Mapping[Any, Iterable[dict[str, Any]]]
@@ -89,16 +89,16 @@ class Caches:
     pdbs: Mapping[Any, Iterable[dict[str, Any]]] = field(default_factory=dict)
 
     @classmethod
-    def from_kwargs(cls, kwargs: Mapping[str, Any]) -> Caches:
+    def of(cls, cache: ClusterCache) -> Caches:
         return cls(
-            models=kwargs[INDEX_MODELS],
-            jobs=kwargs[INDEX_JOBS],
-            pods=kwargs[INDEX_PODS],
-            deployments=kwargs[INDEX_DEPLOYMENTS],
-            nodes=kwargs[INDEX_NODES],
-            server_pods=kwargs[INDEX_SERVER_PODS],
-            services=kwargs[INDEX_SERVICES],
-            pdbs=kwargs[INDEX_PDBS],
+            models=cache["models"],
+            jobs=cache["jobs"],
+            pods=cache["pods"],
+            deployments=cache["deployments"],
+            nodes=cache["nodes"],
+            server_pods=cache["server_pods"],
+            services=cache["services"],
+            pdbs=cache["pdbs"],
         )
 
 
@@ -116,15 +116,24 @@ class Reconciler:
         *,
         post_event: EventPoster,
         clock: Callable[[], str] = utc_now,
+        cache: ClusterCache | None = None,
+        slots: int = RECONCILE_SLOTS,
     ) -> None:
         self.api = api
         self.settings = settings
         self.metrics = metrics
         self.post_event = post_event
         self.clock = clock
-        self.caches: Caches | None = None
+        self.cache = cache
+        self.caches: Caches | None = Caches.of(cache) if cache is not None else None
+        self.slots = PrioritySlots(slots)
         self._locks: dict[ModelKey, asyncio.Lock] = {}
-        self._pending: set[ModelKey] = set()
+        #: Per model, the trigger that is queued: its priority and its number.
+        self._pending: dict[ModelKey, tuple[int, int]] = {}
+        #: Triggers and reconcile starts share one count: a trigger older than the last start of
+        #: its model's reconcile has nothing left to do (that reconcile read the caches after it).
+        self._sequence = 0
+        self._started: dict[ModelKey, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._inventory: Inventory | None = None
         self._inventory_signature: object = None
@@ -143,22 +152,20 @@ class Reconciler:
 
     # -- triggers ------------------------------------------------------------------------------
 
-    def bind(self, kwargs: Mapping[str, Any]) -> None:
-        """Pick up kopf's indices from a handler's keyword arguments."""
-        if self.caches is None:
-            self.caches = Caches.from_kwargs(kwargs)
-
-    def trigger(self, namespace: str, name: str, *, delay: float = 0.05) -> None:
-        """Reconcile soon; triggers that arrive before that run starts are folded into it."""
+    def trigger(self, namespace: str, name: str, *, delay: float = 0.05, priority: int = NORMAL) -> None:
+        """Reconcile soon; triggers that arrive before that run starts are folded into it (a more
+        urgent one queues a run of its own, and the other finds nothing left to do)."""
         key = (namespace, name)
-        if key in self._pending:
+        queued = self._pending.get(key)
+        if queued is not None and queued[0] <= priority:
             return
-        self._pending.add(key)
-        self._spawn(self._run_later(key, delay))
+        self._sequence += 1
+        self._pending[key] = (priority, self._sequence)
+        self._spawn(self._run_later(key, delay, priority, self._sequence))
 
-    def trigger_all(self, *, delay: float = 0.05) -> None:
+    def trigger_all(self, *, delay: float = 0.05, priority: int = NORMAL) -> None:
         for namespace, name in self.known_models():
-            self.trigger(namespace, name, delay=delay)
+            self.trigger(namespace, name, delay=delay, priority=priority)
 
     def known_models(self) -> list[ModelKey]:
         if self.caches is None:
@@ -178,6 +185,7 @@ class Reconciler:
         if lock is not None and not lock.locked():
             del self._locks[key]
         self._failures.pop(key, None)
+        self._started.pop(key, None)
         timer = self._wakeups.pop(key, None)
         if timer is not None:
             timer.cancel()
@@ -191,7 +199,9 @@ class Reconciler:
         """Revisit every model now and then: a safety net for missed events."""
         while True:
             await asyncio.sleep(self.settings.resync_seconds)
-            self.trigger_all()
+            if self.cache is not None and NODES_KEY in self.cache.drop_unconfirmed():
+                self.nodes_changed()
+            self.trigger_all(priority=BACKGROUND)
 
     async def close(self) -> None:
         for timer in self._wakeups.values():
@@ -207,10 +217,11 @@ class Reconciler:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run_later(self, key: ModelKey, delay: float) -> None:
-        await asyncio.sleep(delay)
+    async def _run_later(self, key: ModelKey, delay: float, priority: int, number: int) -> None:
+        if delay > 0:
+            await asyncio.sleep(delay)
         try:
-            await self.reconcile(*key, _from_trigger=True)
+            await self.reconcile(*key, priority=priority, _trigger=number)
         except ApiError as exc:
             logger = _ModelLogger(log, {"key": f"{key[0]}/{key[1]}"})
             if retryable(exc):
@@ -318,27 +329,40 @@ class Reconciler:
         await asyncio.sleep(delay)
         self._wake_waiting()
 
-    async def reconcile(self, namespace: str, name: str, *, _from_trigger: bool = False) -> Plan | None:
-        """Plan and apply one reconcile of a model; None when the model is gone."""
+    async def reconcile(
+        self, namespace: str, name: str, *, priority: int = URGENT, _trigger: int | None = None
+    ) -> Plan | None:
+        """Plan and apply one reconcile of a model; None when the model is gone (or, for a
+        trigger, when a reconcile that started after it made it needless)."""
         key = (namespace, name)
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        async with lock:
-            if _from_trigger:
-                # From here on, a new trigger needs a new run: this one may have read too early.
-                self._pending.discard(key)
-            started = time.perf_counter()
-            try:
-                result = await self._reconcile_locked(namespace, name)
-            except Exception:
-                self.metrics.reconciled("error", time.perf_counter() - started)
-                raise
-            finally:
-                self.job_queue.planned(key)
-                self._wake_waiting(exclude=key)
-            self._failures.pop(key, None)
-            outcome = "gone" if result is None else "invalid" if result.invalid_spec else "ok"
-            self.metrics.reconciled(outcome, time.perf_counter() - started)
-            return result
+        async with self.slots.hold(priority):
+            lock = self._locks.setdefault(key, asyncio.Lock())
+            async with lock:
+                if _trigger is not None:
+                    if self._pending.get(key, (0, None))[1] == _trigger:
+                        # From here on, a new trigger needs a new run: this one may read too early.
+                        del self._pending[key]
+                    if self._started.get(key, -1) > _trigger:
+                        return None
+                self._sequence += 1
+                self._started[key] = self._sequence
+                return await self._reconcile_started(key)
+
+    async def _reconcile_started(self, key: ModelKey) -> Plan | None:
+        namespace, name = key
+        started = time.perf_counter()
+        try:
+            result = await self._reconcile_locked(namespace, name)
+        except Exception:
+            self.metrics.reconciled("error", time.perf_counter() - started)
+            raise
+        finally:
+            self.job_queue.planned(key)
+            self._wake_waiting(exclude=key)
+        self._failures.pop(key, None)
+        outcome = "gone" if result is None else "invalid" if result.invalid_spec else "ok"
+        self.metrics.reconciled(outcome, time.perf_counter() - started)
+        return result
 
     async def _reconcile_locked(self, namespace: str, name: str) -> Plan | None:
         logger = _ModelLogger(log, {"key": f"{namespace}/{name}"})

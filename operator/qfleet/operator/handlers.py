@@ -1,4 +1,12 @@
-"""kopf handlers: thin. They keep indices, call the reconciler, and turn errors into kopf's.
+"""kopf handlers: thin. They keep the operator's caches, call the reconciler, and turn errors
+into kopf's.
+
+No ``@kopf.index``: kopf holds every handler back until its indices are filled, at a cost that
+grows with the square of the objects (see :mod:`qfleet.operator.cache`). The caches are filled by
+one LIST per kind at start-up and kept by event handlers, so the operator handles events -- a
+camera change included -- while the rest of the fleet is still being resumed. A resumed model
+only asks for a reconcile in the background; a created or changed one is reconciled at once,
+ahead of the queue, and its handler waits for it (so kopf retries it when it fails).
 
 Errors, on purpose:
 
@@ -29,20 +37,18 @@ from typing import Any
 import kopf
 
 from qfleet.fleet import names
-from qfleet.fleet.nodes import node_info
 from qfleet.fleet.planner import Event
-from qfleet.operator.applier import NODES_KEY, Reconciler, retry_delay, retryable
+from qfleet.operator.applier import Reconciler, retry_delay, retryable
+from qfleet.operator.cache import NODES_KEY, OWNED, QUANTIZER_PODS, SERVER_PODS, ClusterCache
 from qfleet.operator.kube import ApiError, KubeApi, load_credentials
 from qfleet.operator.metrics import Metrics
 from qfleet.operator.settings import OperatorSettings
+from qfleet.operator.slots import BACKGROUND
 
 MODEL = (names.GROUP, names.VERSION, names.PLURAL)
-OWNED = {names.LABEL_MANAGED_BY: names.MANAGED_BY}
-#: Only the quantization Jobs' pods matter (serving pods are seen through their Deployment).
-QUANTIZER_PODS = {**OWNED, names.LABEL_COMPONENT: names.COMPONENT_QUANTIZER}
 MODEL_NAME = {names.ANNOTATION_MODEL_NAME: kopf.PRESENT}
-#: Serving pods matter too: Pending as unschedulable, or crash-looping in a rollout.
-SERVER_PODS = {**OWNED, names.LABEL_COMPONENT: names.COMPONENT_SERVER}
+#: Characters of kopf's namespace patterns: such a scope is not listed up front.
+GLOB_CHARACTERS = set("*?[]!")
 #: Kubernetes keeps event messages to 1 KiB.
 EVENT_MESSAGE_LIMIT = 1000
 #: Seconds kopf gets to stop cleanly after one of its core tasks failed, before the process exits.
@@ -121,7 +127,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: ko
         metrics.serve(int(port))
         logger.info("metrics on :%d/metrics", port)
     api = KubeApi(load_credentials(), reload=load_credentials)  # rotating service-account tokens
-    reconciler = Reconciler(api, options, metrics, post_event=_post_event)
+    cache = ClusterCache()
+    await _snapshot(cache, api, memo, logger)
+    reconciler = Reconciler(api, options, metrics, post_event=_post_event, cache=cache)
+    memo.cache = cache
     memo.reconciler = reconciler
     memo.resync = asyncio.create_task(reconciler.resync_forever())
     fleet = options.fleet
@@ -147,100 +156,41 @@ def _post_event(model: Any, event: Event) -> None:
     kopf.event(model, type=event.type, reason=event.reason, message=event.message[:EVENT_MESSAGE_LIMIT])
 
 
-# -- indices: what the reconciler reads ---------------------------------------------------------
+async def _snapshot(cache: ClusterCache, api: KubeApi, memo: kopf.Memo, logger: kopf.Logger) -> None:
+    """Fill the caches with one LIST per kind before kopf watches anything (see the cache module).
 
-
-@kopf.index(*MODEL)
-def qfleet_models(namespace: str | None, name: str, **_: Any) -> dict[tuple[str, str], bool]:
-    return {(str(namespace), name): True}
-
-
-@kopf.index("batch", "v1", "jobs", labels=OWNED, annotations=MODEL_NAME)
-def qfleet_jobs(
-    namespace: str | None, annotations: kopf.Annotations, body: kopf.Body, **_: Any
-) -> dict[Any, Any]:
-    return {(str(namespace), annotations[names.ANNOTATION_MODEL_NAME]): _summary(body)}
-
-
-@kopf.index("v1", "pods", labels=QUANTIZER_PODS, annotations=MODEL_NAME)
-def qfleet_pods(
-    namespace: str | None, annotations: kopf.Annotations, body: kopf.Body, **_: Any
-) -> dict[Any, Any]:
-    return {(str(namespace), annotations[names.ANNOTATION_MODEL_NAME]): _summary(body)}
-
-
-@kopf.index("v1", "pods", labels=SERVER_PODS, annotations=MODEL_NAME)
-def qfleet_server_pods(
-    namespace: str | None, annotations: kopf.Annotations, body: kopf.Body, **_: Any
-) -> dict[Any, Any]:
-    status = body.get("status") or {}
-    # Only what the planner reads: a ready pod's status is small, a failing one says why.
-    summary = _summary(body)
-    summary["status"] = {
-        "phase": status.get("phase"),
-        "conditions": [
-            dict(item) for item in status.get("conditions") or [] if item.get("type") == "PodScheduled"
-        ],
-        "containerStatuses": [
-            {"ready": item.get("ready"), "restartCount": item.get("restartCount"), "state": item.get("state")}
-            for item in status.get("containerStatuses") or []
-        ],
-    }
-    return {(str(namespace), annotations[names.ANNOTATION_MODEL_NAME]): summary}
-
-
-@kopf.index("v1", "services", labels=OWNED, annotations=MODEL_NAME)
-def qfleet_services(
-    namespace: str | None, annotations: kopf.Annotations, body: kopf.Body, **_: Any
-) -> dict[Any, Any]:
-    return {(str(namespace), annotations[names.ANNOTATION_MODEL_NAME]): _summary(body)}
-
-
-@kopf.index("policy", "v1", "poddisruptionbudgets", labels=OWNED, annotations=MODEL_NAME)
-def qfleet_pdbs(
-    namespace: str | None, annotations: kopf.Annotations, body: kopf.Body, **_: Any
-) -> dict[Any, Any]:
-    return {(str(namespace), annotations[names.ANNOTATION_MODEL_NAME]): _summary(body)}
-
-
-@kopf.index("apps", "v1", "deployments", labels=OWNED, annotations=MODEL_NAME)
-def qfleet_deployments(
-    namespace: str | None, annotations: kopf.Annotations, body: kopf.Body, **_: Any
-) -> dict[Any, Any]:
-    summary = _summary(body)
-    summary["spec"] = {"replicas": (body.get("spec") or {}).get("replicas")}
-    return {(str(namespace), annotations[names.ANNOTATION_MODEL_NAME]): summary}
-
-
-@kopf.index("v1", "nodes")
-def qfleet_nodes(body: kopf.Body, **_: Any) -> dict[str, Any]:
-    info = node_info(body)
-    return {NODES_KEY: info} if info is not None else {}
-
-
-def _summary(body: kopf.Body) -> dict[str, Any]:
-    """What the planner reads of a child: its metadata and status (a Job's spec is not needed)."""
-    meta = body.get("metadata") or {}
-    return {
-        "metadata": {
-            "name": meta.get("name"),
-            "generation": meta.get("generation"),
-            "labels": dict(meta.get("labels") or {}),
-            "annotations": dict(meta.get("annotations") or {}),
-        },
-        "status": dict(body.get("status") or {}),
-    }
+    A scope given as kopf's glob patterns is not listed (which namespaces match is kopf's to
+    find out): the caches then fill from the events alone, as fast as kopf delivers them.
+    """
+    namespaces: list[str] | None = None
+    if not memo.get("clusterwide", False):
+        namespaces = list(memo.get("namespaces") or ())
+        if not namespaces or any(GLOB_CHARACTERS & set(namespace) for namespace in namespaces):
+            logger.info("namespaces given as patterns: the caches fill from the watch events only")
+            return
+    try:
+        count = await cache.snapshot(api, namespaces)
+    except ApiError as exc:  # the watches fill the caches anyway; the first reconciles may act early
+        logger.warning("could not list the cluster's objects at start-up (%s); relying on the watches", exc)
+        return
+    logger.info("start-up: %d objects listed", count)
 
 
 # -- the QuantizedModel --------------------------------------------------------------------------
 
 
 @kopf.on.resume(*MODEL)
+async def resume_model(name: str, namespace: str | None, memo: Any, **_: Any) -> None:
+    """Start-up (or a new leader): every model is revisited, in the background and a few at a
+    time, so that kopf goes on handling events -- a user's change overtakes the queue."""
+    reconciler: Reconciler = memo.reconciler
+    reconciler.trigger(str(namespace), name, delay=0, priority=BACKGROUND)
+
+
 @kopf.on.create(*MODEL)
 @kopf.on.update(*MODEL)
-async def reconcile_model(name: str, namespace: str | None, memo: Any, **kwargs: Any) -> None:
+async def reconcile_model(name: str, namespace: str | None, memo: Any, **_: Any) -> None:
     reconciler: Reconciler = memo.reconciler
-    reconciler.bind(kwargs)
     try:
         plan = await reconciler.reconcile(str(namespace), name)
     except ApiError as exc:
@@ -261,7 +211,11 @@ async def reconcile_model(name: str, namespace: str | None, memo: Any, **kwargs:
 
 
 @kopf.on.event(*MODEL)
-async def model_event(type: str, name: str, namespace: str | None, memo: Any, **_: Any) -> None:
+async def model_event(
+    type: str, body: kopf.Body, name: str, namespace: str | None, memo: Any, **_: Any
+) -> None:
+    cache: ClusterCache = memo.cache
+    cache.observe("models", type, body)
     if type == "DELETED":
         reconciler: Reconciler = memo.reconciler
         reconciler.forget(str(namespace), name)
@@ -270,20 +224,47 @@ async def model_event(type: str, name: str, namespace: str | None, memo: Any, **
 # -- children and nodes: their changes trigger a reconcile of the owner ------------------------------
 
 
+def _child_changed(memo: Any, index: str, type: str | None, body: kopf.Body) -> None:
+    cache: ClusterCache = memo.cache
+    key = cache.observe(index, type, body)
+    if key is not None:  # the start-up LIST saw it as it is: nothing new for the planner
+        reconciler: Reconciler = memo.reconciler
+        reconciler.trigger(*key)
+
+
 @kopf.on.event("batch", "v1", "jobs", labels=OWNED, annotations=MODEL_NAME)
+async def job_event(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
+    _child_changed(memo, "jobs", type, body)
+
+
 @kopf.on.event("v1", "pods", labels=QUANTIZER_PODS, annotations=MODEL_NAME)
+async def quantizer_pod_event(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
+    _child_changed(memo, "pods", type, body)
+
+
 @kopf.on.event("v1", "pods", labels=SERVER_PODS, annotations=MODEL_NAME)
+async def server_pod_event(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
+    _child_changed(memo, "server_pods", type, body)
+
+
 @kopf.on.event("apps", "v1", "deployments", labels=OWNED, annotations=MODEL_NAME)
+async def deployment_event(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
+    _child_changed(memo, "deployments", type, body)
+
+
 @kopf.on.event("v1", "services", labels=OWNED, annotations=MODEL_NAME)
+async def service_event(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
+    _child_changed(memo, "services", type, body)
+
+
 @kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=OWNED, annotations=MODEL_NAME)
-async def child_event(namespace: str | None, annotations: kopf.Annotations, memo: Any, **kwargs: Any) -> None:
-    reconciler: Reconciler = memo.reconciler
-    reconciler.bind(kwargs)
-    reconciler.trigger(str(namespace), annotations[names.ANNOTATION_MODEL_NAME])
+async def pdb_event(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
+    _child_changed(memo, "pdbs", type, body)
 
 
 @kopf.on.event("v1", "nodes")
-async def node_event(memo: Any, **kwargs: Any) -> None:
-    reconciler: Reconciler = memo.reconciler
-    reconciler.bind(kwargs)
-    reconciler.nodes_changed()
+async def node_event(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
+    cache: ClusterCache = memo.cache
+    if cache.observe("nodes", type, body) == NODES_KEY:
+        reconciler: Reconciler = memo.reconciler
+        reconciler.nodes_changed()

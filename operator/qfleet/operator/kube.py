@@ -205,6 +205,19 @@ class KubeApi:
                 return None
             raise
 
+    async def list_items(self, path: str, *, page: int = 500) -> list[dict[str, Any]]:
+        """Every item of the collection at ``path``, fetched ``page`` at a time (a server that
+        ignores ``limit`` answers everything at once, without a ``continue`` token)."""
+        items: list[dict[str, Any]] = []
+        params = {"limit": str(page)}
+        while True:
+            data = await self.request("GET", path, params=params)
+            items.extend(item for item in data.get("items") or () if isinstance(item, dict))
+            token = (data.get("metadata") or {}).get("continue")
+            if not token:
+                return items
+            params = {"limit": str(page), "continue": str(token)}
+
     async def create(self, path: str, body: dict[str, Any]) -> bool:
         """Create ``body`` in the collection ``path``; False when it already exists (409)."""
         try:

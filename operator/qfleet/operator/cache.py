@@ -1,0 +1,232 @@
+"""The operator's own view of the cluster: what the reconciler reads, kept current by kopf's events.
+
+Why not kopf's indices (``@kopf.index``): while they are being filled, kopf holds back every
+handler of every resource, and each object it lists adds a readiness toggle whose
+``notify_all()`` wakes every waiting worker -- quadratic in the number of objects, tens of
+minutes at 10,000 models (see ``docs/kopf-index-startup.md``). Event handlers (``@kopf.on.event``)
+need no such barrier, so the operator keeps its caches from them.
+
+What the barrier gave -- a first reconcile that already sees every Job, Deployment and node --
+comes from one LIST per kind in the start-up handler instead, before kopf watches anything: the
+events kopf delivers afterwards are the same objects or newer ones. An object deleted in the
+short gap between that LIST and kopf's own would never be confirmed by an event; such entries
+are dropped at the first resync (:meth:`ClusterCache.drop_unconfirmed`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from qfleet.fleet import names
+from qfleet.fleet.nodes import node_info
+from qfleet.operator.kube import KubeApi
+
+log = logging.getLogger("qfleet.operator")
+
+#: The one key of the nodes index: the planner reads every node at once.
+NODES_KEY = "nodes"
+OWNED = {names.LABEL_MANAGED_BY: names.MANAGED_BY}
+#: Only the quantization Jobs' pods matter (serving pods are seen through their Deployment).
+QUANTIZER_PODS = {**OWNED, names.LABEL_COMPONENT: names.COMPONENT_QUANTIZER}
+#: Serving pods matter too: Pending as unschedulable, or crash-looping in a rollout.
+SERVER_PODS = {**OWNED, names.LABEL_COMPONENT: names.COMPONENT_SERVER}
+
+_MISSING = object()
+
+
+class Index(Mapping[Any, list[Any]]):
+    """Objects grouped under a key (a model's ``(namespace, name)``): ``index[key]`` is the list
+    of what is cached for the objects with that key. Each object is known by its identity (its
+    namespace and name), so an update replaces it and a deletion removes it."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[Any, dict[Hashable, Any]] = {}
+        self._key_of: dict[Hashable, Any] = {}
+        #: Identities from the start-up LIST that no event has confirmed yet.
+        self._unconfirmed: set[Hashable] = set()
+
+    def put(self, ident: Hashable, key: Any, value: Any, *, confirmed: bool = True) -> bool:
+        """Cache ``value`` for the object ``ident`` under ``key``; True when that changed anything."""
+        old_key = self._key_of.get(ident, _MISSING)
+        old: Any = _MISSING
+        if old_key is not _MISSING and old_key != key:
+            self.remove(ident)
+        elif old_key is not _MISSING:
+            old = self._by_key[key].get(ident, _MISSING)
+        self._by_key.setdefault(key, {})[ident] = value
+        self._key_of[ident] = key
+        if confirmed:
+            self._unconfirmed.discard(ident)
+        else:
+            self._unconfirmed.add(ident)
+        return bool(old is _MISSING or old != value)
+
+    def remove(self, ident: Hashable) -> Any:
+        """Forget the object ``ident``; returns its key (None when it was not cached)."""
+        key = self._key_of.pop(ident, None)
+        self._unconfirmed.discard(ident)
+        if key is not None:
+            bucket = self._by_key.get(key)
+            if bucket is not None:
+                bucket.pop(ident, None)
+                if not bucket:
+                    del self._by_key[key]
+        return key
+
+    def drop_unconfirmed(self) -> set[Any]:
+        """Forget what only the start-up LIST saw; returns the keys that lost an object."""
+        keys = {self.remove(ident) for ident in list(self._unconfirmed)}
+        keys.discard(None)
+        return keys
+
+    def __getitem__(self, key: Any) -> list[Any]:
+        return list(self._by_key[key].values())
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._by_key)
+
+    def __len__(self) -> int:
+        return len(self._by_key)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._by_key
+
+    def objects(self) -> int:
+        return len(self._key_of)
+
+
+def summary(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What the planner reads of a child: its metadata and status (a Job's spec is not needed)."""
+    meta = body.get("metadata") or {}
+    return {
+        "metadata": {
+            "name": meta.get("name"),
+            "generation": meta.get("generation"),
+            "labels": dict(meta.get("labels") or {}),
+            "annotations": dict(meta.get("annotations") or {}),
+        },
+        "status": dict(body.get("status") or {}),
+    }
+
+
+def server_pod_summary(body: Mapping[str, Any]) -> dict[str, Any]:
+    """Only what the planner reads: a ready pod's status is small, a failing one says why."""
+    status = body.get("status") or {}
+    result = summary(body)
+    result["status"] = {
+        "phase": status.get("phase"),
+        "conditions": [
+            dict(item) for item in status.get("conditions") or [] if item.get("type") == "PodScheduled"
+        ],
+        "containerStatuses": [
+            {"ready": item.get("ready"), "restartCount": item.get("restartCount"), "state": item.get("state")}
+            for item in status.get("containerStatuses") or []
+        ],
+    }
+    return result
+
+
+def deployment_summary(body: Mapping[str, Any]) -> dict[str, Any]:
+    result = summary(body)
+    result["spec"] = {"replicas": (body.get("spec") or {}).get("replicas")}
+    return result
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind the operator caches: where to list it, which objects count, what is kept."""
+
+    index: str  #: the attribute of :class:`ClusterCache` that holds it
+    group_version: str
+    plural: str
+    summarize: Callable[[Mapping[str, Any]], Any]
+    labels: Mapping[str, str] | None = None  #: None: every object (the models, the nodes)
+    namespaced: bool = True
+
+    def selects(self, body: Mapping[str, Any]) -> bool:
+        if self.labels is None:
+            return True
+        meta = body.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        annotations = meta.get("annotations") or {}
+        return names.ANNOTATION_MODEL_NAME in annotations and all(
+            labels.get(label) == value for label, value in self.labels.items()
+        )
+
+    def key(self, body: Mapping[str, Any]) -> Any:
+        meta = body.get("metadata") or {}
+        if self.labels is None:
+            return NODES_KEY if not self.namespaced else (str(meta.get("namespace")), meta.get("name"))
+        return (str(meta.get("namespace")), (meta.get("annotations") or {})[names.ANNOTATION_MODEL_NAME])
+
+    def path(self, namespace: str | None) -> str:
+        base = "/api/v1" if self.group_version == "v1" else f"/apis/{self.group_version}"
+        return f"{base}/namespaces/{namespace}/{self.plural}" if namespace else f"{base}/{self.plural}"
+
+
+KINDS: tuple[Kind, ...] = (
+    Kind("models", names.API_VERSION, names.PLURAL, lambda body: True),
+    Kind("jobs", "batch/v1", "jobs", summary, labels=OWNED),
+    Kind("pods", "v1", "pods", summary, labels=QUANTIZER_PODS),
+    Kind("server_pods", "v1", "pods", server_pod_summary, labels=SERVER_PODS),
+    Kind("deployments", "apps/v1", "deployments", deployment_summary, labels=OWNED),
+    Kind("services", "v1", "services", summary, labels=OWNED),
+    Kind("pdbs", "policy/v1", "poddisruptionbudgets", summary, labels=OWNED),
+    Kind("nodes", "v1", "nodes", node_info, namespaced=False),
+)
+BY_INDEX = {kind.index: kind for kind in KINDS}
+
+
+class ClusterCache:
+    """Every index the reconciler reads (see :class:`~qfleet.operator.applier.Caches`)."""
+
+    def __init__(self) -> None:
+        self.indices: dict[str, Index] = {kind.index: Index() for kind in KINDS}
+
+    def __getitem__(self, index: str) -> Index:
+        return self.indices[index]
+
+    def observe(
+        self, index: str, event_type: str | None, body: Mapping[str, Any], *, confirmed: bool = True
+    ) -> Any:
+        """Record one object (from a watch event, or the start-up LIST) of the kind ``index``.
+
+        Returns the key whose view changed (a model's ``(namespace, name)``, or
+        :data:`NODES_KEY`), None when the event changed nothing the planner reads.
+        """
+        kind = BY_INDEX[index]
+        cache = self.indices[index]
+        meta = body.get("metadata") or {}
+        ident = (meta.get("namespace"), meta.get("name"))
+        if event_type == "DELETED" or not kind.selects(body):
+            return cache.remove(ident)
+        key = kind.key(body)
+        value = kind.summarize(body)
+        if value is None:  # a node that cannot run anything (not ready, no tier)
+            return cache.remove(ident)
+        return key if cache.put(ident, key, value, confirmed=confirmed) else None
+
+    async def snapshot(self, api: KubeApi, namespaces: Sequence[str] | None) -> int:
+        """LIST every kind once (``namespaces`` None: cluster-wide); returns the objects cached."""
+        by_collection: dict[tuple[str, str], list[Kind]] = {}
+        for kind in KINDS:  # the two pod kinds share one LIST
+            by_collection.setdefault((kind.group_version, kind.plural), []).append(kind)
+        for kinds in by_collection.values():
+            scopes: Sequence[str | None] = [None]
+            if kinds[0].namespaced and namespaces is not None:
+                scopes = namespaces
+            for namespace in scopes:
+                for body in await api.list_items(kinds[0].path(namespace)):
+                    for kind in kinds:
+                        self.observe(kind.index, None, body, confirmed=False)
+        return sum(index.objects() for index in self.indices.values())
+
+    def drop_unconfirmed(self) -> set[Any]:
+        """Forget the objects that only the start-up LIST saw (deleted before kopf watched)."""
+        keys: set[Any] = set()
+        for index in self.indices.values():
+            keys |= index.drop_unconfirmed()
+        return keys
