@@ -264,6 +264,8 @@ def server_process(
 
     Ready once it logs "listening on <url>"; stopped (SIGTERM, then waited for) on leaving the block.
     """
+    if not {"--grpc-port", "--no-grpc"} & set(args):
+        args = ("--grpc-port", "0", *args)  # the default gRPC port would collide between servers
     log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)  # noqa: SIM115 - read while running
     process = subprocess.Popen(
         [sys.executable, "-m", "qfleet.cli", "serve", "--model", str(model_xml), "--port", "0", *args],

@@ -18,7 +18,7 @@ from qfleet.errors import InputError
 
 #: The importable top-level modules each extra installs, as the extras in pyproject.toml list them.
 EXTRA_MODULES: dict[str, tuple[str, ...]] = {
-    "server": ("openvino", "numpy", "aiohttp", "prometheus_client", "boto3"),
+    "server": ("openvino", "numpy", "aiohttp", "prometheus_client", "boto3", "grpc", "google.protobuf"),
     "operator": ("kopf", "kubernetes", "aiohttp", "prometheus_client", "yaml"),
     "toolkit": ("mxnet", "numpy", "onnx", "openvino", "nncf", "PIL", "tqdm", "boto3"),
     "demo": ("mxnet", "numpy", "onnx", "openvino", "nncf", "PIL", "tqdm", "boto3", "matplotlib"),

@@ -111,3 +111,53 @@ def test_unknown_model_is_a_one_line_error(tiny_ir: Callable[..., Path], tmp_pat
     assert code == 2
     assert "404" in stderr and "Traceback" not in stderr
     assert result["error"]["stage"] == "loadtest"  # type: ignore[index]
+
+
+def test_loadtest_over_grpc(tiny_ir: Callable[..., Path], tmp_path: Path) -> None:
+    server = start_server(tiny_ir("tiny"), tmp_path / "serve.stderr")
+    try:
+        assert server.grpc is not None
+        code, report, stderr = qfleet_json(
+            "loadtest", "--grpc", "--url", server.grpc, "--model", "tiny", "--cameras", "4",
+            "--camera-fps", "10", "--faces-per-frame", "3", "--seconds", "2",
+        )  # fmt: skip
+        missing_model = qfleet_json(
+            "loadtest", "--grpc", "--url", server.grpc, "--cameras", "1", "--camera-fps", "1",
+            "--faces-per-frame", "1", "--seconds", "1",
+        )  # fmt: skip
+        unknown_model = qfleet_json(
+            "loadtest", "--grpc", "--url", server.grpc, "--model", "nope", "--cameras", "1",
+            "--camera-fps", "1", "--faces-per-frame", "1", "--seconds", "1",
+        )  # fmt: skip
+    finally:
+        stop_server(server, graceful=True)
+    assert code == 0, stderr
+    assert report["protocol"] == "grpc" and report["model"] == "tiny"
+    assert report["frames_scheduled"] == 80 and report["frames_ok"] == 80 and report["errors"] == 0
+    assert 0 < report["achieved_fps"] <= 1.05 * 120.0  # type: ignore[operator]
+    assert missing_model[0] == 2 and "--grpc needs --model" in missing_model[2]
+    assert unknown_model[0] == 2 and "NOT_FOUND" in unknown_model[2] and "Traceback" not in unknown_model[2]
+
+
+async def test_grpc_overload_is_reported_as_errors_not_a_stall(
+    tiny_ir: Callable[..., Path], tmp_path: Path
+) -> None:
+    server = start_server(tiny_ir("tiny"), tmp_path / "serve.stderr", "--max-concurrency", "1")
+    try:
+        assert server.grpc is not None
+        report = await run_loadtest(
+            LoadSpec(
+                url=server.grpc,
+                model="tiny",
+                cameras=8,
+                camera_fps=10,
+                faces_per_frame=64,
+                seconds=1.0,
+                grpc=True,
+            )
+        )
+    finally:
+        stop_server(server, graceful=True)
+    assert report["frames_ok"] > 0 and report["errors"] > 0
+    assert set(report["errors_by_kind"]) == {"grpc_resource_exhausted"}  # type: ignore[arg-type]
+    assert report["frames_ok"] + report["errors"] == report["frames_sent"]  # type: ignore[operator]

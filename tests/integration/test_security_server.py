@@ -1,7 +1,9 @@
 """Processes listen only where they are told.
 
 ``qfleet serve`` listens on 127.0.0.1 unless ``--host`` says otherwise (the Deployments the operator
-builds pass ``--host 0.0.0.0``: a pod must be reachable by its Service). The operator opens no
+builds pass ``--host 0.0.0.0``: a pod must be reachable by its Service), for REST and gRPC alike.
+grpcio listens through IPv6 sockets: an IPv4 address becomes its IPv4-mapped form (the same
+address), and the IPv4 wildcard ``0.0.0.0`` a dual-stack ``::`` (every address, as asked). The operator opens no
 port at all unless ``--metrics-port``/``--liveness`` ask for one. The listening sockets are read
 from the kernel (``/proc/PID/fd`` and ``/proc/net/tcp*``), not from what the process says.
 """
@@ -30,7 +32,8 @@ def _address(hex_address: str) -> str:
         return str(ipaddress.IPv4Address(raw[::-1]))
     # IPv6 in /proc is four little-endian 32-bit words.
     words = b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
-    return str(ipaddress.IPv6Address(words))
+    address = ipaddress.IPv6Address(words)
+    return str(address.ipv4_mapped or address)
 
 
 def listening_sockets(pid: int) -> set[tuple[str, int]]:
@@ -57,10 +60,12 @@ def listening_sockets(pid: int) -> set[tuple[str, int]]:
 
 
 @contextmanager
-def serving(model_xml: Path, log: Path, *args: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
+def serving(model_xml: Path, log: Path, *args: str) -> Iterator[tuple[subprocess.Popen[str], int, int]]:
+    """The server, its REST port and its gRPC port."""
     server = start_server(model_xml, log, *args)
+    assert server.grpc is not None
     try:
-        yield server.process, server.port
+        yield server.process, server.port, int(server.grpc.rsplit(":", 1)[1])
     finally:
         stop_server(server)
 
@@ -74,14 +79,15 @@ def test_the_listening_socket_reader_sees_a_socket() -> None:
 
 
 def test_the_server_listens_on_loopback_only_by_default(tiny_ir: Callable[..., Path], tmp_path: Path) -> None:
-    with serving(tiny_ir("tiny"), tmp_path / "serve.log") as (process, port):
-        assert listening_sockets(process.pid) == {("127.0.0.1", port)}
+    with serving(tiny_ir("tiny"), tmp_path / "serve.log") as (process, port, grpc_port):
+        assert listening_sockets(process.pid) == {("127.0.0.1", port), ("127.0.0.1", grpc_port)}
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "127.0.0.2"])
 def test_the_server_listens_where_it_is_told(tiny_ir: Callable[..., Path], tmp_path: Path, host: str) -> None:
-    with serving(tiny_ir("tiny"), tmp_path / "serve.log", "--host", host) as (process, port):
-        assert listening_sockets(process.pid) == {(host, port)}
+    with serving(tiny_ir("tiny"), tmp_path / "serve.log", "--host", host) as (process, port, grpc_port):
+        grpc_host = "::" if host == "0.0.0.0" else host
+        assert listening_sockets(process.pid) == {(host, port), (grpc_host, grpc_port)}
 
 
 def test_the_operator_opens_no_port_unless_asked(tmp_path: Path) -> None:

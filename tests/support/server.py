@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 LISTENING = re.compile(r"listening on (http://(\S+):(\d+))")
+#: Logged before LISTENING when the server also serves gRPC.
+GRPC_LISTENING = re.compile(r"gRPC listening on (\S+)")
 
 
 @dataclass(frozen=True)
@@ -19,10 +21,18 @@ class ServerProcess:
     host: str
     port: int
     log: Path
+    #: The gRPC target (``host:port``), None when the server runs without gRPC.
+    grpc: str | None = None
 
 
 def start_server(model_xml: Path, log: Path, *args: str, timeout: float = 60) -> ServerProcess:
-    """``qfleet serve --port 0 --json ARGS`` with stderr in ``log``; returns once it listens."""
+    """``qfleet serve --port 0 --json ARGS`` with stderr in ``log``; returns once it listens.
+
+    gRPC listens on a free port too (``--grpc-port 0``) unless ARGS choose otherwise: the
+    default port would collide between servers.
+    """
+    if not {"--grpc-port", "--no-grpc"} & set(args):
+        args = ("--grpc-port", "0", *args)
     with log.open("w") as stderr:
         process = subprocess.Popen(
             [sys.executable, "-m", "qfleet.cli", "serve", "--model", str(model_xml), "--port", "0", "--json", *args],
@@ -37,7 +47,10 @@ def start_server(model_xml: Path, log: Path, *args: str, timeout: float = 60) ->
             process.wait()
             raise AssertionError(f"server did not start:\n{log.read_text()}")
         time.sleep(0.05)
-    return ServerProcess(process, found.group(1), found.group(2), int(found.group(3)), log)
+    grpc = GRPC_LISTENING.search(log.read_text())
+    return ServerProcess(
+        process, found.group(1), found.group(2), int(found.group(3)), log, grpc.group(1) if grpc else None
+    )
 
 
 def stop_server(server: ServerProcess, *, graceful: bool = False, timeout: float = 60) -> None:

@@ -7,11 +7,13 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-HELP = "serve a model over the Open Inference Protocol (KServe v2 REST)"
+HELP = "serve a model over the Open Inference Protocol (KServe v2 REST and gRPC)"
 DESCRIPTION = (
     "Serve an OpenVINO IR face model over HTTP with the Open Inference Protocol (KServe v2 REST),\n"
     "JSON tensors and the binary tensor data extension, so KServe/Triton/OVMS clients work.\n"
     "Endpoints: /v2, /v2/health/{live,ready}, /v2/models/NAME[/ready|/infer], /metrics.\n"
+    "The protocol's gRPC service (inference.GRPCInferenceService) listens on --grpc-port, sharing\n"
+    "the model, the limits, the metrics and the drain with REST.\n"
     "The model computes in the precision its qfleet.json records (fp32 always in f32; int8; bf16).\n"
     "An INT8 or BF16 model only starts on the ISA tier it was validated on, and a bf16 one only\n"
     "where the CPU computes bf16 natively (see --allow-isa-mismatch).\n"
@@ -35,6 +37,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--port", type=int, default=server.DEFAULT_PORT, help=f"port (default {server.DEFAULT_PORT}; 0: any)"
     )
+    parser.add_argument(
+        "--grpc-port",
+        type=int,
+        default=server.DEFAULT_GRPC_PORT,
+        help=f"gRPC port (default {server.DEFAULT_GRPC_PORT}; 0: any)",
+    )
+    parser.add_argument("--no-grpc", action="store_true", help="serve REST only (no gRPC port)")
     parser.add_argument(
         "--threads", type=int, default=None, help="OpenVINO inference threads (default: all cores)"
     )
@@ -91,6 +100,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     if not 0 <= args.port <= 65535:
         raise InputError(f"--port must be in 0..65535, got {args.port}")
+    if not 0 <= args.grpc_port <= 65535:
+        raise InputError(f"--grpc-port must be in 0..65535, got {args.grpc_port}")
+    if args.grpc_port and args.grpc_port == args.port:
+        raise InputError(f"--grpc-port and --port are both {args.port}", hint="give gRPC a port of its own")
     if args.body_timeout <= 0:
         raise InputError(f"--body-timeout must be positive, got {args.body_timeout}")
     if args.batch_timeout_ms < 0:
@@ -100,6 +113,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         name=args.name,
         host=args.host,
         port=args.port,
+        grpc_port=None if args.no_grpc else args.grpc_port,
         threads=args.threads,
         max_batch=args.max_batch,
         batch_timeout_s=args.batch_timeout_ms / 1000,

@@ -250,6 +250,19 @@ class InferenceEngine:
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._output_names = self.signature.output_names()
+        self._warm_up(source_input.get_element_type(), input_tail)
+
+    def _warm_up(self, element_type: Any, input_tail: tuple[int, ...]) -> None:
+        """One inference on this thread before any worker runs one.
+
+        The first ``Tensor.data`` access in a process initialises a function-local static inside
+        OpenVINO's Python binding, which releases the GIL halfway: two worker threads making that
+        first access at once deadlock (one holds the static's guard and waits for the GIL, the
+        other holds the GIL and waits for the guard), and the whole server freezes, signals
+        included. Seen when the first two requests after start arrived together.
+        """
+        dtype = element_type.to_dtype()
+        self._run(0, np.zeros((1, *input_tail), dtype=dtype))
 
     @staticmethod
     def _output_name(output: Any, index: int) -> str:

@@ -19,7 +19,12 @@ Definitions in the report:
 - ``frames_over_interval``: answered frames whose latency exceeded one frame interval: the
   server fell behind the camera's frame rate for that frame.
 - errors: non-200 answers (``http_503`` ...), ``timeout``, ``connection`` and ``bad_response``
-  (a 200 whose outputs do not hold one row per face).
+  (a 200 whose outputs do not hold one row per face); over gRPC, the status code in lower case
+  (``grpc_resource_exhausted``, ``grpc_unavailable`` ...) and ``bad_response``.
+
+With ``grpc`` the frames go to the protocol's gRPC service (``ModelInfer`` with
+``raw_input_contents``) at ``host:port`` over ``max_connections`` HTTP/2 channels, calls spread
+over them in turn; the model must be named (gRPC has no repository index to discover it from).
 
 Only the URL given is ever contacted.
 """
@@ -31,6 +36,7 @@ import json
 import math
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -59,6 +65,7 @@ class LoadSpec:
     timeout_s: float = 30.0
     max_connections: int = 256
     seed: int = 0
+    grpc: bool = False
 
     def validate(self) -> None:
         if self.cameras < 1:
@@ -83,6 +90,11 @@ class LoadSpec:
         return self.cameras * self.camera_fps * self.faces_per_frame
 
 
+#: HTTP/2 channels a gRPC load test opens at most: each multiplexes many calls, so a few suffice
+#: (one would serialise every frame through one connection's framing on both sides).
+MAX_GRPC_CHANNELS = 8
+
+
 @dataclass(frozen=True)
 class Target:
     base_url: str
@@ -104,6 +116,20 @@ def parse_target(url: str, model: str | None = None) -> Target:
     if model is not None and named is not None and model != named:
         raise InputError(f"--url names model {named!r} but --model is {model!r}")
     return Target(base_url=f"{parts.scheme}://{parts.netloc}{prefix}", model=model or named)
+
+
+def parse_grpc_target(url: str) -> str:
+    """``host:port`` of a gRPC server from ``host:port`` or ``grpc://host:port``."""
+    parts = urlsplit(url if "://" in url else f"grpc://{url}")
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or out of range
+        port = None
+    if parts.scheme != "grpc" or not parts.hostname or port is None or parts.path not in ("", "/"):
+        raise InputError(
+            f"--url {url!r} is not a gRPC address", hint="with --grpc, give host:port, e.g. 127.0.0.1:8081"
+        )
+    return parts.netloc
 
 
 def camera_offsets(cameras: int, interval_s: float, rng: np.random.Generator) -> npt.NDArray[Any]:
@@ -176,11 +202,14 @@ def summarize(
     }
 
 
+#: Sends camera N's frame and returns the error kind (None: answered with one row per face).
+SendFrame = Callable[[int], Awaitable[str | None]]
+
+
 @dataclass
 class _Run:
     spec: LoadSpec
-    infer_url: str
-    bodies: list[tuple[bytes, dict[str, str]]]
+    send: SendFrame
     results: list[FrameResult] = field(default_factory=list)
 
 
@@ -220,51 +249,61 @@ async def _discover(session: Any, target: Target) -> tuple[str, dict[str, Any]]:
     return model, metadata
 
 
-def _frame_bodies(spec: LoadSpec, metadata: dict[str, Any]) -> list[tuple[bytes, dict[str, str]]]:
-    model_input = metadata["inputs"][0]
-    shape = model_input.get("shape") or []
+def _frame_arrays(spec: LoadSpec, model_input: dict[str, Any]) -> list[npt.NDArray[Any]]:
+    """The distinct frames' face crops (random pixels) in the datatype the spec sends."""
+    shape = list(model_input.get("shape") or [])
     tail = shape[1:]
     if not tail or not all(isinstance(dim, int) and dim > 0 for dim in tail):
         raise InputError(
             f"model input {model_input.get('name')!r} has shape {shape}; need fixed dims after the batch"
         )
     rng = np.random.default_rng(spec.seed)
-    bodies = []
+    arrays = []
     for _ in range(min(spec.cameras, DISTINCT_FRAMES)):
         crops = rng.integers(0, 256, size=(spec.faces_per_frame, *tail), dtype=np.uint8)
-        array = crops if spec.datatype == "UINT8" else crops.astype(np.float32)
-        bodies.append(encode_infer_request(model_input["name"], array, binary=spec.binary))
-    return bodies
+        arrays.append(crops if spec.datatype == "UINT8" else crops.astype(np.float32))
+    return arrays
 
 
-async def _send_frame(run: _Run, session: Any, camera: int, scheduled: float) -> None:
-    import aiohttp
+def _one_row_per_face(outputs: dict[str, npt.NDArray[Any]], faces: int) -> bool:
+    return bool(outputs) and all(array.shape[:1] == (faces,) for array in outputs.values())
 
-    loop = asyncio.get_running_loop()
-    body, headers = run.bodies[camera % len(run.bodies)]
-    sent = loop.time()
-    error: str | None = None
-    try:
-        async with session.post(run.infer_url, data=body, headers=headers) as response:
-            payload = await response.read()
-            if response.status != 200:
-                error = f"http_{response.status}"
-            else:
+
+def _http_sender(spec: LoadSpec, session: Any, infer_url: str, model_input: dict[str, Any]) -> SendFrame:
+    bodies = [
+        encode_infer_request(model_input["name"], array, binary=spec.binary)
+        for array in _frame_arrays(spec, model_input)
+    ]
+
+    async def send(camera: int) -> str | None:
+        import aiohttp
+
+        body, headers = bodies[camera % len(bodies)]
+        try:
+            async with session.post(infer_url, data=body, headers=headers) as response:
+                payload = await response.read()
+                if response.status != 200:
+                    return f"http_{response.status}"
                 outputs = decode_infer_response(payload, header_length=response.headers.get(HEADER_LENGTH))
-                if not outputs or any(
-                    array.shape[:1] != (run.spec.faces_per_frame,) for array in outputs.values()
-                ):
-                    error = "bad_response"
-    except TimeoutError:
-        error = "timeout"
-    except aiohttp.ClientError:
-        error = "connection"
-    except ProtocolError:
-        error = "bad_response"
+        except TimeoutError:
+            return "timeout"
+        except aiohttp.ClientError:
+            return "connection"
+        except ProtocolError:
+            return "bad_response"
+        return None if _one_row_per_face(outputs, spec.faces_per_frame) else "bad_response"
+
+    return send
+
+
+async def _send_frame(run: _Run, camera: int, scheduled: float) -> None:
+    loop = asyncio.get_running_loop()
+    sent = loop.time()
+    error = await run.send(camera)
     run.results.append(FrameResult(camera, scheduled, sent, loop.time(), error is None, error))
 
 
-async def _camera(run: _Run, session: Any, camera: int, start: float, offset: float, tasks: set[Any]) -> None:
+async def _camera(run: _Run, camera: int, start: float, offset: float, tasks: set[Any]) -> None:
     loop = asyncio.get_running_loop()
     spec = run.spec
     for frame in range(frames_in(offset, spec.interval_s, spec.seconds)):
@@ -273,40 +312,77 @@ async def _camera(run: _Run, session: Any, camera: int, start: float, offset: fl
         if delay > 0:
             await asyncio.sleep(delay)
         # Fire and forget (open loop); the task set keeps a reference until it finishes.
-        task = asyncio.create_task(_send_frame(run, session, camera, scheduled))
+        task = asyncio.create_task(_send_frame(run, camera, scheduled))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
 
-async def run_loadtest(spec: LoadSpec) -> dict[str, Any]:
-    """Drive the camera schedule against ``spec.url`` and report (see the module docstring)."""
+async def _drive(run: _Run) -> tuple[float, int, float]:
+    """Every camera's schedule; returns the start time, the frames scheduled and the wall clock start."""
+    spec = run.spec
+    rng = np.random.default_rng(spec.seed + 1)
+    offsets = camera_offsets(spec.cameras, spec.interval_s, rng)
+    frames_scheduled = sum(frames_in(float(offset), spec.interval_s, spec.seconds) for offset in offsets)
+    loop = asyncio.get_running_loop()
+    # Start a little in the future so that every camera's first frame is on time.
+    start = loop.time() + 0.05
+    tasks: set[Any] = set()
+    wall_started = time.time()
+    await asyncio.gather(
+        *(_camera(run, camera, start, float(offset), tasks) for camera, offset in enumerate(offsets))
+    )
+    if tasks:
+        await asyncio.gather(*list(tasks))
+    return start, frames_scheduled, wall_started
+
+
+async def _run_http(spec: LoadSpec) -> dict[str, Any]:
     import aiohttp
 
-    spec.validate()
     target = parse_target(spec.url, spec.model)
     timeout = aiohttp.ClientTimeout(total=spec.timeout_s)
     connector = aiohttp.TCPConnector(limit=spec.max_connections)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         model, metadata = await _discover(session, target)
-        run = _Run(spec, f"{target.base_url}/v2/models/{model}/infer", _frame_bodies(spec, metadata))
-        rng = np.random.default_rng(spec.seed + 1)
-        offsets = camera_offsets(spec.cameras, spec.interval_s, rng)
-        frames_scheduled = sum(frames_in(float(offset), spec.interval_s, spec.seconds) for offset in offsets)
-        loop = asyncio.get_running_loop()
-        # Start a little in the future so that every camera's first frame is on time.
-        start = loop.time() + 0.05
-        tasks: set[Any] = set()
-        wall_started = time.time()
-        await asyncio.gather(
-            *(
-                _camera(run, session, camera, start, float(offset), tasks)
-                for camera, offset in enumerate(offsets)
-            )
-        )
-        if tasks:
-            await asyncio.gather(*list(tasks))
+        infer_url = f"{target.base_url}/v2/models/{model}/infer"
+        run = _Run(spec, _http_sender(spec, session, infer_url, metadata["inputs"][0]))
+        start, frames_scheduled, wall_started = await _drive(run)
     report = summarize(spec, run.results, started=start, frames_scheduled=frames_scheduled)
     return {"url": target.base_url, "model": model, "started_at": round(wall_started, 3), **report}
+
+
+async def _run_grpc(spec: LoadSpec) -> dict[str, Any]:
+    from qfleet.serving.grpc_client import GrpcClient
+
+    target = parse_grpc_target(spec.url)
+    if spec.model is None:
+        raise InputError("--grpc needs --model NAME", hint="the gRPC protocol has no index to discover it")
+    channels = max(1, min(spec.max_connections, MAX_GRPC_CHANNELS))
+    async with GrpcClient(target, channels=channels, timeout_s=spec.timeout_s) as client:
+        model_input = (await client.model_metadata(spec.model))["inputs"][0]
+        requests = [
+            client.infer_request(spec.model, model_input["name"], array)
+            for array in _frame_arrays(spec, model_input)
+        ]
+
+        async def send(camera: int) -> str | None:
+            outcome = await client.infer(requests[camera % len(requests)])
+            if isinstance(outcome, str):
+                return outcome
+            return None if _one_row_per_face(outcome, spec.faces_per_frame) else "bad_response"
+
+        run = _Run(spec, send)
+        start, frames_scheduled, wall_started = await _drive(run)
+    report = summarize(spec, run.results, started=start, frames_scheduled=frames_scheduled)
+    return {"url": f"grpc://{target}", "model": spec.model, "started_at": round(wall_started, 3), **report}
+
+
+async def run_loadtest(spec: LoadSpec) -> dict[str, Any]:
+    """Drive the camera schedule against ``spec.url`` and report (see the module docstring)."""
+    spec.validate()
+    report = await (_run_grpc(spec) if spec.grpc else _run_http(spec))
+    report["protocol"] = "grpc" if spec.grpc else "http"
+    return report
 
 
 def loadtest(spec: LoadSpec) -> dict[str, Any]:

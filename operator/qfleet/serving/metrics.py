@@ -103,6 +103,12 @@ class ServerMetrics:
             ["endpoint", "code"],
             registry=self.registry,
         )
+        self.grpc_requests = Counter(
+            "qfleet_server_grpc_requests",
+            "gRPC calls answered, by method and status code",
+            ["method", "code"],
+            registry=self.registry,
+        )
         self.faces = Counter(
             "qfleet_server_faces_inferred",
             "Faces (batch items) inferred and answered",
@@ -110,7 +116,7 @@ class ServerMetrics:
         )
         self.latency = Histogram(
             "qfleet_server_request_latency_seconds",
-            "Latency of successful inference requests, from arrival to response",
+            "Latency of successful inference requests (REST and gRPC), from arrival to response",
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
@@ -152,6 +158,9 @@ class ServerMetrics:
 
     def answered(self, endpoint: str, code: int) -> None:
         self.requests.labels(endpoint=endpoint, code=str(code)).inc()
+
+    def answered_grpc(self, method: str, code: str) -> None:
+        self.grpc_requests.labels(method=method, code=code).inc()
 
     def inferred(self, faces: int, seconds: float) -> None:
         self.faces.inc(faces)

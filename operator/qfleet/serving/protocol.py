@@ -166,7 +166,7 @@ def _shape(value: Any, what: str) -> tuple[int, ...]:
     return tuple(value)
 
 
-def _check_shape(shape: tuple[int, ...], spec: TensorSpec) -> None:
+def check_shape(shape: tuple[int, ...], spec: TensorSpec) -> None:
     expected = spec.shape
     if len(shape) != len(expected) or any(
         want != -1 and got != want for got, want in zip(shape, expected, strict=True)
@@ -180,7 +180,7 @@ def _check_shape(shape: tuple[int, ...], spec: TensorSpec) -> None:
         )
 
 
-def _json_tensor(data: Any, *, datatype: str, shape: tuple[int, ...], name: str) -> npt.NDArray[Any]:
+def json_tensor(data: Any, *, datatype: str, shape: tuple[int, ...], name: str) -> npt.NDArray[Any]:
     """A tensor from JSON numbers (flat or nested row-major lists)."""
     if not isinstance(data, list):
         raise ProtocolError(f"input '{name}' 'data' must be a list of numbers")
@@ -269,7 +269,7 @@ def _input_tensor(
             f"input '{name}' has datatype {datatype!r}; send one of {', '.join(ACCEPTED_INPUT_DATATYPES)}"
         )
     shape = _shape(entry.get("shape"), f"input '{name}'")
-    _check_shape(shape, spec)
+    check_shape(shape, spec)
     input_params = _object(entry.get("parameters"), f"input '{name}' 'parameters'")
     has_data = "data" in entry
     if "binary_data_size" in input_params:
@@ -282,7 +282,7 @@ def _input_tensor(
         )
         return array, datatype, offset
     if has_data:
-        return _json_tensor(entry["data"], datatype=datatype, shape=shape, name=name), datatype, offset
+        return json_tensor(entry["data"], datatype=datatype, shape=shape, name=name), datatype, offset
     raise ProtocolError(f"input '{name}' has neither 'data' nor parameters.binary_data_size")
 
 
@@ -330,13 +330,29 @@ def parse_infer_request(
     if offset != len(blob):
         raise ProtocolError(f"the body has {len(blob) - offset} bytes of binary data that no input claims")
 
-    model_dtype = DATATYPES[spec.datatype]
+    return InferRequest(
+        id=request_id,
+        faces=model_input(faces, spec),
+        outputs=outputs,
+        sent_datatype=sent_datatype,
+        parameters=params,
+    )
+
+
+def model_input(faces: npt.NDArray[Any], spec: TensorSpec) -> npt.NDArray[Any]:
+    """The faces as the model's contiguous input array; NaN and infinity refused."""
     if faces.dtype.kind == "f" and not np.isfinite(faces).all():
         raise ProtocolError(f"input '{spec.name}' holds NaN or infinity")
-    converted = np.ascontiguousarray(faces, dtype=model_dtype)
-    return InferRequest(
-        id=request_id, faces=converted, outputs=outputs, sent_datatype=sent_datatype, parameters=params
-    )
+    return np.ascontiguousarray(faces, dtype=DATATYPES[spec.datatype])
+
+
+def unknown_model(signature: ModelSignature, name: str, version: str | None) -> str | None:
+    """Why a request's model (and version) is not the one served, or None when it is."""
+    if name != signature.name:
+        return f"unknown model {name!r}; this server serves {signature.name!r}"
+    if version is not None and version != signature.version:
+        return f"model {name!r} has no version {version!r}; it has {signature.version!r}"
+    return None
 
 
 def encode_infer_response(
@@ -438,5 +454,5 @@ def decode_infer_response(body: bytes, *, header_length: str | None = None) -> d
                 blob, offset, size=size, datatype=datatype, shape=shape, name=name
             )
         else:
-            tensors[name] = _json_tensor(entry.get("data"), datatype=datatype, shape=shape, name=name)
+            tensors[name] = json_tensor(entry.get("data"), datatype=datatype, shape=shape, name=name)
     return tensors

@@ -8,6 +8,9 @@ Endpoints (``{model}`` also accepts ``/versions/1``):
 - ``POST /v2/repository/index`` (the one model, for clients that discover it)
 - ``GET /metrics`` (Prometheus text format)
 
+The same model over gRPC (``inference.GRPCInferenceService``) listens on ``grpc_port``
+(:mod:`qfleet.serving.grpc_server`), sharing this server's engine, limits, metrics and drain.
+
 Limits and their answers:
 
 - A malformed request is a 4xx with ``{"error": "..."}`` (400; 404 for an unknown model; 413
@@ -16,9 +19,9 @@ Limits and their answers:
   already in flight, new ones are refused at once instead of queueing without bound, so latency
   stays bounded and a load balancer (or the client) can retry on another replica. 503, not
   429: the refusal is about this replica's capacity, not about the client's request rate.
-- SIGTERM (or SIGINT): readiness turns false, the listening socket closes, in-flight requests
-  are answered (up to ``shutdown_grace_s``), new requests on open connections get a 503, and the
-  process exits 0.
+- SIGTERM (or SIGINT): readiness turns false, the listening sockets close, in-flight requests
+  are answered (up to ``shutdown_grace_s``), new requests on open connections get a 503 (gRPC:
+  UNAVAILABLE), and the process exits 0.
 """
 
 from __future__ import annotations
@@ -47,10 +50,12 @@ from qfleet.serving.protocol import (
     ProtocolError,
     encode_infer_response,
     parse_infer_request,
+    unknown_model,
 )
 from qfleet.serving.settings import (
     DEFAULT_BATCH_TIMEOUT_S,
     DEFAULT_BODY_TIMEOUT_S,
+    DEFAULT_GRPC_PORT,
     DEFAULT_HOST,
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_CONCURRENCY,
@@ -72,6 +77,8 @@ class ServerConfig:
     name: str | None = None
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
+    #: The gRPC port (0: any free port); None serves REST only.
+    grpc_port: int | None = DEFAULT_GRPC_PORT
     threads: int | None = None
     max_batch: int = 1
     batch_timeout_s: float = DEFAULT_BATCH_TIMEOUT_S
@@ -177,13 +184,7 @@ async def _json_errors_and_counts(request: web.Request, handler: Handler) -> web
 
 def _unknown_model(request: web.Request, signature: ModelSignature) -> str | None:
     """Why the URL's model (and version) is not the one served, or None when it is."""
-    name = request.match_info["model"]
-    version = request.match_info.get("version")
-    if name != signature.name:
-        return f"unknown model {name!r}; this server serves {signature.name!r}"
-    if version is not None and version != signature.version:
-        return f"model {name!r} has no version {version!r}; it has {signature.version!r}"
-    return None
+    return unknown_model(signature, request.match_info["model"], request.match_info.get("version"))
 
 
 def _model_route(handler: Callable[[web.Request, ServerState], Awaitable[web.Response]]) -> Handler:
@@ -379,6 +380,20 @@ async def serve(
         raise InputError(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from None
     host, port = runner.addresses[0][:2]
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    grpc_server: Any = None
+    grpc_target: str | None = None
+    if config.grpc_port is not None:
+        from qfleet.serving.grpc_server import start_grpc_server
+
+        try:
+            grpc_server, grpc_target = await start_grpc_server(
+                app[STATE], host=config.host, port=config.grpc_port
+            )
+        except BaseException:
+            await runner.cleanup()
+            raise
+        # Logged before the REST line below, which is the one tests and scripts wait for.
+        log.info("gRPC listening on %s", grpc_target)
     log.info(
         "serving model %r (%s) on %s: %d stream(s), %d infer request(s), max batch %d",
         engine.signature.name,
@@ -415,12 +430,21 @@ async def serve(
         state = app[STATE]
         start_draining(app)
         log.info("%s: draining %d in-flight request(s), then exiting", reason["stopped_by"], state.inflight)
+        # grpcio refuses new calls from here on and cancels those still running after the grace.
+        grpc_stopped = (
+            asyncio.ensure_future(grpc_server.stop(config.shutdown_grace_s))
+            if grpc_server is not None
+            else None
+        )
         await _drain(site, state, grace_s=config.shutdown_grace_s)
+        if grpc_stopped is not None:
+            await grpc_stopped
         await runner.cleanup()
         engine.close()
     return {
         **info,
         "url": url,
+        "grpc": grpc_target,
         "stopped_by": reason["stopped_by"],
         "uptime_s": round(time.monotonic() - started, 3),
         "faces_inferred": metrics.faces_total,

@@ -12,3 +12,5 @@ DEFAULT_SHUTDOWN_GRACE_S = 30.0
 DEFAULT_BODY_TIMEOUT_S = 10.0
 #: With dynamic batching, the longest a face waits for its batch to fill.
 DEFAULT_BATCH_TIMEOUT_S = 0.002
+#: The Open Inference Protocol's gRPC service listens here, next to the REST port.
+DEFAULT_GRPC_PORT = 8081

@@ -50,6 +50,8 @@ MODULE_OF = {
     "matplotlib": "matplotlib",
     "pyyaml": "yaml",
     "boto3": "boto3",
+    "grpcio": "grpc",
+    "protobuf": "google.protobuf",
 }
 
 

@@ -164,3 +164,21 @@ def test_server_metrics_exposition() -> None:
         "qfleet_server_faces_inferred_total 0.0"
         in ServerMetrics(model_name="m", model_kind="int8", model_isa="avx2").exposition().decode()
     )
+
+
+@pytest.mark.parametrize(
+    ("url", "target"),
+    [("127.0.0.1:8081", "127.0.0.1:8081"), ("grpc://h:1", "h:1"), ("[::1]:9", "[::1]:9")],
+)
+def test_parse_grpc_target(url: str, target: str) -> None:
+    from qfleet.serving.loadtest import parse_grpc_target
+
+    assert parse_grpc_target(url) == target
+
+
+@pytest.mark.parametrize("url", ["http://h:1", "h", "grpc://h:1/v2/models/m", "h:x"])
+def test_parse_grpc_target_refuses_what_is_not_host_port(url: str) -> None:
+    from qfleet.serving.loadtest import parse_grpc_target
+
+    with pytest.raises(InputError, match="not a gRPC address"):
+        parse_grpc_target(url)
