@@ -391,14 +391,14 @@ async def test_job_failure_is_reported_with_its_reason(cluster: Cluster) -> None
 async def test_invalid_spec_and_unknown_uri_scheme_give_conditions(cluster: Cluster) -> None:
     await cluster.add_node("avx2-1", "avx2")
     operator = await start(cluster)
-    await cluster.apply_model(model_body("s3", source={"format": "onnx", "uri": "s3://bucket/r100.onnx"}))
+    await cluster.apply_model(model_body("gcs", source={"format": "onnx", "uri": "gs://bucket/r100.onnx"}))
     await cluster.apply_model(model_body("bounds", serving={"minReplicas": 5, "maxReplicas": 2}))
     broken = model_body("shape")
     broken["spec"]["targets"] = "avx2"
     await cluster.apply_model(broken)
 
     for name, words in (
-        ("s3", "unsupported scheme 's3'"),
+        ("gcs", "unsupported scheme 'gs'"),
         ("bounds", "maxReplicas (2) is below serving.minReplicas (5)"),
         ("shape", "spec.targets must list at least one ISA tier"),
     ):
@@ -412,6 +412,6 @@ async def test_invalid_spec_and_unknown_uri_scheme_give_conditions(cluster: Clus
     assert operator.returncode is None
 
     # Fixed: the same resource proceeds.
-    await patch_spec(cluster, "s3", {"source": {"format": "openvino", "uri": "pvc://data/model/model.xml"}})
-    await wait_phase(cluster, "s3", "Ready")
-    assert condition(cluster, "s3", "Ready")["status"] == "True"
+    await patch_spec(cluster, "gcs", {"source": {"format": "openvino", "uri": "pvc://data/model/model.xml"}})
+    await wait_phase(cluster, "gcs", "Ready")
+    assert condition(cluster, "gcs", "Ready")["status"] == "True"

@@ -14,7 +14,6 @@ import json
 import shutil
 import ssl
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,7 +26,7 @@ from qfleet.model.metadata import METADATA_FILE
 from qfleet.storage.publish import publish
 from qfleet.storage.s3 import S3Store
 from qfleet.storage.uris import parse_s3_uri
-from tests.support.s3 import S3Server, free_port, s3_server
+from tests.support.s3 import DenyAll, S3Server, free_port, http_servers, s3_server
 
 BUCKET = "qfleet-models"
 
@@ -152,42 +151,10 @@ def test_keys_that_climb_out_are_refused(
     assert not (tmp_path / "b").exists() and not (tmp_path / "escape").exists()
 
 
-class _Deny(http.server.BaseHTTPRequestHandler):
-    BODY = (
-        b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
-        b"<Message>Access Denied</Message></Error>"
-    )
-
-    def _deny(self) -> None:
-        self.send_response(403)
-        self.send_header("Content-Type", "application/xml")
-        self.send_header("Content-Length", str(len(self.BODY)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(self.BODY)
-
-    do_GET = do_HEAD = do_PUT = do_POST = _deny
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
 def serve_http() -> Iterator[Callable[..., str]]:
-    servers: list[http.server.ThreadingHTTPServer] = []
-
-    def start(handler: type[http.server.BaseHTTPRequestHandler], *, tls: ssl.SSLContext | None = None) -> str:
-        httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        if tls is not None:
-            httpd.socket = tls.wrap_socket(httpd.socket, server_side=True)
-        threading.Thread(target=httpd.serve_forever, daemon=True).start()
-        servers.append(httpd)
-        return f"{'https' if tls else 'http'}://127.0.0.1:{httpd.server_address[1]}"
-
-    yield start
-    for httpd in servers:
-        httpd.shutdown()
-        httpd.server_close()
+    with http_servers() as start:
+        yield start
 
 
 def test_access_denied_is_a_user_error(
@@ -197,7 +164,7 @@ def test_access_denied_is_a_user_error(
     monkeypatch: pytest.MonkeyPatch,
     s3: S3Server,
 ) -> None:
-    monkeypatch.setenv("AWS_ENDPOINT_URL", serve_http(_Deny))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", serve_http(DenyAll))
     code, _, err = run_cli(capsys, "fetch", f"s3://{BUCKET}/m/int8", str(tmp_path / "a"))
     assert code == 2 and "AccessDenied" in err and "AWS_ACCESS_KEY_ID" in err
     source = model_dir(tmp_path / "int8")

@@ -46,6 +46,7 @@ Every pass of the controllers records the ready serving capacity of each model (
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import contextlib
 import copy
@@ -82,6 +83,8 @@ NODES = kmock.resource("", "v1", "nodes")
 DEPLOYMENTS = kmock.resource("apps", "v1", "deployments")
 EVENTS = kmock.resource("", "v1", "events")
 NAMESPACES = kmock.resource("", "v1", "namespaces")
+SECRETS = kmock.resource("", "v1", "secrets")
+CONFIGMAPS = kmock.resource("", "v1", "configmaps")
 
 
 def now() -> str:
@@ -439,6 +442,22 @@ class JobRun:
     reasons: list[str] = field(default_factory=list)
 
 
+@dataclass
+class InitRun:
+    """A serving pod's init containers, run for real by the emulated kubelet."""
+
+    pod_dir: Path
+    task: asyncio.Task[None] | None = None
+    succeeded: bool = False
+    exit_codes: list[int] = field(default_factory=list)
+    failed_container: str | None = None
+    restarts: int = 0
+    retry_at: float = 0.0
+    finished_at: float = 0.0
+    #: The server's --model on this host, once the init containers succeeded.
+    server_model: Path = Path()
+
+
 @dataclass(frozen=True)
 class PodFault:
     """What goes wrong with one pod of a Job.
@@ -478,6 +497,10 @@ class Cluster:
         self._pod_counter = itertools.count(1)
         self._pod_bound: dict[str, float] = {}  # serving pod uid -> loop time it was bound
         self._rollouts: dict[str, _Rollout] = {}  # Deployment uid -> progress of its rollout
+        self._inits: dict[str, InitRun] = {}  # serving pod uid -> its init containers' runs
+        #: While cleared, serving pods' init containers wait before they start (tests hold them).
+        self.release_inits = asyncio.Event()
+        self.release_inits.set()
         #: How a test may change what runs: a function of (argv, env) -> (argv, env) that may
         #: only rewrite paths (enforced by :func:`only_paths_rewritten`).
         self.path_rewriter: Callable[[list[str], dict[str, str]], tuple[list[str], dict[str, str]]] | None = (
@@ -778,9 +801,11 @@ class Cluster:
                 continue
             owned[owner].append(pod)
         uids = {pod["metadata"]["uid"] for pods in owned.values() for pod in pods}
-        for table in (self._pod_seq, self._pod_bound):
+        for table in (self._pod_seq, self._pod_bound, self._inits):
             for uid in [uid for uid in table if uid not in uids]:
-                del table[uid]
+                run = table.pop(uid)
+                if isinstance(run, InitRun) and run.task is not None:
+                    run.task.cancel()
         for uid in [uid for uid in self._rollouts if uid not in live]:
             del self._rollouts[uid]
 
@@ -951,13 +976,23 @@ class Cluster:
             pod.update(updated)
 
     async def _run_serving_pod(self, pod: dict[str, Any], loop_time: float) -> None:
-        """The kubelet of a bound serving pod: Ready after :attr:`pod_ready_seconds`, or crashing."""
+        """The kubelet of a bound serving pod: its init containers run for real (their commands,
+        as a Job's), then Ready after :attr:`pod_ready_seconds`, or crashing."""
         if not (pod.get("spec") or {}).get("nodeName"):
             return
         uid = pod["metadata"]["uid"]
         bound = self._pod_bound.setdefault(uid, loop_time)
         annotations = pod["metadata"].get("annotations") or {}
         crashing = self.serving_fault is not None and bool(self.serving_fault(annotations))
+        if pod["spec"].get("initContainers"):
+            init = self._init_run(pod, loop_time)
+            if not init.succeeded:
+                await self._report_init(pod, init)
+                return
+            bound = init.finished_at
+            # The server starts from what the init containers left: a model that is not there
+            # makes it crash, as the real server would.
+            crashing = crashing or not init.server_model.exists()
         container_status = ((pod.get("status") or {}).get("containerStatuses") or [{}])[0]
         restarts = int(container_status.get("restartCount") or 0)
         if crashing:
@@ -978,6 +1013,88 @@ class Cluster:
         updated = await self.patch(path, {"status": status})
         pod.clear()
         pod.update(updated)
+
+    def _init_run(self, pod: dict[str, Any], loop_time: float) -> InitRun:
+        """The pod's init containers' run: started once, restarted after a failure (the kubelet's
+        back-off for a restartPolicy Always pod)."""
+        uid = pod["metadata"]["uid"]
+        run = self._inits.get(uid)
+        if run is None:
+            pod_dir = self.root / "pods" / pod["metadata"]["name"]
+            pod_dir.mkdir(parents=True, exist_ok=True)
+            run = self._inits[uid] = InitRun(pod_dir)
+        if run.task is None and not run.succeeded and loop_time >= run.retry_at:
+            run.task = asyncio.create_task(self._run_init_containers(pod, run))
+        return run
+
+    async def _run_init_containers(self, pod: dict[str, Any], run: InitRun) -> None:
+        """Each init container's real command, in order, with the pod's volumes on this host."""
+        await self.release_inits.wait()
+        template = {"metadata": pod["metadata"], "spec": pod["spec"]}
+        node = self.get(NODES, None, pod["spec"]["nodeName"]) or {
+            "metadata": {"name": pod["spec"]["nodeName"]}
+        }
+        namespace = pod["metadata"]["namespace"]
+        loop = asyncio.get_running_loop()
+        try:
+            for container in pod["spec"]["initContainers"]:
+                argv, env, _ = self.pod_process(
+                    template, run.pod_dir, node, namespace=namespace, container=container
+                )
+                with open(run.pod_dir / f"{container['name']}.log", "ab") as log:
+                    process = await asyncio.create_subprocess_exec(
+                        *argv, env=env, stdout=log, stderr=log, cwd=run.pod_dir
+                    )
+                    code = await process.wait()
+                run.exit_codes.append(code)
+                if code != 0:
+                    run.failed_container = container["name"]
+                    run.restarts += 1
+                    run.retry_at = loop.time() + CRASH_LOOP_SECONDS
+                    return
+            server = pod["spec"]["containers"][0]
+            argv, _, _ = self.pod_process(template, run.pod_dir, node, namespace=namespace, container=server)
+            run.server_model = Path(argv[argv.index("--model") + 1]) if "--model" in argv else run.pod_dir
+            run.finished_at = loop.time()
+            run.succeeded = True
+        finally:
+            run.task = None
+
+    async def _report_init(self, pod: dict[str, Any], run: InitRun) -> None:
+        """A pod held by its init containers: Pending, Initialized False, the failing one in
+        CrashLoopBackOff after a failure (as ``kubectl`` shows ``Init:CrashLoopBackOff``)."""
+        statuses = []
+        for container in pod["spec"]["initContainers"]:
+            failing = container["name"] == run.failed_container
+            state: dict[str, Any] = (
+                {"waiting": {"reason": "CrashLoopBackOff",
+                             "message": f"back-off restarting failed container {container['name']}"}}
+                if failing and run.restarts
+                else {"running": {"startedAt": now()}}
+            )  # fmt: skip
+            last = {"terminated": {"exitCode": run.exit_codes[-1], "reason": "Error"}} if failing else {}
+            statuses.append({"name": container["name"], "image": container.get("image", ""), "ready": False,
+                             "restartCount": run.restarts if failing else 0, "state": state, "lastState": last})  # fmt: skip
+        current = pod.get("status") or {}
+        if current.get("initContainerStatuses") == statuses:
+            return
+        status = {
+            "phase": "Pending",
+            "conditions": [{"type": "PodScheduled", "status": "True"}, {"type": "Initialized", "status": "False"},
+                           {"type": "Ready", "status": "False"}],
+            "initContainerStatuses": statuses,
+            "containerStatuses": [{"name": c["name"], "image": c.get("image", ""), "ready": False, "restartCount": 0,
+                                   "state": {"waiting": {"reason": "PodInitializing"}}}
+                                  for c in pod["spec"]["containers"]],
+        }  # fmt: skip
+        path = f"/api/v1/namespaces/{pod['metadata']['namespace']}/pods/{pod['metadata']['name']}/status"
+        updated = await self.patch(path, {"status": status})
+        pod.clear()
+        pod.update(updated)
+
+    def init_runs(self) -> list[InitRun]:
+        """The serving pods' init container runs so far (for tests)."""
+        return list(self._inits.values())
 
     def _serving_status(
         self, pod: Mapping[str, Any], *, ready: bool, crashing: bool, restarts: int
@@ -1251,7 +1368,7 @@ class Cluster:
         pod_name = f"{name}-{attempt}{uuid.uuid4().hex[:4]}"
         pod_dir = self.root / "pods" / pod_name
         pod_dir.mkdir(parents=True)
-        argv, env, termination_file = self.pod_process(template, pod_dir, node)
+        argv, env, termination_file = self.pod_process(template, pod_dir, node, namespace=namespace)
         if self.path_rewriter is not None:
             argv, env = only_paths_rewritten((argv, env), self.path_rewriter(list(argv), dict(env)))
         run.argv, run.env, run.node = argv, env, node["metadata"]["name"]
@@ -1342,11 +1459,16 @@ class Cluster:
         return exit_code, message
 
     def _mounts(
-        self, template: Mapping[str, Any], pod_dir: Path
-    ) -> tuple[dict[str, Any], Path, dict[str, Path]]:
-        """The container, its termination message file and its mount paths -> host folders."""
+        self,
+        template: Mapping[str, Any],
+        pod_dir: Path,
+        container: Mapping[str, Any] | None = None,
+        namespace: str | None = None,
+    ) -> tuple[Mapping[str, Any], Path, dict[str, Path]]:
+        """The container (the first unless named), its termination message file and its mount
+        paths -> host folders (a ConfigMap volume gets the ConfigMap's files)."""
         spec = template["spec"]
-        container = spec["containers"][0]
+        container = container or spec["containers"][0]
         volumes = {volume["name"]: volume for volume in spec.get("volumes") or []}
         mapping: dict[str, Path] = {}
         for mount in container.get("volumeMounts") or []:
@@ -1359,12 +1481,36 @@ class Cluster:
             else:
                 folder = pod_dir / "volumes" / mount["name"]
                 folder.mkdir(parents=True, exist_ok=True)
+                if "configMap" in volume and namespace is not None:
+                    self._write_config_map(volume["configMap"], namespace, folder)
                 mapping[mount["mountPath"]] = folder
         termination_path = container.get("terminationMessagePath", "/dev/termination-log")
         termination_file = pod_dir / "termination-log"
         mapping[termination_path] = termination_file
 
         return container, termination_file, mapping
+
+    def _write_config_map(self, source: Mapping[str, Any], namespace: str, folder: Path) -> None:
+        config_map = self.get(CONFIGMAPS, namespace, source["name"])
+        if config_map is None:
+            raise RuntimeError(f"pod mounts ConfigMap {source['name']!r}, which the test did not create")
+        data = config_map.get("data") or {}
+        for item in source.get("items") or [{"key": key, "path": key} for key in data]:
+            (folder / item["path"]).write_text(data[item["key"]])
+
+    def _env_from(self, container: Mapping[str, Any], namespace: str) -> dict[str, str]:
+        """``envFrom``: every key of the named Secrets (base64 ``data``) and ConfigMaps."""
+        env: dict[str, str] = {}
+        for source in container.get("envFrom") or []:
+            if "secretRef" in source:
+                secret = self.get(SECRETS, namespace, source["secretRef"]["name"])
+                if secret is None:  # the kubelet's CreateContainerConfigError
+                    raise RuntimeError(f"container needs Secret {source['secretRef']['name']!r}")
+                env.update({k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()})
+            elif "configMapRef" in source:
+                config_map = self.get(CONFIGMAPS, namespace, source["configMapRef"]["name"]) or {}
+                env.update(config_map.get("data") or {})
+        return env
 
     def pod_paths_in(self, text: str, template: Mapping[str, Any], pod_dir: Path) -> str:
         """``text`` with this host's folders written back as the pod's mount paths."""
@@ -1374,14 +1520,20 @@ class Cluster:
         return text
 
     def pod_process(
-        self, template: Mapping[str, Any], pod_dir: Path, node: Mapping[str, Any]
+        self,
+        template: Mapping[str, Any],
+        pod_dir: Path,
+        node: Mapping[str, Any],
+        *,
+        namespace: str | None = None,
+        container: Mapping[str, Any] | None = None,
     ) -> tuple[list[str], dict[str, str], Path]:
         """The container's command line and environment with its paths mapped to this host.
 
         Only paths change: each volume mount's path becomes a host folder and the termination
         message path a file in ``pod_dir``; the executable is looked up in this Python's bin dir.
         """
-        container, termination_file, mapping = self._mounts(template, pod_dir)
+        container, termination_file, mapping = self._mounts(template, pod_dir, container, namespace)
 
         def rewrite(value: str) -> str:
             for pod_path in sorted(mapping, key=len, reverse=True):
@@ -1394,6 +1546,8 @@ class Cluster:
         if executable.exists():
             argv[0] = str(executable)
         env = dict(os.environ)
+        if namespace is not None:
+            env.update(self._env_from(container, namespace))
         for item in container.get("env") or []:
             env[item["name"]] = rewrite(str(item.get("value", "")))
         # A stuck process dumps its Python stacks on SIGABRT (see diagnostics()).

@@ -6,13 +6,16 @@ The code under test talks to it over HTTP through boto3, exactly as to MinIO or 
 
 from __future__ import annotations
 
+import http.server
 import os
 import socket
+import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -91,3 +94,47 @@ def s3_server(*, env: dict[str, str] | None = None, timeout: float = 30.0) -> It
         yield S3Server(endpoint, process)
     finally:
         end_process(process, timeout=10)
+
+
+class DenyAll(http.server.BaseHTTPRequestHandler):
+    """An S3 endpoint that refuses every request with S3's 403 AccessDenied document: what a real
+    store answers to credentials it does not accept (moto's server checks no signatures)."""
+
+    BODY = (
+        b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
+        b"<Message>Access Denied</Message></Error>"
+    )
+
+    def _deny(self) -> None:
+        self.send_response(403)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(self.BODY)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(self.BODY)
+
+    do_GET = do_HEAD = do_PUT = do_POST = _deny
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@contextmanager
+def http_servers() -> Iterator[Callable[..., str]]:
+    """Start local HTTP(S) servers with a handler class: ``start(handler, tls=None) -> URL``."""
+    servers: list[http.server.ThreadingHTTPServer] = []
+
+    def start(handler: type[http.server.BaseHTTPRequestHandler], *, tls: ssl.SSLContext | None = None) -> str:
+        httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        if tls is not None:
+            httpd.socket = tls.wrap_socket(httpd.socket, server_side=True)
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        servers.append(httpd)
+        return f"{'https' if tls else 'http'}://127.0.0.1:{httpd.server_address[1]}"
+
+    try:
+        yield start
+    finally:
+        for httpd in servers:
+            httpd.shutdown()
+            httpd.server_close()

@@ -121,11 +121,13 @@ def server_pod_summary(body: Mapping[str, Any]) -> dict[str, Any]:
         "conditions": [
             dict(item) for item in status.get("conditions") or [] if item.get("type") == "PodScheduled"
         ],
-        "containerStatuses": [
-            {"ready": item.get("ready"), "restartCount": item.get("restartCount"), "state": item.get("state")}
-            for item in status.get("containerStatuses") or []
-        ],
     }
+    # Init containers too: a model fetch that keeps failing holds the pod like a crashing server.
+    for key in ("initContainerStatuses", "containerStatuses"):
+        result["status"][key] = [
+            {"ready": item.get("ready"), "restartCount": item.get("restartCount"), "state": item.get("state")}
+            for item in status.get(key) or []
+        ]
     return result
 
 
