@@ -176,9 +176,10 @@ def _run_stages(
     # Heavy imports here, so `qfleet pipeline --help` stays fast.
     from qfleet.fleet.gate import gate
     from qfleet.lfw.dataset import load_lfw_bin
+    from qfleet.lfw.decoded import decode_pairset
     from qfleet.model.benchmark import benchmark_model
     from qfleet.model.convert import convert_model
-    from qfleet.model.embed import validate_model
+    from qfleet.model.embed import image_size, validate_model
     from qfleet.model.quantize import quantize_model
     from qfleet.model.runtime import native_bf16
 
@@ -204,18 +205,25 @@ def _run_stages(
     variants = {"fp32": fp32_dir, "int8": int8_dir}
     if isa.has_native_bf16(isa.detect_host_tier()) and native_bf16():
         variants["bf16"] = fp32_dir
+    # Every variant validates on the same images: decode them once, into one shared uint8 array.
+    with _stage("decode-lfw", timings):
+        decoded = decode_pairset(
+            pairset, image_size(fp32_dir / MODEL_XML), threads=spec.threads, directory=staging
+        )
     validations: dict[str, dict[str, Any]] = {}
-    for precision, directory in variants.items():
-        with _stage(f"validate-{precision}", timings):
-            validations[precision] = validate_model(
-                directory / MODEL_XML,
-                pairset,
-                flip=spec.flip,
-                threads=spec.threads,
-                progress=spec.progress,
-                precision=precision,
-            )
-            write_json(staging / f"validation-{precision}.json", validations[precision])
+    with decoded:
+        for precision, directory in variants.items():
+            with _stage(f"validate-{precision}", timings):
+                validations[precision] = validate_model(
+                    directory / MODEL_XML,
+                    pairset,
+                    flip=spec.flip,
+                    threads=spec.threads,
+                    progress=spec.progress,
+                    precision=precision,
+                    decoded=decoded,
+                )
+                write_json(staging / f"validation-{precision}.json", validations[precision])
     with _stage("gate", timings):
         decisions = {
             precision: gate(

@@ -202,3 +202,47 @@ def test_too_few_pairs_and_missing_model(tiny_ir: Callable[..., Path], tmp_path:
         validate_model(tiny_ir(), pairset, progress=False)
     with pytest.raises(InputError, match="does not exist"):
         validate_model(tmp_path / "absent" / "model.xml", pairset, folds=5, progress=False)
+
+
+@pytest.mark.parametrize("memory_limit", [1 << 30, 1], ids=["heap", "memmap"])
+def test_decoded_once_gives_the_same_embeddings(
+    tiny_ir: Callable[..., Path], tmp_path: Path, memory_limit: int
+) -> None:
+    """Embedding from the shared uint8 pixels equals decoding per run, for every variant fed."""
+    from qfleet.lfw.decoded import decode_pairset
+
+    images, issame = synthetic_faces(PAIRS)
+    pairset = PairSet(images=images, issame=np.asarray(issame), source="synthetic")
+    model = tiny_ir("tiny")
+    assert embed.image_size(model) == (112, 112)
+    with decode_pairset(pairset, (112, 112), memory_limit_bytes=memory_limit, directory=tmp_path) as decoded:
+        assert (decoded.path is not None) == (memory_limit == 1)
+        expected = decode_image(images[4], (112, 112)).transpose(2, 0, 1)
+        np.testing.assert_array_equal(decoded.pixels[4], expected)
+        plain = run_embedding(model, pairset, progress=False, precision="fp32")
+        for _ in range(2):  # a second variant reads the same pixels
+            shared = run_embedding(model, pairset, progress=False, precision="fp32", decoded=decoded)
+            assert shared.decode_seconds < plain.decode_seconds or plain.decode_seconds == 0
+            np.testing.assert_allclose(shared.embeddings, plain.embeddings, rtol=1e-5, atol=1e-6)
+        path = decoded.path
+    assert path is None or not path.exists()
+
+
+def test_decoded_images_of_another_set_are_refused(tiny_ir: Callable[..., Path]) -> None:
+    from qfleet.lfw.decoded import decode_pairset
+
+    images, issame = synthetic_faces(PAIRS)
+    pairset = PairSet(images=images, issame=np.asarray(issame), source="synthetic")
+    smaller = PairSet(images=images[:20], issame=np.asarray(issame[:10]), source="smaller")
+    with decode_pairset(smaller) as decoded, pytest.raises(InputError, match="not synthetic's"):
+        run_embedding(tiny_ir("tiny"), pairset, progress=False, decoded=decoded)
+
+
+def test_a_corrupt_image_names_its_pair_when_decoded_once() -> None:
+    from qfleet.lfw.decoded import decode_pairset
+
+    images, issame = synthetic_faces(10)
+    images[7] = b"not an image"
+    pairset = PairSet(images=images, issame=np.asarray(issame), source="broken")
+    with pytest.raises(DatasetError, match="image 7 \\(pair 3\\)"):
+        decode_pairset(pairset)
