@@ -235,6 +235,51 @@ def test_https_input_is_verified_against_the_pinned_sha256(
     assert code == 2 and "plain http" in err
 
 
+class _Files(http.server.SimpleHTTPRequestHandler):
+    """Serves the folder named by the class attribute ``root``."""
+
+    root = "."
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, directory=self.root, **kwargs)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_pipeline_https_inputs_are_pinned(
+    serve_http: Callable[..., str],
+    tls: ssl.SSLContext,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An https:// lfw.bin whose sha256 differs from the pin stops the pipeline before any stage
+    (exit 2, nothing written); a pin on a local input is refused as a mistake."""
+    from tests.support.operator_fixtures import write_datasets
+
+    monkeypatch.setenv("QFLEET_HOST_ISA", "avx2")
+    data = write_datasets(tmp_path / "data")
+    site = type("Site", (_Files,), {"root": str(data)})
+    base = serve_http(site, tls=tls)
+    out = tmp_path / "out"
+    argv = [
+        *("pipeline", "--source", str(data / "model" / "model.xml"), "--format", "openvino"),
+        *("--calibration", str(data / "calib"), "--lfw", f"{base}/lfw.bin", "--out", str(out)),
+        *("--subset-size", "8", "--benchmark-seconds", "0.3", "--max-drop", "0.5"),
+        *("--termination-log", str(tmp_path / "termination-log")),
+    ]
+    code, result, _ = run_cli(capsys, *argv, "--lfw-sha256", "ab" * 32)
+    assert code == 2 and result["error"]["stage"] == "fetch-inputs"
+    assert "does not match" in result["error"]["message"] and "lfw.bin" in result["error"]["message"]
+    assert not out.exists()
+    code, result, _ = run_cli(capsys, *argv, "--lfw-sha256", sha256(data / "lfw.bin"))
+    assert code == 0 and result["gate"]["passed"] and (out / "int8" / "model.xml").is_file()
+    local = [*argv[: argv.index("--lfw") + 1], str(data / "lfw.bin"), *argv[argv.index("--lfw") + 2 :]]
+    code, result, err = run_cli(capsys, *local, "--lfw-sha256", "ab" * 32)
+    assert code == 2 and "--lfw-sha256 pins an https:// download" in err
+
+
 def test_pipeline_reads_and_publishes_to_s3_and_fetch_serves_its_artifact(
     s3: S3Server,
     tmp_path: Path,
