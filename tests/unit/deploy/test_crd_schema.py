@@ -321,9 +321,9 @@ def test_invalid_resources_are_rejected(mutation: str, validator: jsonschema.Dra
 
 
 def test_validation_does_not_reject_unsupported_uri_schemes(validator: jsonschema.Draft7Validator) -> None:
-    """The operator, not the schema, refuses s3:// etc., so users get a condition that explains."""
+    """The operator, not the schema, refuses gs:// etc., so users get a condition that explains."""
     body = yaml.safe_load(SAMPLES[0].read_text())
-    body["spec"]["source"]["uri"] = "s3://bucket/model"
+    body["spec"]["source"]["uri"] = "gs://bucket/model"
     assert validator.is_valid(body)
 
 

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from qfleet.fleet.uris import MOUNT_ROOT, PvcUri, UriError, parse_pvc_uri, pod_path_to_uri
+from qfleet.fleet.uris import (
+    MOUNT_ROOT,
+    PvcUri,
+    S3Uri,
+    UriError,
+    artifact_of_result,
+    in_pod,
+    parse_artifact_uri,
+    parse_input_uri,
+    parse_pvc_uri,
+    pod_path_to_uri,
+)
 
 
 def test_parses_claim_and_path() -> None:
@@ -38,6 +49,7 @@ def test_normalises_slashes_and_dots() -> None:
     ],
 )
 def test_refuses_what_it_cannot_mount(value: object, words: list[str]) -> None:
+    """``parse_pvc_uri`` reads claims only (the spec's URIs go through parse_input_uri)."""
     with pytest.raises(UriError) as caught:
         parse_pvc_uri(value, field="spec.source.uri")
     message = str(caught.value)
@@ -60,3 +72,38 @@ def test_pod_path_round_trip() -> None:
     assert pod_path_to_uri(uri.pod_path) == uri
     assert pod_path_to_uri("/tmp/elsewhere/model.xml") is None
     assert pod_path_to_uri(f"{MOUNT_ROOT}/models/../x") is None
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        ("gs://bucket/model.onnx", ["unsupported scheme 'gs'", "s3://BUCKET/KEY"]),
+        ("s3://bucket/../model.onnx", ["'..'"]),
+        ("s3://Bucket/model.onnx", ["not a valid bucket name"]),
+        ("http://example.com/m.onnx", ["plain http", "allowHttp"]),
+        ("https://example.com/../m.onnx", ["'..'"]),
+        ("pvc://data/../x", ["'..'"]),
+    ],
+)
+def test_input_uris_name_the_field_and_what_is_wrong(value: str, words: list[str]) -> None:
+    with pytest.raises(UriError) as caught:
+        parse_input_uri(value, field="spec.source.uri")
+    assert "spec.source.uri" in str(caught.value)
+    for word in words:
+        assert word in str(caught.value)
+
+
+def test_input_and_artifact_uris() -> None:
+    assert parse_input_uri("s3://data/calib/", field="f") == S3Uri("data", "calib")
+    assert str(parse_input_uri("https://example.com/lfw.bin", field="f")) == "https://example.com/lfw.bin"
+    assert (
+        str(parse_input_uri("http://mirror/lfw.bin", field="f", allow_http=True)) == "http://mirror/lfw.bin"
+    )
+    assert parse_artifact_uri("s3://models/qfleet", field="f") == S3Uri("models", "qfleet")
+    with pytest.raises(UriError, match="read-only"):
+        parse_artifact_uri("https://example.com/out", field="spec.artifacts.uri")
+    assert in_pod(PvcUri("data", "lfw.bin")) == f"{MOUNT_ROOT}/data/lfw.bin"
+    assert in_pod(S3Uri("data", "lfw.bin")) == "s3://data/lfw.bin"
+    assert artifact_of_result("s3://models/q/int8/model.xml") == S3Uri("models", "q/int8/model.xml")
+    assert artifact_of_result(f"{MOUNT_ROOT}/models/q/model.xml") == PvcUri("models", "q/model.xml")
+    assert artifact_of_result("/tmp/elsewhere") is None and artifact_of_result("s3://../x") is None
