@@ -18,6 +18,7 @@ KEYS = {
     "isa",
     "seconds",
     "batch",
+    "dynamic_batch",
     "precision",
     "model",
     "threads",
@@ -50,6 +51,20 @@ def test_threads_and_batch_are_applied(tiny_ir: Callable[..., Path]) -> None:
     assert result["streams"] == 1  # one thread cannot feed more than one stream
     assert result["batch"] == 3
     assert result["fps"] == pytest.approx(3 * result["inferences"] / result["seconds"], rel=0.01)
+
+
+def test_dynamic_batch_compiles_the_way_the_server_does(
+    tiny_ir: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--batch 4 --dynamic-batch: a 1..4 batch dimension (as `serve --max-batch 4`), full batches fed."""
+    code = main(
+        ["benchmark", "--model", str(tiny_ir()), "--seconds", "0.2", "--batch", "4", "--dynamic-batch"]
+        + ["--json", "-q"]
+    )
+    assert code == 0
+    result = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert result["batch"] == 4 and result["dynamic_batch"] is True
+    assert result["fps"] == pytest.approx(4 * result["inferences"] / result["seconds"], rel=0.01)
 
 
 def test_precision_comes_from_the_graph_without_metadata(

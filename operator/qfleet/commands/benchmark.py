@@ -21,6 +21,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="CPU threads for inference (default: all)")
     add_precision_argument(parser)
     parser.add_argument("--batch", type=int, default=1, help="images per inference request (default 1)")
+    parser.add_argument(
+        "--dynamic-batch",
+        action="store_true",
+        help="compile the batch dimension as 1..BATCH, as `qfleet serve --max-batch BATCH` does "
+        "(default: a static batch, as benchmark_app)",
+    )
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -34,6 +40,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         seconds=args.seconds,
         threads=args.threads,
         batch=args.batch,
+        dynamic_batch=args.dynamic_batch,
         precision=args.precision,
         progress=args.progress,
     )
@@ -44,6 +51,6 @@ def render(result: dict[str, Any]) -> str:
         f"{result['precision']} ({result['inference_precision']}, {result['runtime_isa']}) {result['model']} "
         f"on {result['isa']}: {result['fps']:.1f} FPS, "
         f"median latency {result['latency_ms_median']:.2f} ms ({result['streams']} streams, "
-        f"{result['infer_requests']} infer requests, {result['threads']} threads, batch {result['batch']}, "
+        f"{result['infer_requests']} infer requests, {result['threads']} threads, batch {result['batch']}{' dynamic' if result.get('dynamic_batch') else ''}, "
         f"{result['seconds']:.1f} s)"
     )

@@ -29,8 +29,9 @@ if TYPE_CHECKING:
 DEFAULT_WARMUP_ROUNDS = 1
 
 
-def static_batch(model: ov.Model, batch: int) -> None:
-    """Give the model's input a static batch (OpenVINO runs static shapes faster)."""
+def static_batch(model: ov.Model, batch: int, *, dynamic: bool = False) -> None:
+    """Give the model's input a static batch (OpenVINO runs static shapes faster); with
+    ``dynamic`` a batch dimension bounded to 1..``batch``, as ``qfleet serve --max-batch`` compiles it."""
     shape = model.inputs[0].get_partial_shape()
     if shape.rank.is_dynamic:
         raise InputError(
@@ -42,7 +43,10 @@ def static_batch(model: ov.Model, batch: int) -> None:
             f"model input shape {shape} has dynamic dimensions besides the batch",
             hint="convert the model with a fixed --input-shape",
         )
-    model.reshape({model.inputs[0]: [batch, *(dim.get_length() for dim in dims[1:])]})
+    import openvino as ov
+
+    first = ov.Dimension(1, batch) if dynamic and batch > 1 else ov.Dimension(batch)
+    model.reshape({model.inputs[0]: ov.PartialShape([first, *(dim.get_length() for dim in dims[1:])])})
 
 
 def model_precision(model: ov.Model, model_xml: Path, asked: str | None = None) -> tuple[str, str | None]:
@@ -71,9 +75,11 @@ def compile_static(
     batch: int,
     threads: int | None = None,
     precision: str | None = None,
+    dynamic: bool = False,
 ) -> CompiledVariant:
-    """Read an IR, give it a static batch of ``batch`` and compile it with the THROUGHPUT hint,
-    as the variant ``precision`` (default: what the artifact records, see :func:`model_precision`)."""
+    """Read an IR, give it a static batch of ``batch`` (``dynamic``: 1..``batch``, see
+    :func:`static_batch`) and compile it with the THROUGHPUT hint, as the variant ``precision``
+    (default: what the artifact records, see :func:`model_precision`)."""
     if batch < 1:
         raise InputError(f"batch must be at least 1, got {batch}")
     if threads is not None and threads < 1:
@@ -81,7 +87,7 @@ def compile_static(
     xml = require_model_xml(model_xml)
     model = read_model(xml)
     variant, float_precision = model_precision(model, xml, precision)
-    static_batch(model, batch)
+    static_batch(model, batch, dynamic=dynamic)
     return compile_model(
         model, precision=variant, float_precision=float_precision, threads=threads, what=f"model {xml}"
     )
@@ -107,8 +113,13 @@ def benchmark_model(
     warmup: int = DEFAULT_WARMUP_ROUNDS,
     precision: str | None = None,
     progress: bool = True,
+    dynamic_batch: bool = False,
 ) -> dict[str, Any]:
     """Measure throughput and latency of ``model_xml`` on the CPU for about ``seconds``.
+
+    ``batch`` images go into every inference. With ``dynamic_batch`` the model is compiled the
+    way ``qfleet serve --max-batch BATCH`` compiles it (a batch dimension bounded to 1..batch)
+    and fed full batches: the FPS a saturated server with dynamic batching can reach.
 
     Returns ``fps`` (images/s), ``latency_ms_median`` (submit to completion of one request),
     ``streams``, ``infer_requests``, ``isa`` (host tier), ``seconds`` (measured wall time),
@@ -123,7 +134,9 @@ def benchmark_model(
     import openvino as ov
     from tqdm import tqdm
 
-    compiled_variant = compile_static(xml, batch=batch, threads=threads, precision=precision)
+    compiled_variant = compile_static(
+        xml, batch=batch, threads=threads, precision=precision, dynamic=dynamic_batch
+    )
     variant, compiled = compiled_variant.precision, compiled_variant.compiled
     infer_requests = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
     streams = int(compiled.get_property("NUM_STREAMS"))
@@ -133,9 +146,9 @@ def benchmark_model(
     for index in range(len(queue)):
         for port in compiled.inputs:
             # Raw pixel values, like the crops the server feeds; set once, as benchmark_app does.
-            data = rng.uniform(0, 255, size=tuple(port.get_shape())).astype(
-                port.get_element_type().to_dtype()
-            )
+            shape = port.get_partial_shape()
+            size = (batch, *(shape[i].get_length() for i in range(1, shape.rank.get_length())))
+            data = rng.uniform(0, 255, size=size).astype(port.get_element_type().to_dtype())
             queue[index].set_tensor(port, ov.Tensor(data))
 
     # No Python callback: OpenVINO's own callbacks record each request's start and end time
@@ -183,6 +196,7 @@ def benchmark_model(
         "isa": detect_host_tier(),
         "seconds": round(elapsed, 3),
         "batch": batch,
+        "dynamic_batch": dynamic_batch,
         "model": str(xml),
         "threads": threads if threads is not None else int(compiled.get_property("INFERENCE_NUM_THREADS")),
         "inferences": completed,
