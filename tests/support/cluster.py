@@ -200,7 +200,8 @@ class Emulator(kmock.KubernetesEmulator):
         self._scale_paths: dict[Any, tuple[str, str]] = {}
         #: (resource, namespace, name) of every creation request, 409s included.
         self.creations: list[tuple[Any, str | None, str]] = []
-        self._in_flight: set[kmock.Request] = set()
+        #: Requests being served, with the time each one came in.
+        self._in_flight: dict[kmock.Request, float] = {}
         #: Requests served, by (action, plural, subresource): what a client costs the API server.
         self.request_counts: collections.Counter[tuple[str, str, str]] = collections.Counter()
         #: Injected faults, tried in order (the first that matches acts).
@@ -315,7 +316,7 @@ class Emulator(kmock.KubernetesEmulator):
         return str(self._revision)
 
     async def _handle(self, request: kmock.Request) -> Any:
-        self._in_flight.add(request)
+        self._in_flight[request] = time.monotonic()
         if request.resource is not None:
             action = request.action.value if request.action is not None else str(request.method)
             self.request_counts[action, str(request.resource.plural), request.subresource or ""] += 1
@@ -328,7 +329,7 @@ class Emulator(kmock.KubernetesEmulator):
                 return await self._serve_scale(request)
             return await super()._handle(request)
         finally:
-            self._in_flight.discard(request)
+            self._in_flight.pop(request, None)
             self._forget_requests()
 
     def _KubernetesEmulator__get_objs(self, request: kmock.Request, strict: bool) -> list[Any]:
@@ -347,11 +348,13 @@ class Emulator(kmock.KubernetesEmulator):
 
         The emulator routes each request by searching the whole history for it, so every request
         costs O(requests so far); with thousands of requests it stalls. Requests still being
-        routed stay.
+        routed stay: those in flight for less than a second (routing takes microseconds; what is
+        in flight for longer, a watch above all, is streaming its answer and routed long ago).
         """
-        if len(self._requests) <= keep:
-            return
-        self._requests[:] = [request for request in self._requests if request in self._in_flight]
+        routed_before = time.monotonic() - 1.0
+        self._requests[:] = [
+            request for request in self._requests if self._in_flight.get(request, 0.0) > routed_before
+        ]
         for payload in self._payloads:
             history = getattr(payload, "_requests", None)
             if isinstance(history, list) and len(history) > keep:

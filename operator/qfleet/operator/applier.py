@@ -2,9 +2,9 @@
 
 One reconcile of a model at a time (a lock per model); triggers that arrive while one is
 queued are folded into it, and a trigger whose model was reconciled since is dropped, so a burst
-of Job, pod and Deployment events costs one pass. At most ``RECONCILE_SLOTS`` reconciles run at
-once, the most urgent first (:mod:`~qfleet.operator.slots`): a user's change is not held up by
-the start-up's resume of every model. Reads come from the operator's caches (kept current by
+of Job, pod and Deployment events costs one pass. At most ``concurrent_reconciles`` run at once,
+the most urgent first (:mod:`~qfleet.operator.slots`): a user's change is not held up by the
+start-up's resume of every model. Reads come from the operator's caches (kept current by
 kopf's events, see :mod:`~qfleet.operator.cache`) plus one fresh GET of the model (its status is
 the operator's memory), writes go through :class:`~qfleet.operator.kube.KubeApi`.
 
@@ -44,10 +44,6 @@ ModelKey = tuple[str, str]
 EventPoster = Callable[[Mapping[str, Any], Event], None]
 
 __all__ = ["NODES_KEY", "Caches", "Reconciler", "retry_delay", "retryable"]
-
-#: Reconciles running at once. Each one waits on the API server most of the time; a few dozen
-#: keep one busy, more only lengthen the queue in front of an urgent change.
-RECONCILE_SLOTS = 16
 
 
 #: Retries after an API error back off exponentially, from half a second up to a minute (a busy or
@@ -117,7 +113,6 @@ class Reconciler:
         post_event: EventPoster,
         clock: Callable[[], str] = utc_now,
         cache: ClusterCache | None = None,
-        slots: int = RECONCILE_SLOTS,
     ) -> None:
         self.api = api
         self.settings = settings
@@ -126,7 +121,7 @@ class Reconciler:
         self.clock = clock
         self.cache = cache
         self.caches: Caches | None = Caches.of(cache) if cache is not None else None
-        self.slots = PrioritySlots(slots)
+        self.slots = PrioritySlots(settings.concurrent_reconciles)
         self._locks: dict[ModelKey, asyncio.Lock] = {}
         #: Per model, the trigger that is queued: its priority and its number.
         self._pending: dict[ModelKey, tuple[int, int]] = {}

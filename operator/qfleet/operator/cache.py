@@ -180,6 +180,14 @@ KINDS: tuple[Kind, ...] = (
     Kind("nodes", "v1", "nodes", node_info, namespaced=False),
 )
 BY_INDEX = {kind.index: kind for kind in KINDS}
+#: The indices that an object of a ``kind`` may belong to (the models' own status is not cached).
+BY_OBJECT_KIND: dict[str, tuple[str, ...]] = {
+    "Job": ("jobs",),
+    "Pod": ("pods", "server_pods"),
+    "Deployment": ("deployments",),
+    "Service": ("services",),
+    "PodDisruptionBudget": ("pdbs",),
+}
 
 
 class ClusterCache:
@@ -225,6 +233,12 @@ class ClusterCache:
                     for kind in kinds:
                         self.observe(kind.index, None, body, confirmed=False)
         return sum(index.objects() for index in self.indices.values())
+
+    def written(self, body: Mapping[str, Any]) -> None:
+        """The server's answer to one of the operator's own writes: cached at once, so the watch
+        event that echoes it changes nothing and triggers no second reconcile."""
+        for index in BY_OBJECT_KIND.get(str(body.get("kind")), ()):
+            self.observe(index, "MODIFIED", body)
 
     def drop_unconfirmed(self) -> set[Any]:
         """Forget the objects that only the start-up LIST saw (deleted before kopf watched)."""

@@ -129,6 +129,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: ko
     api = KubeApi(load_credentials(), reload=load_credentials)  # rotating service-account tokens
     cache = ClusterCache()
     await _snapshot(cache, api, memo, logger)
+    api.written = cache.written
     reconciler = Reconciler(api, options, metrics, post_event=_post_event, cache=cache)
     memo.cache = cache
     memo.reconciler = reconciler

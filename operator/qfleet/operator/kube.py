@@ -107,6 +107,9 @@ class KubeApi:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._connections = connections
         self._session: aiohttp.ClientSession | None = None
+        #: Called with the object the server answers to each create and patch (the operator's
+        #: caches learn of its own writes at once, not only when the watch event comes back).
+        self.written: Callable[[dict[str, Any]], None] | None = None
 
     def _ssl(self) -> ssl.SSLContext | bool:
         creds = self.credentials
@@ -221,21 +224,28 @@ class KubeApi:
     async def create(self, path: str, body: dict[str, Any]) -> bool:
         """Create ``body`` in the collection ``path``; False when it already exists (409)."""
         try:
-            await self.request("POST", path, body=body)
+            created = await self.request("POST", path, body=body)
         except ApiError as exc:
             if exc.status == 409:
                 return False
             raise
+        self._notify(created)
         return True
 
     async def merge_patch(self, path: str, patch: dict[str, Any]) -> dict[str, Any] | None:
         """JSON-merge-patch the object at ``path``; None when it is gone (404)."""
         try:
-            return await self.request("PATCH", path, body=patch, content_type=MERGE_PATCH)
+            patched = await self.request("PATCH", path, body=patch, content_type=MERGE_PATCH)
         except ApiError as exc:
             if exc.status == 404:
                 return None
             raise
+        self._notify(patched)
+        return patched
+
+    def _notify(self, answer: dict[str, Any]) -> None:
+        if self.written is not None and answer.get("metadata"):
+            self.written(answer)
 
     async def delete(self, path: str, *, propagation: str = "Background") -> bool:
         """Delete the object at ``path`` (and, in the background, what it owns); False when gone."""

@@ -23,6 +23,7 @@
 ``QFLEET_PROGRESS_DEADLINE_SECONDS``  progressDeadlineSeconds of the serving Deployments (600)
 ``QFLEET_MAX_RUNNING_JOBS``           most quantization Jobs running at once, operator-wide; 0 means
                                       no limit (4)
+``QFLEET_CONCURRENT_RECONCILES``      most reconciles at once, the most urgent first (8)
 ====================================  ===========================================================
 """
 
@@ -49,6 +50,9 @@ class OperatorSettings:
     #: Most quantization Jobs running at once across every model (0: no limit): each one holds
     #: a whole replica's CPU for the benchmark, so a burst of new models cannot crowd out serving.
     max_running_jobs: int = 4
+    #: Most reconciles at once. Each waits on the API server most of the time; a few keep it busy,
+    #: more only lengthen the line in front of an urgent change (a user's edit during start-up).
+    concurrent_reconciles: int = 8
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> OperatorSettings:
@@ -83,6 +87,9 @@ class OperatorSettings:
             peering=reader.text("PEERING", "") or None,
             metrics_port=reader.integer("METRICS_PORT", 0, minimum=0) if port else None,
             max_running_jobs=reader.integer("MAX_RUNNING_JOBS", cls.max_running_jobs, minimum=0),
+            concurrent_reconciles=reader.integer(
+                "CONCURRENT_RECONCILES", cls.concurrent_reconciles, minimum=1
+            ),
         )
 
 
