@@ -57,6 +57,8 @@ class PipelineSpec:
     accuracy_control: bool = False
     threads: int | None = None
     benchmark_seconds: float = defaults.BENCHMARK_SECONDS
+    #: > 1: INT8 is also benchmarked at this batch, compiled as ``qfleet serve --max-batch`` does.
+    benchmark_batch: int = 1
     flip: bool = True
     progress: bool = True
     #: Where the result goes besides stdout (None: the pod's termination-log file when it exists).
@@ -95,6 +97,8 @@ class PipelineSpec:
         if self.threads is not None:
             args += ["--threads", str(self.threads)]
         args += ["--benchmark-seconds", _number(self.benchmark_seconds)]
+        if self.benchmark_batch != 1:
+            args += ["--benchmark-batch", str(self.benchmark_batch)]
         if not self.flip:
             args.append("--no-flip")
         if self.termination_log is not None:
@@ -247,6 +251,7 @@ def _run_stages(
                 precision=precision,
             )
             write_json(staging / f"benchmark-{precision}.json", benchmarks[precision])
+    batched = _benchmark_serving_batch(spec, int8_dir / MODEL_XML, staging, timings)
 
     def summary(precision: str) -> dict[str, Any]:
         validation, bench = validations[precision], benchmarks[precision]
@@ -266,7 +271,7 @@ def _run_stages(
         "artifact": str(final / "int8" / MODEL_XML),
         "fp32_artifact": str(final / "fp32" / MODEL_XML),
         "fp32": summary("fp32"),
-        "int8": summary("int8") | {"reverted_layers": len(reverted)},
+        "int8": summary("int8") | {"reverted_layers": len(reverted)} | _batched(batched),
         "gate": decisions["int8"].as_dict(),
         "speedup": {
             f"int8_vs_{other}": round(fps["int8"] / fps[other], 3) for other in variants if other != "int8"
@@ -286,6 +291,39 @@ def _run_stages(
             "gate": {"passed": bf16_gate.passed, "drop": bf16_gate.drop, "reason": bf16_gate.reason}
         }
     return result
+
+
+def _benchmark_serving_batch(
+    spec: PipelineSpec, int8_xml: Path, staging: Path, timings: dict[str, float]
+) -> dict[str, Any] | None:
+    """INT8 at ``spec.benchmark_batch``, compiled as ``qfleet serve --max-batch`` does (None at 1)."""
+    from qfleet.model.benchmark import benchmark_model
+
+    if spec.benchmark_batch == 1:
+        return None
+    with _stage("benchmark-int8-batch", timings):
+        batched = benchmark_model(
+            int8_xml,
+            seconds=spec.benchmark_seconds,
+            threads=spec.threads,
+            progress=spec.progress,
+            precision="int8",
+            batch=spec.benchmark_batch,
+            dynamic_batch=True,
+        )
+        write_json(staging / f"benchmark-int8-batch{spec.benchmark_batch}.json", batched)
+    return batched
+
+
+def _batched(bench: dict[str, Any] | None) -> dict[str, Any]:
+    """The INT8 benchmark at the serving batch, for the result's ``int8`` (nothing at batch 1)."""
+    if bench is None:
+        return {}
+    return {
+        "batch": int(bench["batch"]),
+        "batch_fps": round(float(bench["fps"]), 2),
+        "batch_latency_ms_median": round(float(bench["latency_ms_median"]), 3),
+    }
 
 
 def write_bf16_artifact(

@@ -123,6 +123,23 @@ def test_pipeline_writes_artifacts_and_a_valid_termination_message(
         assert (out / name).is_file(), name
 
 
+def test_benchmark_batch_adds_the_int8_fps_at_the_serving_batch(
+    tiny_ir: Callable[..., Path],
+    separable_data: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out, log = tmp_path / "out", tmp_path / "termination-log"
+    argv = _pipeline_argv(tiny_ir(), separable_data, out, log, "--max-drop", "0.5", "--benchmark-batch", "4")
+    assert main(argv) == 0
+    result = json.loads(log.read_text())
+    assert result["int8"]["batch"] == 4 and result["int8"]["batch_fps"] > 0
+    assert result["int8"]["batch_latency_ms_median"] > 0
+    benchmark = json.loads((out / "benchmark-int8-batch4.json").read_text())
+    assert benchmark["batch"] == 4 and benchmark["dynamic_batch"] is True
+    assert "decode-lfw" in result["timings"]
+
+
 def test_failed_gate_is_not_a_failed_job(
     tiny_ir: Callable[..., Path], face_data: dict[str, Path], tmp_path: Path
 ) -> None:

@@ -46,6 +46,7 @@ specs = st.builds(
     accuracy_control=st.booleans(),
     threads=st.none() | st.integers(1, 128),
     benchmark_seconds=st.floats(0.1, 600, allow_nan=False),
+    benchmark_batch=st.integers(1, 64),
     flip=st.booleans(),
     progress=st.booleans(),
     termination_log=st.none() | st.just("/dev/termination-log"),

@@ -101,6 +101,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=defaults.BENCHMARK_SECONDS,
         help="seconds per benchmark (default %(default)s)",
     )
+    parser.add_argument(
+        "--benchmark-batch",
+        type=int,
+        default=1,
+        help="also benchmark INT8 at this batch, compiled as `qfleet serve --max-batch` does "
+        "(result: int8.batch, int8.batch_fps; default 1: batch 1 only)",
+    )
     parser.add_argument("--no-flip", action="store_true", help="no horizontal-flip test-time augmentation")
     parser.add_argument(
         "--termination-log",
@@ -126,6 +133,7 @@ def spec_from_args(args: argparse.Namespace) -> PipelineSpec:
         accuracy_control=args.accuracy_control,
         threads=args.threads,
         benchmark_seconds=args.benchmark_seconds,
+        benchmark_batch=args.benchmark_batch,
         flip=not args.no_flip,
         progress=not args.quiet,
         termination_log=args.termination_log,
