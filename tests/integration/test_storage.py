@@ -23,8 +23,9 @@ import pytest
 
 from qfleet.cli import main
 from qfleet.model.metadata import METADATA_FILE
-from qfleet.storage.publish import publish
+from qfleet.storage.publish import UPLOAD_KEY, publish
 from qfleet.storage.s3 import S3Store
+from qfleet.storage.transfer import CHUNK_SIZE
 from qfleet.storage.uris import parse_s3_uri
 from tests.support.s3 import DenyAll, S3Server, free_port, http_servers, s3_server
 
@@ -66,6 +67,12 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def stored_key(server: S3Server, prefix: str, name: str) -> str:
+    """The key of a published model's file: below the upload prefix its qfleet.json names."""
+    marker = server.client().get_object(Bucket=BUCKET, Key=f"{prefix}/{METADATA_FILE}")["Body"].read()
+    return f"{prefix}/{json.loads(marker)[UPLOAD_KEY]}/{name}"
+
+
 def leftovers(parent: Path) -> list[str]:
     return sorted(path.name for path in parent.iterdir() if ".partial-" in path.name)
 
@@ -85,15 +92,17 @@ def test_publish_then_fetch_round_trip(
     assert code == 0, result
     assert result["files"] == 3 and result["bytes"] > 300_000 and result["mb_per_s"] > 0
     assert result["verified"] is True and result["already_fetched"] is False
-    for name in ("model.xml", "model.bin", METADATA_FILE):
+    for name in ("model.xml", "model.bin"):
         assert (dest / name).read_bytes() == (source / name).read_bytes(), name
+    fetched = json.loads((dest / METADATA_FILE).read_text())
+    assert fetched.pop(UPLOAD_KEY).startswith(".upload-") and fetched == metadata
     assert not leftovers(tmp_path)
 
     # A restarted initializer finds the same model already there, verifies it and keeps it.
     code, again, _ = run_cli(capsys, "fetch", uri, str(dest))
     assert code == 0 and again["already_fetched"] is True
     # --sha256 pins qfleet.json, and through its `files` record every file.
-    pinned = sha256(source / METADATA_FILE)
+    pinned = sha256(dest / METADATA_FILE)
     assert run_cli(capsys, "fetch", uri, str(tmp_path / "pinned"), "--sha256", pinned)[0] == 0
     code, _, err = run_cli(capsys, "fetch", uri, str(tmp_path / "wrong-pin"), "--sha256", "0" * 64)
     assert code == 2 and "does not match" in err and not (tmp_path / "wrong-pin").exists()
@@ -101,8 +110,10 @@ def test_publish_then_fetch_round_trip(
     # A re-run never replaces a published model.
     (source / "model.bin").write_bytes(b"retrained")
     assert publish(source, parse_s3_uri(uri))["already_published"] is True
-    body = s3.client().get_object(Bucket=BUCKET, Key="arcface/abc123/avx2/model.bin")["Body"].read()
-    assert body != b"retrained"
+    key = stored_key(s3, "arcface/abc123/avx2", "model.bin")
+    assert s3.client().get_object(Bucket=BUCKET, Key=key)["Body"].read() != b"retrained"
+    listed = s3.client().list_objects_v2(Bucket=BUCKET, Prefix="arcface/abc123/avx2/")["Contents"]
+    assert len(listed) == 3  # the re-run uploaded nothing
 
 
 @pytest.mark.parametrize("damage", ["altered", "truncated", "deleted"])
@@ -113,19 +124,20 @@ def test_a_damaged_object_is_refused_and_dir_left_untouched(
     publish(source, parse_s3_uri(f"s3://{BUCKET}/m/int8"))
     client = s3.client()
     original = (source / "model.bin").read_bytes()
+    key = stored_key(s3, "m/int8", "model.bin")
     if damage == "altered":
-        client.put_object(Bucket=BUCKET, Key="m/int8/model.bin", Body=b"\x01" + original[1:])
+        client.put_object(Bucket=BUCKET, Key=key, Body=b"\x01" + original[1:])
     elif damage == "truncated":
-        client.put_object(Bucket=BUCKET, Key="m/int8/model.bin", Body=original[: len(original) // 2])
+        client.put_object(Bucket=BUCKET, Key=key, Body=original[: len(original) // 2])
     else:
-        client.delete_object(Bucket=BUCKET, Key="m/int8/model.bin")
+        client.delete_object(Bucket=BUCKET, Key=key)
     dest = tmp_path / "volume"
     dest.mkdir()
     code, result, err = run_cli(capsys, "fetch", f"s3://{BUCKET}/m/int8", str(dest))
     assert code == 2, err
     assert result["error"]["stage"] == "fetch"
     expected = "NoSuchKey" if damage == "deleted" else "does not match"
-    assert expected in err and "m/int8/model.bin" in err and len(err.strip().splitlines()) == 1
+    assert expected in err and key in err and len(err.strip().splitlines()) == 1
     assert list(dest.iterdir()) == [] and not leftovers(tmp_path)
 
 
@@ -367,12 +379,37 @@ def test_pipeline_with_a_missing_s3_input_is_a_user_error(
 
 def test_store_lists_and_reads_with_bounded_chunks(s3: S3Server, tmp_path: Path) -> None:
     store = S3Store()
-    s3.client().put_object(Bucket=BUCKET, Key="a/b/c.bin", Body=b"x" * (3 << 20))
-    assert store.list(parse_s3_uri(f"s3://{BUCKET}/a")) == [("a/b/c.bin", 3 << 20)]
+    size = 2 * CHUNK_SIZE + 12345
+    s3.client().put_object(Bucket=BUCKET, Key="a/b/c.bin", Body=b"x" * size)
+    assert store.list(parse_s3_uri(f"s3://{BUCKET}/a")) == [("a/b/c.bin", size)]
     chunks: list[int] = []
     with (tmp_path / "c.bin").open("wb") as handle:
-        size, digest = store.download(
-            parse_s3_uri(f"s3://{BUCKET}/a/b/c.bin"), handle, progress=chunks.append
-        )
-    assert size == 3 << 20 and digest == hashlib.sha256(b"x" * (3 << 20)).hexdigest()
-    assert max(chunks) <= 1 << 20
+        got, digest = store.download(parse_s3_uri(f"s3://{BUCKET}/a/b/c.bin"), handle, progress=chunks.append)
+    assert got == size and digest == hashlib.sha256(b"x" * size).hexdigest()
+    assert max(chunks) <= CHUNK_SIZE and sum(chunks) == size
+    assert (tmp_path / "c.bin").read_bytes() == b"x" * size
+
+
+def test_two_publishers_of_one_prefix_never_mix_their_files(
+    s3: S3Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A retried Job's pod publishing while the first still runs: each uploads below a prefix of
+    its own, the first qfleet.json wins with exactly its files, the loser removes its upload."""
+    first = model_dir(tmp_path / "first")
+    second = model_dir(tmp_path / "second")
+    (second / "model.bin").write_bytes(b"another quantization" * 1000)
+    uri = parse_s3_uri(f"s3://{BUCKET}/m/key/avx2/int8")
+
+    class Racing(S3Store):
+        """Lets the second publisher finish just before the first writes its qfleet.json."""
+
+        def put_if_absent(self, data: bytes, target: Any) -> bool:
+            assert publish(second, uri)["already_published"] is False
+            return super().put_if_absent(data, target)
+
+    assert publish(first, uri, store=Racing())["already_published"] is True
+    code, _, err = run_cli(capsys, "fetch", str(uri), str(tmp_path / "fetched"))
+    assert code == 0, err
+    assert (tmp_path / "fetched" / "model.bin").read_bytes() == (second / "model.bin").read_bytes()
+    listed = s3.client().list_objects_v2(Bucket=BUCKET, Prefix="m/key/avx2/int8/")["Contents"]
+    assert len(listed) == 3  # the winner's two files and its qfleet.json: the loser left nothing

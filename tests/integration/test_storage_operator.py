@@ -21,6 +21,7 @@ import pytest
 
 from qfleet.fleet.manifests import FETCH_CONTAINER
 from qfleet.model.metadata import METADATA_FILE
+from qfleet.storage.publish import UPLOAD_KEY
 from tests.support.cluster import DEPLOYMENTS, JOBS, Cluster
 from tests.support.operator_fixtures import NAMESPACE, model_body
 from tests.support.s3 import ACCESS_KEY, REGION, SECRET_KEY, DenyAll, S3Server, http_servers, s3_server
@@ -131,7 +132,8 @@ async def test_a_model_kept_in_s3_is_quantized_published_and_served_from_a_verif
     files = record["files"]
     assert {"model.xml", "model.bin"} <= set(files)
     for file, digest in files.items():
-        assert hashlib.sha256(published[f"qfleet/faces/{key}/avx2/int8/{file}"]).hexdigest() == digest
+        stored = published[f"qfleet/faces/{key}/avx2/int8/{record[UPLOAD_KEY]}/{file}"]
+        assert hashlib.sha256(stored).hexdigest() == digest
 
     # Each serving pod fetched the model into its emptyDir with its init container, verified,
     # and the server's --model is that local copy.
@@ -159,8 +161,10 @@ async def test_an_altered_artifact_is_refused_and_the_previous_model_keeps_servi
     new = await cluster.wait_for(
         "the new model to roll out", lambda: (a := served(cluster, "faces")) != good and a
     )
-    bucket_key = new.removeprefix("s3://models/").removesuffix("model.xml") + "model.bin"
+    prefix = new.removeprefix("s3://models/").removesuffix("/model.xml")
     client = store.client()
+    record = json.loads(client.get_object(Bucket="models", Key=f"{prefix}/{METADATA_FILE}")["Body"].read())
+    bucket_key = f"{prefix}/{record[UPLOAD_KEY]}/model.bin"
     damaged = bytearray(client.get_object(Bucket="models", Key=bucket_key)["Body"].read())
     damaged[len(damaged) // 2] ^= 0xFF
     client.put_object(Bucket="models", Key=bucket_key, Body=bytes(damaged))

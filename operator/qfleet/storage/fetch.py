@@ -28,7 +28,7 @@ from typing import Any
 from qfleet.errors import InputError
 from qfleet.model.metadata import METADATA_FILE, MODEL_BIN, MODEL_XML
 from qfleet.outputs import sha256_file
-from qfleet.storage.publish import FILES_KEY
+from qfleet.storage.publish import FILES_KEY, UPLOAD_KEY
 from qfleet.storage.s3 import ObjectMissingError, S3Store
 from qfleet.storage.transfer import (
     IntegrityError,
@@ -108,8 +108,11 @@ class _Plan:
         metadata: bytes | None = None,
         sizes: dict[str, int] | None = None,
         verified: bool = True,
+        upload: str = "",
     ) -> None:
         self.kind = kind
+        #: The sub-prefix (or folder) the files are in ("" for the model's own).
+        self.upload = upload
         #: relative name -> expected sha256 (None: not known; only for unpinned single files).
         self.files = files
         #: qfleet.json's bytes, written last (None for a single file).
@@ -149,12 +152,16 @@ def _model_plan(raw: bytes, *, where: str, pinned: str | None) -> _Plan:
         if key == METADATA_FILE or not isinstance(digest, str) or len(digest) != _SHA256_LENGTH:
             raise InputError(f"{where}/{METADATA_FILE}: bad files entry {name!r}: {digest!r}")
         checked[key] = checked_sha256(digest, what=f"{where}/{name}")
-    return _Plan("model", checked, metadata=raw)
+    upload = metadata.get(UPLOAD_KEY, "")
+    if not isinstance(upload, str) or (upload and "/" in checked_key(upload, uri=f"{where}/{upload}")):
+        raise InputError(f"{where}/{METADATA_FILE}: bad {UPLOAD_KEY} entry {upload!r}")
+    return _Plan("model", checked, metadata=raw, upload=upload)
 
 
 class _S3Fetcher(_Fetcher):
     def __init__(self, uri: S3Uri, store: S3Store) -> None:
         self.uri, self.store = uri, store
+        self.files = uri  # where the model's files are (its upload prefix, once planned)
         self.single = False
 
     def plan(self, pinned: str | None) -> _Plan:
@@ -173,16 +180,17 @@ class _S3Fetcher(_Fetcher):
                 code="NoSuchKey",
             ) from None
         plan = _model_plan(raw, where=str(self.uri), pinned=pinned)
-        plan.sizes = {key.removeprefix(self.uri.prefix): size for key, size in self.store.list(self.uri)}
+        self.files = self.uri.join(plan.upload) if plan.upload else self.uri
+        plan.sizes = {key.removeprefix(self.files.prefix): size for key, size in self.store.list(self.files)}
         return plan
 
     def get(self, name: str, target: Path, bar: Progress) -> tuple[int, str]:
-        uri = self.uri if self.single else self.uri.join(name)
+        uri = self.uri if self.single else self.files.join(name)
         with target.open("wb") as handle:
             return self.store.download(uri, handle, progress=bar)
 
     def describe(self, name: str) -> str:
-        return str(self.uri if self.single else self.uri.join(name))
+        return str(self.uri if self.single else self.files.join(name))
 
 
 class _HttpFetcher(_Fetcher):
@@ -204,6 +212,7 @@ class _HttpFetcher(_Fetcher):
 class _LocalFetcher(_Fetcher):
     def __init__(self, location: LocalPath) -> None:
         self.path = Path(location.path)
+        self.files = self.path
         self.single = False
 
     def plan(self, pinned: str | None) -> _Plan:
@@ -215,7 +224,9 @@ class _LocalFetcher(_Fetcher):
             raise InputError(f"{self.path} is neither a file nor a model directory with {METADATA_FILE}")
         raw = marker.read_bytes()
         try:
-            return _model_plan(raw, where=str(self.path), pinned=pinned)
+            plan = _model_plan(raw, where=str(self.path), pinned=pinned)
+            self.files = self.path / plan.upload if plan.upload else self.path  # an S3 prefix copied here
+            return plan
         except InputError:
             metadata = json.loads(raw)
             if isinstance(metadata, dict) and FILES_KEY in metadata:
@@ -227,10 +238,10 @@ class _LocalFetcher(_Fetcher):
         return _Plan("model", dict.fromkeys(names), metadata=raw, verified=False)
 
     def get(self, name: str, target: Path, bar: Progress) -> tuple[int, str]:
-        return copy_file(self.path if self.single else self.path / name, target, progress=bar)
+        return copy_file(self.path if self.single else self.files / name, target, progress=bar)
 
     def describe(self, name: str) -> str:
-        return str(self.path if self.single else self.path / name)
+        return str(self.path if self.single else self.files / name)
 
 
 def _already_there(target: Path, plan: _Plan) -> bool:

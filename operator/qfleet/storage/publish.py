@@ -6,12 +6,19 @@ publication appear whole or not at all. Before the upload, ``qfleet.json`` gets 
 :func:`qfleet.storage.fetch.fetch` verifies. A prefix that already has a ``qfleet.json`` is never
 overwritten: a re-run reports "already published" (the check is repeated atomically with
 ``If-None-Match: *`` where the store supports conditional writes).
+
+The files go below a temporary prefix of their own, ``<prefix>/.upload-<random>/``, which
+``qfleet.json`` names (``upload``). Two publishers of the same prefix (a Job's pod retried while
+the first still runs) thus never overwrite each other's files: the one whose ``qfleet.json``
+lands first is the publication, with exactly its own files, and the other removes its upload.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +30,10 @@ from qfleet.storage.uris import S3Uri, checked_key
 
 #: The ``qfleet.json`` key that lists an artifact's files and their sha256.
 FILES_KEY = "files"
+#: The ``qfleet.json`` key that names the sub-prefix holding those files (absent: the prefix itself).
+UPLOAD_KEY = "upload"
+
+log = logging.getLogger(__name__)
 
 
 def artifact_files(directory: Path) -> dict[str, str]:
@@ -62,15 +73,27 @@ def publish(directory: Path, destination: S3Uri, *, store: S3Store | None = None
     result: dict[str, Any] = {"uri": str(destination), "files": len(metadata[FILES_KEY]) + 1}
     if store.exists(marker):
         return result | {"already_published": True, "bytes": 0, "seconds": _since(started)}
+    upload = f".upload-{uuid.uuid4().hex[:16]}"
     size = 0
     for name in metadata[FILES_KEY]:
         path = directory / name
-        store.upload(path, destination.join(name))
+        store.upload(path, destination.join(upload, name))
         size += path.stat().st_size
-    body = (json.dumps(metadata, indent=2, sort_keys=True) + "\n").encode()
+    published = metadata | {UPLOAD_KEY: upload}
+    body = (json.dumps(published, indent=2, sort_keys=True) + "\n").encode()
     if not store.put_if_absent(body, marker):
+        _remove_upload(store, destination.join(upload), metadata[FILES_KEY])
         return result | {"already_published": True, "bytes": size, "seconds": _since(started)}
     return result | {"already_published": False, "bytes": size + len(body), "seconds": _since(started)}
+
+
+def _remove_upload(store: S3Store, upload: S3Uri, names: dict[str, str]) -> None:
+    """Another publisher won: its qfleet.json names its own files, ours are litter."""
+    for name in names:
+        try:
+            store.delete(upload.join(name))
+        except InputError as exc:  # litter stays; the publication is right either way
+            log.warning("could not remove %s after losing the publication race: %s", upload.join(name), exc)
 
 
 def _since(started: float) -> float:

@@ -22,7 +22,6 @@ that cannot be reached exits 1 (retrying later may help).
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -35,8 +34,6 @@ from qfleet.storage.uris import S3Uri
 CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 30.0
 DEFAULT_MAX_ATTEMPTS = 5
-#: Bytes read from a streaming body at a time: what one download holds in memory.
-CHUNK_SIZE = 1 << 20
 #: Uploads switch to multipart above this size, in parts of this size (bounded memory per part).
 MULTIPART_THRESHOLD = 64 << 20
 MULTIPART_CHUNKSIZE = 16 << 20
@@ -197,21 +194,17 @@ class S3Store:
     def download(
         self, uri: S3Uri, handle: IO[bytes], *, progress: Callable[[int], None] | None = None
     ) -> tuple[int, str]:
-        """Stream ``uri`` into ``handle`` in :data:`CHUNK_SIZE` pieces; return (bytes, sha256)."""
-        digest = hashlib.sha256()
-        size = 0
+        """Stream ``uri`` into ``handle`` (see :func:`qfleet.storage.transfer.copy_stream`: bounded
+        memory, hashing and writing overlap the download); return (bytes, sha256). botocore's
+        body checks at its end that as many bytes came as the object's Content-Length."""
+        from qfleet.storage.transfer import copy_stream
+
         with translated(str(uri)):
             body = self.client.get_object(Bucket=uri.bucket, Key=uri.key)["Body"]
             try:
-                for chunk in body.iter_chunks(CHUNK_SIZE):
-                    handle.write(chunk)
-                    digest.update(chunk)
-                    size += len(chunk)
-                    if progress is not None:
-                        progress(len(chunk))
+                return copy_stream(body, handle, progress=progress)
             finally:
                 body.close()
-        return size, digest.hexdigest()
 
     def upload(self, path: Path, uri: S3Uri) -> None:
         """Upload one file (multipart above :data:`MULTIPART_THRESHOLD`, bounded memory)."""
@@ -233,6 +226,10 @@ class S3Store:
                 if code in text:
                     raise StorageError(f"{uri}: {code} from {endpoint_name()}", code=code) from None
             raise StorageUnavailableError(f"{uri}: upload failed: {text}") from None
+
+    def delete(self, uri: S3Uri) -> None:
+        with translated(str(uri)):
+            self.client.delete_object(Bucket=uri.bucket, Key=uri.key)
 
     def put_if_absent(self, data: bytes, uri: S3Uri) -> bool:
         """Write a small object only where none exists (``If-None-Match: *``); False when one did."""

@@ -1,26 +1,36 @@
 """Streaming copies with sha256: HTTPS downloads (stdlib urllib) and local files.
 
-Every copy writes in fixed-size chunks and hashes while it writes, so a model of any size costs
+Every copy reads in fixed-size chunks and hashes while it writes, so a model of any size costs
 one pass and a bounded buffer. A pinned sha256 that does not match is refused and the partial
 file removed.
+
+Reading and hashing-plus-writing overlap: a writer thread hashes and writes chunk N while the
+caller's thread receives chunk N+1 (socket reads, ``hashlib`` on large buffers and file writes
+all release the GIL). With 8 MiB chunks and at most :data:`QUEUE_CHUNKS` waiting, a copy holds
+about 32 MiB; measured against a local S3 server this doubled the throughput of the one-thread,
+1 MiB loop (see ``benchmarks/storage.py``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import queue
 import re
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from qfleet import __version__
 from qfleet.errors import InputError, QfleetError
 from qfleet.storage.uris import HttpUri
 
-CHUNK_SIZE = 1 << 20
+CHUNK_SIZE = 8 << 20
+#: Chunks read ahead of the writer at most (bounds the memory of one copy).
+QUEUE_CHUNKS = 2
 HTTP_TIMEOUT_S = 30.0
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -51,17 +61,38 @@ def verify(actual: str, expected: str | None, *, what: str) -> None:
 
 
 def copy_stream(
-    source: IO[bytes], target: IO[bytes], *, progress: Callable[[int], None] | None = None
+    source: IO[bytes] | Any, target: IO[bytes], *, progress: Callable[[int], None] | None = None
 ) -> tuple[int, str]:
-    """Copy ``source`` to ``target`` in :data:`CHUNK_SIZE` pieces; return (bytes, sha256)."""
+    """Copy ``source`` (anything with ``read(n)``) to ``target`` in :data:`CHUNK_SIZE` pieces,
+    hashing and writing in a second thread; return (bytes, sha256)."""
     digest = hashlib.sha256()
+    chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=QUEUE_CHUNKS)
+    failed: list[BaseException] = []
+
+    def write() -> None:
+        while (chunk := chunks.get()) is not None:
+            if failed:
+                continue  # drain: the reader must never block on a full queue
+            try:
+                target.write(chunk)
+                digest.update(chunk)
+            except BaseException as exc:  # re-raised in the caller's thread below
+                failed.append(exc)
+
+    writer = threading.Thread(target=write, name="qfleet-copy-writer", daemon=True)
+    writer.start()
     size = 0
-    while chunk := source.read(CHUNK_SIZE):
-        target.write(chunk)
-        digest.update(chunk)
-        size += len(chunk)
-        if progress is not None:
-            progress(len(chunk))
+    try:
+        while not failed and (chunk := source.read(CHUNK_SIZE)):
+            chunks.put(chunk)
+            size += len(chunk)
+            if progress is not None:
+                progress(len(chunk))
+    finally:
+        chunks.put(None)
+        writer.join()
+    if failed:
+        raise failed[0]
     return size, digest.hexdigest()
 
 
