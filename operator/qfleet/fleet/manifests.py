@@ -25,16 +25,21 @@ from qfleet.fleet import names
 from qfleet.fleet.config import FleetConfig
 from qfleet.fleet.nodes import parse_cpu
 from qfleet.fleet.pods import PodKnobs, apply_pod_knobs, merged
-from qfleet.fleet.spec import ModelSpec, StorageSpec
+from qfleet.fleet.spec import DEFAULTS, ModelSpec, StorageSpec
 from qfleet.fleet.uris import ArtifactUri, InputUri, PvcUri, S3Uri, claims_of, in_pod
 from qfleet.isa import node_affinity
 from qfleet.pipeline import PipelineSpec
+from qfleet.serving.settings import DEFAULT_GRPC_PORT
 
 TERMINATION_LOG = defaults.TERMINATION_LOG
 #: Exit codes of ``qfleet`` for user errors (bad input, wrong ISA): retrying cannot help.
 USER_ERROR_EXIT_CODES = (2, 3)
 PIPELINE_CONTAINER = "pipeline"
 SERVER_CONTAINER = "server"
+#: The serving container's gRPC port (the Open Inference Protocol's GRPCInferenceService), named
+#: ``grpc`` in the pod and in the Service; REST stays on ``config.server_port`` (``http``).
+GRPC_PORT = DEFAULT_GRPC_PORT
+GRPC_PORT_NAME = "grpc"
 FETCH_CONTAINER = "fetch-model"
 TMP_VOLUME = "tmp"
 #: The emptyDir a serving pod's init container fetches an object-storage model into.
@@ -100,7 +105,8 @@ def artifacts_dir(owner: Owner, spec: ModelSpec, tier: str, key: str) -> Artifac
 def pipeline_inputs(spec: ModelSpec, config: FleetConfig, *, rerun: str | None = None) -> dict[str, Any]:
     """Everything that changes a pipeline's artifacts or measured FPS: the pipeline key's input.
 
-    A sha256 pin is part of it only when set, so models without pins keep the keys they had.
+    A sha256 pin is part of it only when set, and the serving batch only when it is not the
+    default, so models without pins or batching keep the keys they had.
     """
     source: dict[str, Any] = {"format": spec.source_format, "uri": str(spec.source), "epoch": spec.epoch}
     quantization: dict[str, Any] = {
@@ -120,7 +126,7 @@ def pipeline_inputs(spec: ModelSpec, config: FleetConfig, *, rerun: str | None =
     ):
         if pin is not None:
             section[key] = pin
-    return {
+    inputs: dict[str, Any] = {
         "source": source,
         "quantization": quantization,
         "validation": validation,
@@ -130,6 +136,11 @@ def pipeline_inputs(spec: ModelSpec, config: FleetConfig, *, rerun: str | None =
         "threads": threads_for(spec, config),
         "rerun": rerun,
     }
+    # The Job benchmarks at the batch the servers will run: another batch, another FPS. The
+    # timeout is not here: it changes no artifact and no benchmark.
+    if spec.max_batch != DEFAULTS["serving.batching.maxBatch"]:
+        inputs["batch"] = spec.max_batch
+    return inputs
 
 
 def _claim_volumes(
@@ -262,6 +273,7 @@ def job_for(owner: Owner, spec: ModelSpec, tier: str, key: str, config: FleetCon
         calibration_sha256=spec.calibration_sha256,
         lfw_sha256=spec.lfw_sha256,
         allow_http=spec.storage.allow_http,
+        benchmark_batch=spec.max_batch,
     ).to_args()
     writable = {spec.artifacts.claim} if isinstance(spec.artifacts, PvcUri) else set()
     volumes, mounts = _claim_volumes(list(spec.claims), writable=writable)
@@ -356,6 +368,8 @@ class ServingModel:
     #: CPU per replica; None: the spec's budget now.
     cpu: str | None = None
     threads: int | None = None
+    #: The batch the FPS was measured at: the servers merge up to this many faces per inference.
+    batch: int = 1
 
 
 def deployment_for(
@@ -406,9 +420,15 @@ def deployment_for(
         str(port),
         "--threads",
         str(threads),
+        "--grpc-port",
+        str(GRPC_PORT),
         "--shutdown-grace",
         str(SERVER_DRAIN_SECONDS),
     ]
+    if model.batch > 1:
+        # The timeout only matters with batching: at batch 1 it stays out of the template, so
+        # changing it restarts no pod that does not batch.
+        args += ["--max-batch", str(model.batch), "--batch-timeout-ms", f"{spec.batch_timeout_ms:g}"]
     template: dict[str, Any] = {
         "metadata": {
             "labels": labels,
@@ -439,7 +459,10 @@ def deployment_for(
                     "command": ["qfleet", "serve"],
                     "args": args,
                     "env": _env(threads, config),
-                    "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
+                    "ports": [
+                        {"name": "http", "containerPort": port, "protocol": "TCP"},
+                        {"name": GRPC_PORT_NAME, "containerPort": GRPC_PORT, "protocol": "TCP"},
+                    ],
                     "resources": _resources(spec, config, memory=None, cpu=cpu),
                     "securityContext": _container_security(),
                     "volumeMounts": mounts,

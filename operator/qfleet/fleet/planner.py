@@ -11,7 +11,8 @@ for the current pipeline key -> run a Job; Job finished -> record its result; a 
 makes the new INT8 model the served one, a failed gate keeps what was served (or serves the
 FP32 model with ``onGateFailure: fp32``, or the BF16 model with ``onGateFailure: bf16`` when the
 result has one that passed the same gate, else it keeps and says why); replicas follow the
-camera demand, planned with the FPS of the precision served.
+camera demand, planned with the FPS of the precision served (INT8's at the serving batch,
+``spec.serving.batching.maxBatch``, when the Job measured it there; the pods then batch as much).
 
 ``onGateFailure: bf16`` with a target tier that has no native bf16 never gets here: the spec is
 invalid as a whole (see :func:`qfleet.fleet.spec.parse_spec`).
@@ -503,6 +504,10 @@ class _Planner:
             artifact, fps, accuracy = result.fp32_artifact, result.fp32_fps, result.fp32_accuracy
         else:
             artifact, fps, accuracy = result.artifact, result.int8_fps, result.int8_accuracy
+        batch = 1
+        if precision == "int8" and result.int8_batch_fps is not None and result.int8_batch:
+            # Measured at the batch the servers run (only INT8 is): the capacity they deliver.
+            fps, batch = result.int8_batch_fps, result.int8_batch
         return ServedModel(
             pipeline_key=result.pipeline_key,
             precision=precision,
@@ -513,6 +518,7 @@ class _Planner:
             # The key's Job measured the FPS with the spec's CPU budget of now.
             cpu=cpu_budget(self.spec, self.config),
             threads=threads_for(self.spec, self.config),
+            batch=batch,
             source_key=self.source_key,
         )
 
@@ -653,6 +659,7 @@ class _Planner:
                 fps_per_replica=served.fps_per_replica,
                 cpu=served.cpu or None,
                 threads=served.threads,
+                batch=served.batch,
             ),
             replicas=replicas,
             config=self.config,

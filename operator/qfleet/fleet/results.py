@@ -69,6 +69,11 @@ class PipelineResult:
     bf16: Bf16Result | None = None
     #: "int8_vs_fp32", "int8_vs_bf16": throughput ratios as the pipeline reported them.
     speedup: Mapping[str, float] = field(default_factory=dict)
+    #: INT8 also benchmarked at the serving batch (``--benchmark-batch`` > 1); ``int8_fps`` is
+    #: batch 1. None from pipelines run at batch 1 or older ones.
+    int8_batch: int | None = None
+    int8_batch_fps: float | None = None
+    int8_batch_latency_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -109,6 +114,7 @@ def _pipeline_result(data: Mapping[str, Any]) -> PipelineResult:
     gate = data["gate"]
     fp32_accuracy = _number(fp32["accuracy"], "fp32.accuracy")
     int8_accuracy = _number(int8["accuracy"], "int8.accuracy")
+    batch, batch_fps, batch_latency = _int8_batch(int8)
     return PipelineResult(
         isa=str(data["isa"]),
         artifact=_uri_of(data["artifact"], "artifact"),
@@ -131,7 +137,24 @@ def _pipeline_result(data: Mapping[str, Any]) -> PipelineResult:
             for key, value in (data.get("speedup") or {}).items()
             if value is not None
         },
+        int8_batch=batch,
+        int8_batch_fps=batch_fps,
+        int8_batch_latency_ms=batch_latency,
     )
+
+
+def _int8_batch(int8: Mapping[str, Any]) -> tuple[int | None, float | None, float | None]:
+    """(batch, FPS, median latency) of INT8 at the serving batch; Nones when not measured."""
+    if int8.get("batch_fps") is None:
+        return None, None, None
+    batch = int8.get("batch")
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ResultError(f"the pipeline result's int8.batch is not a batch size: {batch!r}")
+    fps = _number(int8["batch_fps"], "int8.batch_fps")
+    if fps <= 0:
+        raise ResultError(f"the pipeline result's int8.batch_fps is not positive: {fps!r}")
+    latency = int8.get("batch_latency_ms_median")
+    return batch, fps, _number(latency, "int8.batch_latency_ms_median") if latency is not None else None
 
 
 def _gate_reason(gate: Mapping[str, Any]) -> str:
@@ -341,6 +364,9 @@ def _succeeded_record(
         accuracy_drop=result.drop,
         fp32_fps=result.fp32_fps,
         int8_fps=result.int8_fps,
+        int8_batch=result.int8_batch,
+        int8_batch_fps=result.int8_batch_fps,
+        int8_batch_latency_ms=result.int8_batch_latency_ms,
         gate=GateRecord(result.gate_passed, result.gate_reason, result.gate_message),
         versions=dict(result.versions),
         seconds=result.seconds,

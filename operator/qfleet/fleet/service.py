@@ -14,7 +14,7 @@ from typing import Any
 
 from qfleet.fleet import names
 from qfleet.fleet.config import FleetConfig
-from qfleet.fleet.manifests import Owner, model_selector
+from qfleet.fleet.manifests import GRPC_PORT, GRPC_PORT_NAME, Owner, model_selector
 from qfleet.fleet.spec import ModelSpec
 
 #: The server exposes /metrics on its HTTP port; a port named ``metrics`` lets a ServiceMonitor
@@ -77,6 +77,15 @@ def service_for(owner: Owner, spec: ModelSpec, config: FleetConfig) -> dict[str,
                         "port": config.server_port,
                         "targetPort": HTTP_PORT_NAME,
                         "protocol": "TCP",
+                    },
+                    {
+                        # The Open Inference Protocol's gRPC service (appProtocol lets meshes and
+                        # gateways that read it balance per request instead of per connection).
+                        "name": GRPC_PORT_NAME,
+                        "port": GRPC_PORT,
+                        "targetPort": GRPC_PORT_NAME,
+                        "protocol": "TCP",
+                        "appProtocol": "grpc",
                     },
                     {
                         "name": METRICS_PORT_NAME,

@@ -28,6 +28,7 @@ from qfleet.fleet.uris import (
     parse_input_uri,
 )
 from qfleet.isa import TIER_NAMES, has_native_bf16
+from qfleet.serving.settings import DEFAULT_BATCH_TIMEOUT_S
 
 FORMATS = defaults.SOURCE_FORMATS
 PRESETS = defaults.PRESETS
@@ -43,6 +44,9 @@ SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
 #: ``allTiers``: a new pipeline's models go live together, once every tier has its result;
 #: ``perTier``: each tier switches as soon as its own result is in.
 CONSISTENCY_MODES = ("allTiers", "perTier")
+#: The largest ``serving.batching.maxBatch``: past 16 faces a batch's activations leave the caches
+#: and FPS falls (benchmarks/RESULTS.md, "Batch size"), while every face waits for the whole batch.
+MAX_BATCH = 64
 #: S3 addressing styles (``QFLEET_S3_ADDRESSING``): on-prem stores usually need ``path``.
 ADDRESSING_STYLES = ("path", "virtual")
 # Secret and ConfigMap names are DNS subdomains; a ConfigMap key is a file name.
@@ -59,6 +63,10 @@ DEFAULTS: dict[str, Any] = {
     "serving.minReplicas": 1,
     "serving.maxReplicas": 64,
     "serving.service.type": "ClusterIP",
+    # 1: every face its own inference, as before batching existed (see the README's "Dynamic
+    # batching" for why the default stays there).
+    "serving.batching.maxBatch": 1,
+    "serving.batching.timeoutMs": DEFAULT_BATCH_TIMEOUT_S * 1000,
     "demand.cameras": 0,
     "demand.cameraFps": 6,
     "demand.facesPerFrame": 1,
@@ -144,6 +152,11 @@ class ModelSpec:
     source_sha256: str | None = None
     calibration_sha256: str | None = None
     lfw_sha256: str | None = None
+    #: Faces per inference the servers merge concurrent requests into (``qfleet serve
+    #: --max-batch``); the Job benchmarks INT8 at it and the plan uses that FPS.
+    max_batch: int = DEFAULTS["serving.batching.maxBatch"]
+    #: The longest a face waits for its batch to fill (``--batch-timeout-ms``).
+    batch_timeout_ms: float = DEFAULTS["serving.batching.timeoutMs"]
 
     @property
     def tiers(self) -> tuple[str, ...]:
@@ -190,6 +203,9 @@ def parse_spec(spec: Mapping[str, Any] | None) -> ModelSpec:
     if on_gate_failure == "bf16":
         _check_bf16_targets(targets)
     service = _section(serving, "service", where="spec.serving")
+    batching = _section(serving, "batching", where="spec.serving")
+    max_batch = _integer(batching, "serving.batching.maxBatch", minimum=1, maximum=MAX_BATCH)
+    batch_timeout_ms = _non_negative(batching, "serving.batching.timeoutMs")
     storage = _storage(_section(spec, "storage"))
     inputs = _Inputs(storage.allow_http)
     source_uri = inputs.uri(source, "uri", "spec.source", sha256="sha256")
@@ -230,6 +246,8 @@ def parse_spec(spec: Mapping[str, Any] | None) -> ModelSpec:
         source_sha256=inputs.pins.get("spec.source.sha256"),
         calibration_sha256=inputs.pins.get("spec.quantization.calibrationSha256"),
         lfw_sha256=inputs.pins.get("spec.validation.lfwSha256"),
+        max_batch=max_batch,
+        batch_timeout_ms=batch_timeout_ms,
     )
 
 
@@ -423,11 +441,19 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _integer(section: Mapping[str, Any], path: str, *, minimum: int) -> int:
+def _integer(section: Mapping[str, Any], path: str, *, minimum: int, maximum: int | None = None) -> int:
     value = _value(section, path)
-    if not _is_int(value) or value < minimum:
-        raise SpecError(f"spec.{path} must be an integer >= {minimum}, got {value!r}")
+    if not _is_int(value) or value < minimum or (maximum is not None and value > maximum):
+        bounds = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"
+        raise SpecError(f"spec.{path} must be an integer {bounds}, got {value!r}")
     return int(value)
+
+
+def _non_negative(section: Mapping[str, Any], path: str) -> float:
+    value = _value(section, path)
+    if not _is_number(value) or value < 0:
+        raise SpecError(f"spec.{path} must be a number >= 0, got {value!r}")
+    return float(value)
 
 
 def _positive(section: Mapping[str, Any], path: str) -> float:

@@ -82,7 +82,13 @@ class ResultRecord:
     int8_accuracy: float = 0.0
     accuracy_drop: float = 0.0
     fp32_fps: float = 0.0
+    #: At batch 1 (one face per inference).
     int8_fps: float = 0.0
+    #: INT8 measured at the serving batch (``spec.serving.batching.maxBatch``) as the servers
+    #: compile it; None when the batch is 1 (``int8_fps`` is that) or the Job predates batching.
+    int8_batch: int | None = None
+    int8_batch_fps: float | None = None
+    int8_batch_latency_ms: float | None = None
     gate: GateRecord = GateRecord()
     versions: Mapping[str, str] = field(default_factory=dict)
     seconds: float | None = None
@@ -111,6 +117,9 @@ class ServedModel:
     #: spec says now, until a Job has measured the new budget); "" in records of older operators.
     cpu: str = ""
     threads: int | None = None
+    #: The batch ``fps_per_replica`` was measured at; the pods serve with ``--max-batch`` of it.
+    #: 1 in records of older operators (they measured and served one face per inference).
+    batch: int = 1
     #: Which source model (format, URI, epoch) the artifact came from: embeddings of different
     #: source models do not match one enrolled gallery; "" in records of older operators.
     source_key: str = ""
@@ -247,6 +256,7 @@ def served_to_dict(served: ServedModel) -> dict[str, Any]:
             "since": served.since,
             "cpu": served.cpu or None,
             "threads": served.threads,
+            "batch": served.batch,
             "sourceKey": served.source_key or None,
         }
     )
@@ -283,6 +293,9 @@ def result_to_dict(result: ResultRecord) -> dict[str, Any]:
         "accuracyDrop": result.accuracy_drop,
         "fp32Fps": result.fp32_fps,
         "int8Fps": result.int8_fps,
+        "int8Batch": result.int8_batch,
+        "int8BatchFps": result.int8_batch_fps,
+        "int8BatchLatencyMs": result.int8_batch_latency_ms,
         "gate": {"passed": result.gate.passed, "reason": result.gate.reason, "message": result.gate.message},
         "versions": dict(result.versions),
         "seconds": result.seconds,
@@ -419,6 +432,7 @@ def parse_served(data: object) -> ServedModel:
         since=_str(found, "since"),
         cpu=_str(found, "cpu"),
         threads=_optional_int(found, "threads"),
+        batch=max(1, _optional_int(found, "batch") or 1),
         source_key=_str(found, "sourceKey"),
     )
 
@@ -439,6 +453,9 @@ def parse_result_record(data: object) -> ResultRecord:
         accuracy_drop=_float(found, "accuracyDrop"),
         fp32_fps=_float(found, "fp32Fps"),
         int8_fps=_float(found, "int8Fps"),
+        int8_batch=_optional_int(found, "int8Batch"),
+        int8_batch_fps=_optional_float(found, "int8BatchFps"),
+        int8_batch_latency_ms=_optional_float(found, "int8BatchLatencyMs"),
         gate=GateRecord(bool(gate.get("passed")), _str(gate, "reason"), _str(gate, "message")),
         versions=_strings(found.get("versions")),
         seconds=_optional_float(found, "seconds"),

@@ -332,7 +332,7 @@ def test_validation_does_not_reject_unsupported_uri_schemes(validator: jsonschem
 T0 = "2030-01-01T00:00:00Z"
 KEY = "0123456789"
 OUT = "pvc://models/qfleet/arcface/0123456789"
-INT8 = ServedModel(KEY, "int8", f"{OUT}/amx_int8/int8/model.xml", 1000.0, 0.996, T0)
+INT8 = ServedModel(KEY, "int8", f"{OUT}/amx_int8/int8/model.xml", 2100.0, 0.996, T0, batch=4)
 BF16_RESULT = ResultRecord(
     pipeline_key=KEY,
     job="arcface-amx-int8-0123456789",
@@ -345,6 +345,9 @@ BF16_RESULT = ResultRecord(
     accuracy_drop=0.0003,
     fp32_fps=326.0,
     int8_fps=1000.0,
+    int8_batch=4,
+    int8_batch_fps=2100.0,
+    int8_batch_latency_ms=7.5,
     gate=GateRecord(True, "Passed", "INT8 accuracy 99.6% vs FP32 99.63%"),
     versions={"openvino": "2025.4", "nncf": "2.19"},
     seconds=300.5,

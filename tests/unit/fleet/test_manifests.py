@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from qfleet.commands import pipeline as pipeline_command
+from qfleet.commands import serve as serve_command
 from qfleet.fleet import names
 from qfleet.fleet.config import FleetConfig
 from qfleet.fleet.manifests import (
@@ -337,6 +338,67 @@ def test_pvc_inputs_with_s3_artifacts_mount_only_the_input_claims_read_only() ->
     }
     assert claims == {"models": True, "data": True}
     assert "envFrom" not in pod["containers"][0]  # no Secret named: the pod's own identity (IRSA...)
+
+
+def serve_args(deployment: dict[str, Any]) -> argparse.Namespace:
+    """The serving container's args as the real `qfleet serve` reads them."""
+    parser = argparse.ArgumentParser()
+    serve_command.configure(parser)
+    return parser.parse_args(deployment["spec"]["template"]["spec"]["containers"][0]["args"])
+
+
+def batching(**settings: Any) -> Any:
+    """make_spec()'s spec with ``serving.batching`` set (and its CPU budget kept)."""
+    return make_spec(serving={"resources": {"limits": {"cpu": "8"}}, "batching": settings})
+
+
+def test_job_benchmarks_at_the_batch_the_servers_run() -> None:
+    batched = batching(maxBatch=4)
+    args = job_for(OWNER, batched, "avx2", "k", CONFIG)["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert pipeline_command.spec_from_args(pipeline_parser().parse_args(args)).benchmark_batch == 4
+    plain = job_for(OWNER, make_spec(), "avx2", "k", CONFIG)["spec"]["template"]["spec"]["containers"][0]
+    assert "--benchmark-batch" not in plain["args"]  # batch 1: the Job of before batching
+
+
+def test_batching_changes_the_pipeline_key_input_only_when_not_the_default() -> None:
+    base = pipeline_inputs(make_spec(), CONFIG)
+    assert "batch" not in base  # models without batching keep the keys they had
+    assert base == pipeline_inputs(batching(maxBatch=1, timeoutMs=9), CONFIG)
+    batched = pipeline_inputs(batching(maxBatch=4), CONFIG)
+    assert batched["batch"] == 4 and batched != base
+    # The timeout changes no artifact and no benchmark: no new Job.
+    assert batched == pipeline_inputs(batching(maxBatch=4, timeoutMs=9), CONFIG)
+
+
+def test_servers_batch_as_much_as_their_fps_was_measured_at() -> None:
+    spec = batching(maxBatch=4, timeoutMs=3.5)
+    artifact = PvcUri("models", "a/int8/model.xml")
+    at_4 = deployment_for(OWNER, spec, "avx2", model=ServingModel(artifact, "k", 90.0, batch=4),
+                          replicas=1, config=CONFIG)  # fmt: skip
+    args = serve_args(at_4)
+    assert (args.max_batch, args.batch_timeout_ms) == (4, 3.5)
+    # A model measured at batch 1 (an FP32 fallback, a Job before batching) serves one face per
+    # inference, whatever the spec asks now; its template ignores the timeout.
+    at_1 = deployment_for(
+        OWNER, spec, "avx2", model=ServingModel(artifact, "k", 45.0), replicas=1, config=CONFIG
+    )
+    assert serve_args(at_1).max_batch == 1
+    assert "--batch-timeout-ms" not in at_1["spec"]["template"]["spec"]["containers"][0]["args"]
+    other_timeout = batching(maxBatch=4, timeoutMs=8)
+    same = deployment_for(OWNER, other_timeout, "avx2", model=ServingModel(artifact, "k", 45.0), replicas=1,
+                          config=CONFIG)  # fmt: skip
+    assert template_hash(same) == template_hash(at_1)
+
+
+def test_the_serving_container_exposes_grpc() -> None:
+    artifact = PvcUri("models", "a/int8/model.xml")
+    deployment = deployment_for(
+        OWNER, make_spec(), "avx2", model=ServingModel(artifact, "k", 500.0), replicas=1, config=CONFIG
+    )
+    ports = {port["name"]: port for port in deployment["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    assert ports["grpc"]["containerPort"] == 8081 and ports["http"]["containerPort"] == CONFIG.server_port
+    args = serve_args(deployment)
+    assert args.grpc_port == 8081 and not args.no_grpc and args.port == CONFIG.server_port
 
 
 def test_pins_change_the_pipeline_key_input_only_when_set() -> None:

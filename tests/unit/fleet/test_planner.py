@@ -80,9 +80,14 @@ def finished(
 
 
 def result_of(job: dict[str, Any], *, int8_fps: float = 579.0, fp32_fps: float = 326.0, passed: bool = True,
-              reason: str = "Passed", bf16_passed: bool | None = None) -> str:  # fmt: skip
-    """The Job's termination message; ``bf16_passed`` not None adds a BF16 variant (a bf16 host)."""
+              reason: str = "Passed", bf16_passed: bool | None = None, batch_fps: float = 0.0) -> str:  # fmt: skip
+    """The Job's termination message; ``bf16_passed`` not None adds a BF16 variant (a bf16 host);
+    with ``--benchmark-batch`` in its args INT8 was also measured at that batch (``batch_fps``)."""
     args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    batched: dict[str, Any] = {}
+    if "--benchmark-batch" in args:
+        batched = {"batch": int(args[args.index("--benchmark-batch") + 1]), "batch_fps": batch_fps,
+                   "batch_latency_ms_median": 7.0}  # fmt: skip
     out = args[args.index("--out") + 1]
     assert out.startswith("/var/lib/qfleet/pvc/")
     bf16: dict[str, Any] = {}
@@ -104,7 +109,7 @@ def result_of(job: dict[str, Any], *, int8_fps: float = 579.0, fp32_fps: float =
         "artifact": f"{out}/int8/model.xml",
         "fp32_artifact": f"{out}/fp32/model.xml",
         "fp32": {"accuracy": 0.9963, "fps": fp32_fps, **asked("fp32")},
-        "int8": {"accuracy": 0.9960 if passed else 0.97, "fps": int8_fps, **asked("int8")},
+        "int8": {"accuracy": 0.9960 if passed else 0.97, "fps": int8_fps, **asked("int8"), **batched},
         "gate": {"passed": passed, "drop": 0.0003 if passed else 0.0263, "reason": reason,
                  "message": "drop within 0.1 points" if passed else "drop 2.63 points exceeds 0.1"},
         "versions": {"openvino": "2026.4"},
@@ -537,6 +542,37 @@ def test_older_results_in_the_status_still_plan() -> None:
     assert not {"bf16Artifact", "bf16Gate", "runtimeIsa", "inferencePrecision", "speedup"} & set(record)
     again = plan(body, Observed(jobs=[job], deployments=[deployment], inventory=VNNI), CONFIG, now=T2)
     assert again.status["phase"] == c.READY and again.events == []
+
+
+def test_a_batching_model_is_planned_with_the_fps_measured_at_its_batch() -> None:
+    body = model(serving={"minReplicas": 1, "maxReplicas": 10, "batching": {"maxBatch": 4, "timeoutMs": 3}},
+                 demand={"cameras": 640, "cameraFps": 6, "facesPerFrame": 1})  # fmt: skip
+    start = plan(body, Observed(inventory=VNNI), CONFIG, now=T0)
+    (job,) = start.create_jobs
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--benchmark-batch") + 1] == "4"
+    body = with_status(body, start)
+    done_job, pod = finished(job, result_of(job, batch_fps=1100.0))
+    result = plan(body, Observed(jobs=[done_job], pods=[pod], inventory=VNNI), CONFIG, now=T1)
+    (variant,) = result.status["variants"]
+    assert variant["served"]["fpsPerReplica"] == 1100.0 and variant["served"]["batch"] == 4
+    assert variant["result"]["int8Fps"] == 579.0 and variant["result"]["int8BatchFps"] == 1100.0
+    (change,) = result.deployments
+    assert change.replicas == 5  # 3840 faces/s / (1100 x 0.8) = 4.4; at batch 1 it would be 9
+    server_args = change.body["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert server_args[server_args.index("--max-batch") + 1] == "4"
+    assert server_args[server_args.index("--batch-timeout-ms") + 1] == "3"
+
+
+def test_served_records_of_older_operators_serve_at_batch_1() -> None:
+    """A status written before batching (served without ``batch``) keeps its pods as they are."""
+    body, job, deployment = first_pass_to_ready()
+    assert body["status"]["variants"][0]["served"]["batch"] == 1
+    for key in ("served", "lastGood"):
+        del body["status"]["variants"][0][key]["batch"]
+    again = plan(body, Observed(jobs=[job], deployments=[deployment], inventory=VNNI), CONFIG, now=T2)
+    assert again.deployments == [] and again.create_jobs == []
+    assert again.status["variants"][0]["served"]["batch"] == 1
 
 
 # -- the fleet through changes ----------------------------------------------------------------------

@@ -199,3 +199,27 @@ def test_an_fp32_baseline_computed_in_bf16_is_not_a_result() -> None:
 def test_a_broken_bf16_block_is_refused(message: str) -> None:
     with pytest.raises(ResultError):
         parse_result(message)
+
+
+def test_parse_result_with_int8_at_the_serving_batch() -> None:
+    int8 = {"accuracy": 0.996, "fps": 579.0, "batch": 4, "batch_fps": 1100.0, "batch_latency_ms_median": 7.2}
+    result = parse_result(result_message(int8=int8))
+    assert (result.int8_fps, result.int8_batch, result.int8_batch_fps) == (579.0, 4, 1100.0)
+    assert result.int8_batch_latency_ms == 7.2
+    plain = parse_result(result_message())  # batch 1, or a pipeline before batching
+    assert (plain.int8_batch, plain.int8_batch_fps, plain.int8_batch_latency_ms) == (None, None, None)
+
+
+@pytest.mark.parametrize(
+    ("batch", "fps", "words"),
+    [
+        (0, 1100.0, "int8.batch"),
+        ("4", 1100.0, "int8.batch"),
+        (4, "fast", "int8.batch_fps"),
+        (4, 0, "positive"),
+    ],
+)
+def test_a_broken_batch_measurement_is_refused(batch: object, fps: object, words: str) -> None:
+    int8 = {"accuracy": 0.996, "fps": 579.0, "batch": batch, "batch_fps": fps}
+    with pytest.raises(ResultError, match=words):
+        parse_result(result_message(int8=int8))

@@ -48,10 +48,11 @@ def test_one_service_named_like_the_model_selects_every_tier() -> None:
         assert all(pod_labels.get(key) == value for key, value in service["spec"]["selector"].items())
 
 
-def test_ports_reach_the_servers_http_port() -> None:
+def test_ports_reach_the_servers_http_and_grpc_ports() -> None:
     service = service_for(OWNER, with_service(None), FleetConfig(server_port=8000))
     assert service["spec"]["ports"] == [
         {"name": "http", "port": 8000, "targetPort": "http", "protocol": "TCP"},
+        {"name": "grpc", "port": 8081, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "grpc"},
         {"name": "metrics", "port": METRICS_PORT, "targetPort": "http", "protocol": "TCP"},
     ]
     assert METRICS_PORT == 9090

@@ -43,6 +43,8 @@ def test_minimal_spec_gets_the_defaults() -> None:
     assert spec.service_annotations == {}
     assert spec.pending_grace_seconds == DEFAULTS["demand.pendingGraceSeconds"] == 300
     assert spec.consistency == DEFAULTS["rollout.consistency"] == "allTiers"
+    assert spec.max_batch == DEFAULTS["serving.batching.maxBatch"] == 1
+    assert spec.batch_timeout_ms == DEFAULTS["serving.batching.timeoutMs"] == 2
     assert spec.target("avx512_vnni").pod == PodKnobs()
     assert spec.tiers == ("avx512_vnni",)
     assert spec.source.claim == "models" and spec.artifacts.path == "qfleet"
@@ -98,6 +100,12 @@ def test_minimal_spec_gets_the_defaults() -> None:
         ("demand.pendingGraceSeconds", -1, ["spec.demand.pendingGraceSeconds", ">= 0"]),
         ("demand.pendingGraceSeconds", 1.5, ["spec.demand.pendingGraceSeconds", "integer"]),
         ("rollout.consistency", "eventual", ["spec.rollout.consistency", "allTiers, perTier"]),
+        ("serving.batching.maxBatch", 0, ["spec.serving.batching.maxBatch", "1..64"]),
+        ("serving.batching.maxBatch", 65, ["spec.serving.batching.maxBatch", "1..64"]),
+        ("serving.batching.maxBatch", 4.0, ["spec.serving.batching.maxBatch", "integer"]),
+        ("serving.batching.timeoutMs", -1, ["spec.serving.batching.timeoutMs", ">= 0"]),
+        ("serving.batching.timeoutMs", "2ms", ["spec.serving.batching.timeoutMs"]),
+        ("serving.batching", 4, ["spec.serving.batching must be an object"]),
         (
             "targets",
             [{"isa": "avx2"}, {"isa": "avx512", "tolerations": [{"operator": "Maybe"}]}],
@@ -261,3 +269,9 @@ def test_bf16_tiers_are_the_native_bf16_tiers() -> None:
 
     assert BF16_TIERS == ("amx_int8", "avx512_bf16")
     assert tuple(tier.name for tier in TIERS if tier.native_bf16) == BF16_TIERS
+
+
+def test_batching_settings_are_kept() -> None:
+    spec = parse_spec(with_("serving.batching", {"maxBatch": 4, "timeoutMs": 0.5}))
+    assert (spec.max_batch, spec.batch_timeout_ms) == (4, 0.5)
+    assert parse_spec(with_("serving.batching", {"maxBatch": 8})).batch_timeout_ms == 2
