@@ -1,0 +1,136 @@
+"""The operator's own caches: kept from events, filled by a LIST at start-up, echo-proof."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qfleet.fleet import names
+from qfleet.isa import NFD_PREFIX
+from qfleet.operator.cache import NODES_KEY, OWNED, SERVER_PODS, ClusterCache, Index
+
+
+def child(
+    kind: str, name: str, model: str, *, labels: dict[str, str] | None = None, **status: Any
+) -> dict[str, Any]:
+    return {
+        "kind": kind,
+        "metadata": {
+            "name": name,
+            "namespace": "ns",
+            "generation": 1,
+            "labels": dict(labels if labels is not None else OWNED),
+            "annotations": {names.ANNOTATION_MODEL_NAME: model},
+        },
+        "spec": {"replicas": 2},
+        "status": status,
+    }
+
+
+def node(name: str, *, ready: str = "True") -> dict[str, Any]:
+    return {
+        "kind": "Node",
+        "metadata": {"name": name, "labels": {NFD_PREFIX + "AVX2": "true"}},
+        "status": {"allocatable": {"cpu": "8"}, "conditions": [{"type": "Ready", "status": ready}]},
+    }
+
+
+def test_an_index_groups_objects_under_their_model_and_forgets_deleted_ones() -> None:
+    index = Index()
+    assert index.put(("ns", "a"), ("ns", "m"), 1) is True
+    assert index.put(("ns", "b"), ("ns", "m"), 2) is True
+    assert index.put(("ns", "b"), ("ns", "m"), 2) is False  # the same again: no change
+    assert sorted(index[("ns", "m")]) == [1, 2] and index.get(("ns", "x"), ()) == ()
+    assert index.remove(("ns", "a")) == ("ns", "m")
+    assert index.remove(("ns", "b")) == ("ns", "m")
+    assert ("ns", "m") not in index and len(index) == 0 and index.objects() == 0
+
+
+def test_an_object_that_changes_its_key_moves() -> None:
+    index = Index()
+    index.put(("ns", "a"), ("ns", "m1"), 1)
+    assert index.put(("ns", "a"), ("ns", "m2"), 1) is True
+    assert list(index) == [("ns", "m2")]
+
+
+def test_events_report_the_model_whose_view_changed_and_only_then() -> None:
+    cache = ClusterCache()
+    deployment = child("Deployment", "m-avx2", "m")
+    assert cache.observe("deployments", None, deployment) == ("ns", "m")
+    assert cache.observe("deployments", "MODIFIED", deployment) is None  # nothing new
+    deployment["status"] = {"readyReplicas": 2}
+    assert cache.observe("deployments", "MODIFIED", deployment) == ("ns", "m")
+    assert cache["deployments"][("ns", "m")][0]["spec"] == {"replicas": 2}
+    assert cache.observe("deployments", "DELETED", deployment) == ("ns", "m")
+    assert ("ns", "m") not in cache["deployments"]
+
+
+def test_objects_qfleet_does_not_own_are_not_cached() -> None:
+    cache = ClusterCache()
+    assert cache.observe("services", None, child("Service", "other", "m", labels={})) is None
+    assert len(cache["services"]) == 0
+
+
+def test_server_pods_keep_only_what_the_planner_reads() -> None:
+    cache = ClusterCache()
+    pod = child("Pod", "m-avx2-1", "m", labels=SERVER_PODS, phase="Running", podIP="10.0.0.1")
+    pod["status"]["containerStatuses"] = [{"ready": True, "restartCount": 0, "state": {}, "image": "x"}]
+    cache.observe("server_pods", None, pod)
+    (cached,) = cache["server_pods"][("ns", "m")]
+    assert cached["status"] == {
+        "phase": "Running",
+        "conditions": [],
+        "initContainerStatuses": [],
+        "containerStatuses": [{"ready": True, "restartCount": 0, "state": {}}],
+    }
+
+
+def test_nodes_are_one_key_and_an_unusable_node_leaves_it() -> None:
+    cache = ClusterCache()
+    assert cache.observe("nodes", None, node("n1")) == NODES_KEY
+    assert cache.observe("nodes", None, node("n1")) is None
+    assert len(cache["nodes"][NODES_KEY]) == 1
+    assert cache.observe("nodes", "MODIFIED", node("n1", ready="False")) == NODES_KEY
+    assert NODES_KEY not in cache["nodes"]
+
+
+def test_the_operators_own_writes_make_the_watch_echo_a_no_op() -> None:
+    cache = ClusterCache()
+    answer = child("Deployment", "m-avx2", "m")
+    cache.written(answer)
+    assert cache.observe("deployments", "ADDED", answer) is None  # no second reconcile
+    cache.written({"kind": "QuantizedModel", "metadata": {"name": "m", "namespace": "ns"}})  # ignored
+
+
+def test_what_only_the_start_up_list_saw_is_dropped_at_the_first_resync() -> None:
+    cache = ClusterCache()
+    cache.observe("deployments", None, child("Deployment", "gone-avx2", "gone"), confirmed=False)
+    cache.observe("deployments", None, child("Deployment", "kept-avx2", "kept"), confirmed=False)
+    cache.observe("deployments", None, child("Deployment", "kept-avx2", "kept"))  # kopf's event
+    assert cache.drop_unconfirmed() == {("ns", "gone")}
+    assert list(cache["deployments"]) == [("ns", "kept")]
+
+
+class ListingApi:
+    def __init__(self, collections: dict[str, list[dict[str, Any]]]) -> None:
+        self.collections = collections
+        self.paths: list[str] = []
+
+    async def list_items(self, path: str) -> list[dict[str, Any]]:
+        self.paths.append(path)
+        return self.collections.get(path, [])
+
+
+async def test_the_start_up_snapshot_lists_each_collection_once_per_namespace() -> None:
+    api = ListingApi(
+        {
+            "/apis/apps/v1/namespaces/a/deployments": [child("Deployment", "m-avx2", "m")],
+            "/api/v1/namespaces/b/pods": [child("Pod", "m-avx2-1", "m", labels=SERVER_PODS)],
+            "/api/v1/nodes": [node("n1")],
+        }
+    )
+    cache = ClusterCache()
+    assert await cache.snapshot(api, ["a", "b"]) == 3  # type: ignore[arg-type]
+    assert api.paths.count("/api/v1/namespaces/a/pods") == 1  # both pod kinds, one LIST
+    assert api.paths.count("/api/v1/nodes") == 1  # nodes are cluster-scoped
+    assert len(api.paths) == 6 * 2 + 1  # six namespaced collections, and the nodes
+    assert ("ns", "m") in cache["deployments"] and ("ns", "m") in cache["server_pods"]
