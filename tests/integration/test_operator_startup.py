@@ -64,7 +64,8 @@ def resumed_model(index: int, cameras: int) -> dict[str, Any]:
     }  # fmt: skip
     storage = kopf.AnnotationsDiffBaseStorage(prefix=names.GROUP, key="last-handled-configuration")
     patch = kopf.Patch()
-    storage.store(body=kopf.Body(body), patch=patch, essence=storage.build(body=kopf.Body(body)))
+    raw = kopf.Body(body)  # type: ignore[arg-type]  # a plain dict is a raw body
+    storage.store(body=raw, patch=patch, essence=storage.build(body=raw))
     body["metadata"]["annotations"] = dict(patch["metadata"]["annotations"])
     return body
 
