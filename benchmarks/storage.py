@@ -9,7 +9,13 @@ RSS beyond that of a process that only imported boto3 and built the client (goal
 The local server is itself a Python process on the same CPUs, so the ratio is a lower bound for
 a real store on another machine.
 
-    python benchmarks/storage.py [--mb 250] [--repeat 3] [--no-write]
+Then the serving pod's init container for an iResNet-100 INT8 model: the checkpoint built by
+``benchmarks/iresnet.py``, converted with qfleet, its weights stored in int8 (NNCF weight
+compression: the bytes per weight of a quantized IR), published, and fetched by a whole
+``qfleet fetch`` process as the init container runs it. That is the time the init container adds
+before the server starts loading (cached below ``build/`` after the first run).
+
+    python benchmarks/storage.py [--mb 250] [--repeat 3] [--no-iresnet100] [--no-write]
 """
 
 from __future__ import annotations
@@ -26,9 +32,18 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # the tests package: its S3 server helper
 
-from _common import RESULTS, cpu_model, replace_section, script_parser, utc_stamp  # noqa: E402
-from qfleet.storage.publish import publish  # noqa: E402
+from _common import (  # noqa: E402
+    RESULTS,
+    cpu_model,
+    load_average,
+    replace_section,
+    script_parser,
+    utc_stamp,
+)
+from qfleet.isa import detect_host_tier, has_native_bf16  # noqa: E402
+from qfleet.storage.publish import UPLOAD_KEY, publish  # noqa: E402
 from qfleet.storage.s3 import S3Store  # noqa: E402
+from qfleet.storage.transfer import CHUNK_SIZE  # noqa: E402
 from qfleet.storage.uris import parse_s3_uri  # noqa: E402
 from tests.support.s3 import s3_server  # noqa: E402
 
@@ -94,7 +109,7 @@ def raw_get_once(server_client: object, key: str) -> float:
     """MB/s of reading the object and discarding it: what the server itself can send."""
     started = time.perf_counter()
     body = server_client.get_object(Bucket=BUCKET, Key=key)["Body"]  # type: ignore[attr-defined]
-    size = sum(len(chunk) for chunk in body.iter_chunks(1 << 20))
+    size = sum(len(chunk) for chunk in body.iter_chunks(CHUNK_SIZE))
     return size / 1e6 / (time.perf_counter() - started)
 
 
@@ -106,12 +121,57 @@ def copy_once(source: Path, target: Path) -> tuple[float, float]:
     return seconds, source.stat().st_size / 1e6 / seconds
 
 
+CACHE = REPO / "build" / "bench-cache" / "iresnet100-int8"
+
+
+def iresnet100_int8(folder: Path) -> Path:
+    """An iResNet-100 model directory with int8 weights and a qfleet.json (built once, cached)."""
+    if (folder / "qfleet.json").is_file():
+        return folder
+    import nncf
+    import openvino as ov
+
+    from iresnet import build_checkpoint
+    from qfleet.model.convert import convert_model
+
+    with tempfile.TemporaryDirectory(prefix="qfleet-iresnet100-") as tmp:
+        build_checkpoint(100, Path(tmp) / "r100" / "model")
+        fp32 = Path(tmp) / "fp32"
+        convert_model(Path(tmp) / "r100" / "model", fmt="mxnet", out_dir=fp32, epoch=1)
+        compressed = nncf.compress_weights(ov.Core().read_model(fp32 / "model.xml"))
+        folder.mkdir(parents=True, exist_ok=True)
+        ov.save_model(compressed, folder / "model.xml", compress_to_fp16=False)
+        meta = json.loads((fp32 / "qfleet.json").read_text()) | {
+            "kind": "int8",
+            "benchmark_note": "int8 weights",
+        }
+        (folder / "qfleet.json").write_text(json.dumps(meta))
+    return folder
+
+
+def init_container_seconds(model: Path, env: dict[str, str], work: Path, repeat: int) -> tuple[float, int]:
+    """Median wall seconds of the init container's ``qfleet fetch`` of ``model``, and its bytes."""
+    import statistics
+
+    uri = f"s3://{BUCKET}/iresnet100/key/avx512_vnni/int8"
+    staged = work / "r100-int8"
+    shutil.copytree(model, staged)
+    publish(staged, parse_s3_uri(uri), store=S3Store())
+    runs = [fetch_once(uri, work / "r100-fetched", env)[0] for _ in range(repeat)]
+    return statistics.median(runs), sum(path.stat().st_size for path in staged.iterdir())
+
+
 def main() -> None:
     parser = script_parser(__doc__)
     parser.add_argument("--mb", type=int, default=250, help="model.bin size in MB (default %(default)s)")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each, best kept (default %(default)s)")
     parser.add_argument("--no-write", action="store_true", help=f"do not update {RESULTS.name}")
+    parser.add_argument(
+        "--no-iresnet100", action="store_true", help="skip the init container of an iResNet-100 model"
+    )
     args = parser.parse_args()
+    r100 = None if args.no_iresnet100 else iresnet100_int8(CACHE)
+    tier, load = detect_host_tier(), load_average()
 
     with tempfile.TemporaryDirectory(prefix="qfleet-storage-bench-") as tmp, s3_server() as server:
         work = Path(tmp)
@@ -129,16 +189,20 @@ def main() -> None:
             ).stdout.split()[-1]
         )
         fetches = [fetch_once(uri, work / "fetched", env) for _ in range(args.repeat)]
-        raw = max(raw_get_once(server.client(), "bench/int8/model.bin") for _ in range(args.repeat))
+        marker = server.client().get_object(Bucket=BUCKET, Key="bench/int8/qfleet.json")["Body"].read()
+        stored = f"bench/int8/{json.loads(marker)[UPLOAD_KEY]}/model.bin"
+        raw = max(raw_get_once(server.client(), stored) for _ in range(args.repeat))
         copies = [copy_once(model / "model.bin", work / "copy.bin") for _ in range(args.repeat)]
         # Neither fsyncs: both are measured to the page cache, like with like.
         best_fetch = max(fetches, key=lambda run: run[1])
         best_copy = max(copies, key=lambda run: run[1])
         peak_kib = max(run[2] for run in fetches)
         ratio = max(run[3] for run in fetches) / best_copy[1]
+        init = init_container_seconds(r100, env, work, args.repeat) if r100 is not None else None
 
     lines = [
-        f"CPU: {cpu_model()}, {os.cpu_count()} CPUs; {size / 1e6:.0f} MB artifact; best of {args.repeat}",
+        f"CPU: {cpu_model()}, tier {tier}, native bf16 {'yes' if has_native_bf16(tier) else 'no'}, "
+        f"{os.cpu_count()} CPUs; 1-min load {load:.1f} at the start; {size / 1e6:.0f} MB artifact; best of {args.repeat}",
         f"qfleet fetch (local S3 server, sha256 verified): {best_fetch[1]:.0f} MB/s ({best_fetch[0]:.2f} s, "
         f"whole process); {max(run[3] for run in fetches):.0f} MB/s as fetch reports it (transfer only)",
         f"plain copy (shutil.copyfile):                    {best_copy[1]:.0f} MB/s ({best_copy[0]:.2f} s)",
@@ -147,6 +211,11 @@ def main() -> None:
         f"fetch process peak RSS: {peak_kib / 1024:.0f} MiB in all (goal < 100 MB beyond the "
         f"{baseline / 1024:.0f} MiB of a process that only built the boto3 client)",
     ]
+    if init is not None:
+        lines.append(
+            f"init container (qfleet fetch, whole process) of an iResNet-100 INT8 model, {init[1] / 1e6:.0f} MB: "
+            f"{init[0]:.2f} s median of {args.repeat}"
+        )
     print("\n".join(lines))
     if not args.no_write:
         section = (
