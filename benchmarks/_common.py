@@ -15,6 +15,7 @@ import os
 import platform
 import re
 import resource
+import socket
 import subprocess
 import sys
 import tempfile
@@ -50,6 +51,18 @@ def cpu_model() -> str:
         if key.strip() == "model name":
             return value.strip()
     return platform.processor() or "unknown CPU"
+
+
+def load_average() -> float:
+    """The 1-minute load average (what `uptime` shows first)."""
+    return os.getloadavg()[0]
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a server that needs a second, known port)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def utc_stamp(fmt: str = "%Y-%m-%d %H:%M UTC") -> str:

@@ -1,24 +1,33 @@
-"""Does the server deliver the FPS that ``qfleet benchmark`` measured? And does the plan hold?
+"""Does the server deliver the FPS that ``qfleet benchmark`` measured, over REST and gRPC, with
+dynamic batching? And does the plan hold when the replicas batch?
 
 One run, one INT8 model, on this machine:
 
-1. Server overhead: ``qfleet benchmark`` (its own process, straight on OpenVINO) alternating with
-   ``qfleet serve`` (its own process, as in a pod) saturated over HTTP with the binary tensor
-   extension (closed loop: ``--concurrency`` clients each sending a frame of
-   ``--faces-per-frame`` faces as soon as the last was answered), ``--rounds`` times, then
-   ``qfleet benchmark`` once more; the ratio of the medians is the goal (>= 90%). Alternating
-   spreads the load that other processes put on a shared machine over both alike.
-2. The plan holds: the unloaded latency of one frame (one request in the system at a time), then
-   ``qfleet loadtest`` (open loop) offering 0.9x and 1.3x the measured direct FPS: at 0.9x no
-   errors and p95 a small multiple of the unloaded latency; at 1.3x achieved faces/s levels off
-   near the capacity instead of following the offer.
+0. Batch sweep: ``qfleet benchmark --batch N --dynamic-batch`` for N in ``--sweep`` (1: the
+   plain batch-1 benchmark); the best FPS is the "best-batch FPS".
+1. Protocol overhead at the serving batch B (``--max-batch``): ``qfleet serve --max-batch B``
+   saturated by ``--concurrency`` closed-loop clients, each sending B-face requests as soon as the
+   last was answered, over REST (binary tensor extension) and over gRPC, alternating with
+   ``qfleet benchmark --batch B --dynamic-batch`` (compiled as the server compiles it),
+   ``--rounds`` times, then the benchmark once more. Goal: each protocol >= 95% of the benchmark
+   (ratio of medians). Alternating spreads the load of other processes over all alike.
+2. Cameras: ``--cameras`` closed-loop clients sending 1-face requests (REST binary) to the
+   server with batching (``--max-batch B``) and without (``--max-batch 1``). Goal: with batching
+   >= 90% of the best-batch FPS.
+3. The plan holds with batching on: the unloaded latency of one face, then ``qfleet loadtest``
+   (open loop) of ``--cameras`` cameras x 1 face offering 0.8x, 0.9x and 1.3x the batch-B FPS
+   (what the operator plans with): at 0.9x no errors, at 1.3x achieved faces/s levels off near
+   capacity.
+
+The clients run on the same machine and take some of its CPU: what the server delivers is
+measured with that cost included, as a pod's neighbours would not have it.
 
 Without ``--model`` an iResNet-50-shaped MXNet checkpoint (random weights, ``iresnet.py``) goes
 through ``qfleet convert`` and NNCF ``quantize`` (performance preset, random calibration crops)
 once; the INT8 IR is cached under ``--work``. Results go to stdout (JSON with ``--json``) and,
-with ``--results``, into the "Serving" section of ``benchmarks/RESULTS.md``.
+with ``--results``, into the "Serving" and "Batch size" sections of ``benchmarks/RESULTS.md``.
 
-    python benchmarks/serving.py [--model XML] [--seconds 20] [--results benchmarks/RESULTS.md]
+    python benchmarks/serving.py [--model XML] [--seconds 20] [--max-batch 4] [--results benchmarks/RESULTS.md]
 """
 
 from __future__ import annotations
@@ -40,6 +49,8 @@ import numpy as np
 from _common import (
     CpuMeter,
     cpu_model,
+    free_port,
+    load_average,
     qfleet_json,
     replace_section,
     script_parser,
@@ -53,7 +64,8 @@ from qfleet.serving.protocol import HEADER_LENGTH, decode_infer_response, encode
 
 T = TypeVar("T")
 SECTION_TITLE = "## Serving"
-#: Open-loop offers, as multiples of the direct FPS: the operator's default planning utilisation
+BATCH_SECTION_TITLE = "## Batch size (iResNet-50 INT8)"
+#: Open-loop offers, as multiples of the batch-B FPS: the operator's default planning utilisation
 #: (0.8), the issue's 0.9x ("no errors, p95 a small multiple of unloaded") and 1.3x (overload).
 OFFERED_FACTORS = (0.8, 0.9, 1.3)
 DEFAULT_WORK = Path(tempfile.gettempdir()) / "qfleet-benchmarks" / "serving"
@@ -98,7 +110,7 @@ async def _model_input(session: Any, url: str) -> tuple[str, str, list[int]]:
 async def closed_loop(
     url: str, *, concurrency: int, faces_per_request: int, seconds: float, warmup_s: float
 ) -> dict[str, Any]:
-    """``concurrency`` clients back to back; faces/s of answers completed in the measured window."""
+    """``concurrency`` REST clients back to back; faces/s of answers completed in the measured window."""
     import aiohttp
 
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
@@ -127,6 +139,53 @@ async def closed_loop(
                 done.append((sent, loop.time()))
 
         await asyncio.gather(*(client() for _ in range(concurrency)))
+    return _window_report(done, errors, begin=begin, end=end, concurrency=concurrency,
+                          faces_per_request=faces_per_request, seconds=seconds)  # fmt: skip
+
+
+async def closed_loop_grpc(
+    target: str, model: str, *, concurrency: int, faces_per_request: int, seconds: float, warmup_s: float
+) -> dict[str, Any]:
+    """``concurrency`` gRPC clients back to back (over a few HTTP/2 channels, as loadtest does)."""
+    from qfleet.serving.grpc_client import GrpcClient
+
+    async with GrpcClient(target, channels=min(concurrency, 8), timeout_s=120) as client:
+        model_input = (await client.model_metadata(model))["inputs"][0]
+        crops = np.random.default_rng(0).integers(
+            0, 256, size=(faces_per_request, *model_input["shape"][1:]), dtype=np.uint8
+        )
+        request = client.infer_request(model, model_input["name"], crops)
+        loop = asyncio.get_running_loop()
+        begin = loop.time() + warmup_s
+        end = begin + seconds
+        done: list[tuple[float, float]] = []
+        errors = 0
+
+        async def one_client() -> None:
+            nonlocal errors
+            while (sent := loop.time()) < end:
+                outcome = await client.infer(request)
+                if isinstance(outcome, str):
+                    errors += 1
+                    continue
+                assert all(array.shape[0] == faces_per_request for array in outcome.values())
+                done.append((sent, loop.time()))
+
+        await asyncio.gather(*(one_client() for _ in range(concurrency)))
+    return _window_report(done, errors, begin=begin, end=end, concurrency=concurrency,
+                          faces_per_request=faces_per_request, seconds=seconds)  # fmt: skip
+
+
+def _window_report(
+    done: list[tuple[float, float]],
+    errors: int,
+    *,
+    begin: float,
+    end: float,
+    concurrency: int,
+    faces_per_request: int,
+    seconds: float,
+) -> dict[str, Any]:
     in_window = [(sent, answered) for sent, answered in done if begin <= answered < end]
     return {
         "faces_per_s": round(len(in_window) * faces_per_request / seconds, 3),
@@ -139,10 +198,14 @@ async def closed_loop(
     }
 
 
-def direct_benchmark(model_xml: Path, *, seconds: float, threads: int | None) -> dict[str, Any]:
-    """``qfleet benchmark --json`` in its own process (what the quantization Job runs)."""
+def direct_benchmark(
+    model_xml: Path, *, seconds: float, threads: int | None, batch: int = 1
+) -> dict[str, Any]:
+    """``qfleet benchmark --json`` in its own process (what the quantization Job runs); at
+    ``batch`` > 1 compiled as ``qfleet serve --max-batch`` compiles it."""
     args = ["benchmark", "--model", str(model_xml), "--seconds", str(seconds)]
     args += [] if threads is None else ["--threads", str(threads)]
+    args += [] if batch == 1 else ["--batch", str(batch), "--dynamic-batch"]
     for attempt in (1, 2):
         try:
             return qfleet_json(*args, timeout=3 * seconds + 120)
@@ -152,24 +215,64 @@ def direct_benchmark(model_xml: Path, *, seconds: float, threads: int | None) ->
     raise RuntimeError("qfleet benchmark did not finish twice in a row")
 
 
+def _median(runs: list[dict[str, Any]], key: str) -> float:
+    return float(statistics.median(float(run[key]) for run in runs))
+
+
+class _Run:
+    """The measurements of one run, and how to take each on a shared machine."""
+
+    def __init__(self, model_xml: Path, *, seconds: float, threads: int | None, quiet_cores: float,
+                 wait_quiet_s: float) -> None:  # fmt: skip
+        self.model_xml = model_xml
+        self.seconds = seconds
+        self.threads = threads
+        self.quiet_cores = quiet_cores
+        self.wait_quiet_s = wait_quiet_s
+        self.meter = CpuMeter()
+
+    def measure(self, name: str, phase: Callable[[], T]) -> T:
+        print(f"measuring {name}", file=sys.stderr)
+        return self.meter.measure(name, phase, max_cores=self.quiet_cores, wait_s=self.wait_quiet_s)
+
+    def direct(self, name: str, batch: int) -> dict[str, Any]:
+        return self.measure(
+            name,
+            lambda: direct_benchmark(self.model_xml, seconds=self.seconds, threads=self.threads, batch=batch),
+        )
+
+    def rest(self, name: str, url: str, *, concurrency: int, faces: int) -> dict[str, Any]:
+        return self.measure(name, lambda: asyncio.run(closed_loop(
+            url, concurrency=concurrency, faces_per_request=faces, seconds=self.seconds, warmup_s=3.0)))  # fmt: skip
+
+    def grpc(self, name: str, target: str, model: str, *, concurrency: int, faces: int) -> dict[str, Any]:
+        return self.measure(name, lambda: asyncio.run(closed_loop_grpc(
+            target, model, concurrency=concurrency, faces_per_request=faces, seconds=self.seconds,
+            warmup_s=3.0)))  # fmt: skip
+
+    def server_args(self, max_batch: int, batch_timeout_ms: float, grpc_port: int) -> list[str]:
+        args = [] if self.threads is None else ["--threads", str(self.threads)]
+        args += ["--max-batch", str(max_batch), "--batch-timeout-ms", f"{batch_timeout_ms:g}"]
+        return [*args, "--grpc-port", str(grpc_port)]
+
+
 def run(
     *,
     model_xml: Path,
     seconds: float,
     rounds: int,
-    faces_per_frame: int,
+    max_batch: int,
+    batch_timeout_ms: float,
+    sweep: tuple[int, ...],
     cameras: int,
     concurrency: int,
     threads: int | None,
     quiet_cores: float,
     wait_quiet_s: float,
 ) -> dict[str, Any]:
-    serve_args = [] if threads is None else ["--threads", str(threads)]
-    meter = CpuMeter()
-
-    def measure(name: str, phase: Callable[[], T]) -> T:
-        return meter.measure(name, phase, max_cores=quiet_cores, wait_s=wait_quiet_s)
-
+    bench = _Run(
+        model_xml, seconds=seconds, threads=threads, quiet_cores=quiet_cores, wait_quiet_s=wait_quiet_s
+    )
     result: dict[str, Any] = {
         "model": str(model_xml),
         "model_kind": read_metadata(model_xml).get("kind", "unknown"),
@@ -177,156 +280,210 @@ def run(
         "cores": os.cpu_count(),
         "isa": detect_host_tier(),
         "measured_at": utc_stamp(),
-        "faces_per_frame": faces_per_frame,
+        "load_average_1m_at_start": load_average(),
+        "max_batch": max_batch,
+        "batch_timeout_ms": batch_timeout_ms,
         "quiet_cores": quiet_cores,
-        "phases": meter.phases,
+        "phases": bench.meter.phases,
     }
-    direct: list[dict[str, Any]] = []
-    saturated: list[dict[str, Any]] = []
-    with server_process(model_xml, *serve_args) as (url, server):
-        meter.server_pid = server.pid
-        # Alternate direct and HTTP so that load from other processes hits both alike; the
-        # server process sits idle while the direct benchmark runs.
-        for index in range(rounds + 1):
-            direct.append(
-                measure(
-                    f"direct_{index + 1}",
-                    lambda: direct_benchmark(model_xml, seconds=seconds, threads=threads),
-                )
-            )
-            if index == rounds:
-                break
-            saturated.append(
-                measure(
-                    f"http_{index + 1}",
-                    lambda: asyncio.run(
-                        closed_loop(
-                            url,
-                            concurrency=concurrency,
-                            faces_per_request=faces_per_frame,
-                            seconds=seconds,
-                            warmup_s=3.0,
-                        )
-                    ),
-                )
-            )
+    sweep_runs = {batch: bench.direct(f"sweep_b{batch}", batch) for batch in sweep}
+    result["sweep"] = {
+        str(batch): {"fps": round(run["fps"], 2), "latency_ms_median": round(run["latency_ms_median"], 2)}
+        for batch, run in sweep_runs.items()
+    }
+    best_batch = max(sweep_runs, key=lambda batch: sweep_runs[batch]["fps"])
+    result["best_batch"] = {"batch": best_batch, "fps": round(sweep_runs[best_batch]["fps"], 2)}
 
-        capacity = statistics.median(run["fps"] for run in direct)
-        http_fps = statistics.median(run["faces_per_s"] for run in saturated)
+    grpc_port = free_port()
+    with server_process(model_xml, *bench.server_args(max_batch, batch_timeout_ms, grpc_port)) as (
+        url,
+        server,
+    ):
+        bench.meter.server_pid = server.pid
+        model = read_model_name(url)
+        grpc_target = f"127.0.0.1:{grpc_port}"
+        # 1. Protocol overhead at batch B: B-face requests, each one inference.
+        direct: list[dict[str, Any]] = []
+        rest: list[dict[str, Any]] = []
+        grpc: list[dict[str, Any]] = []
+        for index in range(rounds):
+            direct.append(bench.direct(f"direct_{index + 1}", max_batch))
+            rest.append(bench.rest(f"rest_{index + 1}", url, concurrency=concurrency, faces=max_batch))
+            grpc.append(bench.grpc(f"grpc_{index + 1}", grpc_target, model, concurrency=concurrency,
+                                   faces=max_batch))  # fmt: skip
+        direct.append(bench.direct(f"direct_{rounds + 1}", max_batch))
+        capacity = _median(direct, "fps")
         result["direct"] = {
-            "fps_runs": [round(run["fps"], 3) for run in direct],
-            "fps": round(capacity, 3),
+            "batch": max_batch,
+            "fps_runs": [round(run["fps"], 2) for run in direct],
+            "fps": round(capacity, 2),
             "streams": direct[0]["streams"],
             "infer_requests": direct[0]["infer_requests"],
-            "latency_ms_median": round(direct[0]["latency_ms_median"], 3),
+            "latency_ms_median": round(_median(direct, "latency_ms_median"), 2),
         }
-        result["http_saturation"] = {
-            **saturated[-1],
-            "faces_per_s_runs": [run["faces_per_s"] for run in saturated],
-            "faces_per_s": round(http_fps, 3),
-            "errors": sum(run["errors"] for run in saturated),
-        }
-        result["http_vs_direct"] = round(http_fps / capacity, 4)
-
-        unloaded = measure(
-            "unloaded",
-            lambda: asyncio.run(
-                closed_loop(
-                    url,
-                    concurrency=1,
-                    faces_per_request=faces_per_frame,
-                    seconds=max(seconds / 2, 5.0),
-                    warmup_s=1.0,
-                )
-            ),
-        )
-        result["unloaded"] = unloaded
+        for name, runs in (("rest", rest), ("grpc", grpc)):
+            fps = _median(runs, "faces_per_s")
+            result[name] = {
+                **runs[-1],
+                "faces_per_s_runs": [run["faces_per_s"] for run in runs],
+                "faces_per_s": round(fps, 2),
+                "errors": sum(run["errors"] for run in runs),
+                "over_direct": round(fps / capacity, 4),
+            }
+        # 2. Cameras, 1-face requests, with batching.
+        cams_batched = [
+            bench.rest(f"cameras_batched_{i + 1}", url, concurrency=cameras, faces=1) for i in range(rounds)
+        ]
+        # 3. The plan with batching on.
+        result["unloaded"] = bench.measure("unloaded", lambda: asyncio.run(closed_loop(
+            url, concurrency=1, faces_per_request=1, seconds=max(seconds / 2, 5.0), warmup_s=1.0)))  # fmt: skip
         for factor in OFFERED_FACTORS:
-            # The operator plans with the direct FPS, so that is the capacity offered against.
-            camera_fps = factor * capacity / (cameras * faces_per_frame)
-            spec = LoadSpec(
-                url=url,
-                cameras=cameras,
-                camera_fps=camera_fps,
-                faces_per_frame=faces_per_frame,
-                seconds=seconds * 1.5,
-                binary=True,
-                timeout_s=120.0,
-            )
-            report = measure(f"offered_{factor:g}x", functools.partial(loadtest, spec))
+            spec = LoadSpec(url=url, cameras=cameras, camera_fps=factor * capacity / cameras, faces_per_frame=1,
+                            seconds=seconds * 1.5, binary=True, timeout_s=120.0)  # fmt: skip
+            report = bench.measure(f"offered_{factor:g}x", functools.partial(loadtest, spec))
             p95 = report["latency_ms"]["p95"]
-            unloaded_p50 = unloaded["latency_ms"]["p50"]
+            unloaded_p50 = result["unloaded"]["latency_ms"]["p50"]
             report["p95_over_unloaded_p50"] = round(p95 / unloaded_p50, 2) if p95 and unloaded_p50 else None
             report["achieved_over_capacity"] = round(report["achieved_fps"] / capacity, 4)
             result[f"offered_{factor:g}x"] = report
+    with server_process(model_xml, *bench.server_args(1, batch_timeout_ms, free_port())) as (url, server):
+        bench.meter.server_pid = server.pid
+        cams_plain = [
+            bench.rest(f"cameras_unbatched_{i + 1}", url, concurrency=cameras, faces=1) for i in range(rounds)
+        ]
+    best = result["best_batch"]["fps"]
+    for name, runs in (("cameras_batched", cams_batched), ("cameras_unbatched", cams_plain)):
+        fps = _median(runs, "faces_per_s")
+        result[name] = {
+            **runs[-1],
+            "faces_per_s_runs": [run["faces_per_s"] for run in runs],
+            "faces_per_s": round(fps, 2),
+            "errors": sum(run["errors"] for run in runs),
+            "over_best_batch": round(fps / best, 4),
+        }
+    result["load_average_1m_at_end"] = load_average()
     return result
 
 
+def read_model_name(url: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(
+        urllib.request.Request(f"{url}/v2/repository/index", method="POST")
+    ) as response:
+        return str(json.load(response)[0]["name"])
+
+
+def _others(phases: dict[str, Any], prefix: str) -> str:
+    return " / ".join(
+        f"{phase['others_cores']:.2f} ({phase['load_average_1m']:.1f})"
+        for name, phase in phases.items()
+        if name.startswith(prefix)
+    )
+
+
+def _goal(value: float, goal: float) -> str:
+    return "met" if value >= goal else "**NOT met**"
+
+
 def markdown(result: dict[str, Any]) -> str:
-    direct = result["direct"]
-    http = result["http_saturation"]
-    unloaded = result["unloaded"]["latency_ms"]
+    direct, rest, grpc = result["direct"], result["rest"], result["grpc"]
+    batched, plain = result["cameras_batched"], result["cameras_unbatched"]
     phases = result["phases"]
-    k = result["faces_per_frame"]
+    b = result["max_batch"]
+    best = result["best_batch"]
 
-    def others(prefix: str) -> str:
-        return " / ".join(
-            f"{phase['others_cores']:.2f} ({phase['load_average_1m']:.1f})"
-            for name, phase in phases.items()
-            if name.startswith(prefix)
-        )
+    def runs(values: list[float]) -> str:
+        return " / ".join(f"{value:.1f}" for value in values)
 
-    runs = " / ".join(f"{fps:.1f}" for fps in direct["fps_runs"])
-    http_runs = " / ".join(f"{fps:.1f}" for fps in http["faces_per_s_runs"])
     lines = [
         SECTION_TITLE,
         "",
         f"`python benchmarks/serving.py` on {result['cpu']}, {result['cores']} cores, ISA tier "
-        f"{result['isa']}, {result['measured_at']}. Model: `{Path(result['model']).parent.name}` "
-        f"({result['model_kind'].upper()}, THROUGHPUT hint: {direct['streams']} streams; `qfleet benchmark` "
-        f"keeps {direct['infer_requests']} infer requests busy, the server twice as many). "
-        "The machine was shared with other jobs: each phase waited until other processes used at most "
-        f"{result['quiet_cores']:g} cores and was repeated (up to 3 times, keeping the cleanest) when they "
-        f"used more; the last column is the CPU that *other* processes used during each phase, in cores "
-        f"(of {result['cores']}; 0 means a clean measurement), and in brackets the 1-minute load average "
-        "at its end (which counts this benchmark's own server and client too).",
+        f"{result['isa']}, {result['measured_at']}; 1-minute load average {result['load_average_1m_at_start']:.2f} "
+        f"at the start, {result['load_average_1m_at_end']:.2f} at the end. Model: "
+        f"`{Path(result['model']).parent.name}` ({result['model_kind'].upper()}, THROUGHPUT hint: "
+        f"{direct['streams']} streams, {direct['infer_requests']} infer requests). Server: "
+        f"`qfleet serve --max-batch {b} --batch-timeout-ms {result['batch_timeout_ms']:g}`, REST and gRPC from "
+        "one process; the clients run on the same cores. Each phase waited until other processes used at "
+        f"most {result['quiet_cores']:g} cores (repeated up to 3 times when they used more); the last column is "
+        "the CPU other processes used during the phase, in cores, and in brackets the 1-minute load average at "
+        "its end (this benchmark's own server and clients included).",
         "",
         "| measurement | faces/s | latency ms (p50 / p95 / p99) | errors | others' CPU (load) |",
         "|---|---:|---|---:|---|",
-        f"| `qfleet benchmark` (direct), runs alternating with HTTP | {runs} (median **{direct['fps']:.1f}**) "
-        f"| median {direct['latency_ms_median']:.0f} per inference | - | {others('direct_')} |",
-        f"| HTTP saturation, binary, {k} faces/request, {http['concurrency']} clients | {http_runs} "
-        f"(median **{http['faces_per_s']:.1f}** = **{result['http_vs_direct']:.1%}** of direct) | "
-        f"{_ms(http['latency_ms'])} (last run) | {http['errors']} | {others('http_')} |",
-        f"| unloaded: one {k}-face frame at a time | {result['unloaded']['faces_per_s']:.1f} | "
-        f"{_ms(unloaded)} | {result['unloaded']['errors']} | {others('unloaded')} |",
+        f"| `qfleet benchmark --batch {b} --dynamic-batch`, runs alternating with REST and gRPC | "
+        f"{runs(direct['fps_runs'])} (median **{direct['fps']:.1f}**) | median {direct['latency_ms_median']:.0f} "
+        f"per batch | - | {_others(phases, 'direct_')} |",
+        f"| REST binary at saturation, {b} faces/request, {rest['concurrency']} clients | "
+        f"{runs(rest['faces_per_s_runs'])} (median **{rest['faces_per_s']:.1f}** = **{rest['over_direct']:.1%}**) "
+        f"| {_ms(rest['latency_ms'])} (last run) | {rest['errors']} | {_others(phases, 'rest_')} |",
+        f"| gRPC at saturation, {b} faces/request, {grpc['concurrency']} clients | "
+        f"{runs(grpc['faces_per_s_runs'])} (median **{grpc['faces_per_s']:.1f}** = **{grpc['over_direct']:.1%}**) "
+        f"| {_ms(grpc['latency_ms'])} (last run) | {grpc['errors']} | {_others(phases, 'grpc_')} |",
+        f"| {batched['concurrency']} cameras, 1 face/request, REST, `--max-batch {b}` | "
+        f"{runs(batched['faces_per_s_runs'])} (median **{batched['faces_per_s']:.1f}** = "
+        f"**{batched['over_best_batch']:.1%}** of best-batch {best['fps']:.1f}) | {_ms(batched['latency_ms'])} | "
+        f"{batched['errors']} | {_others(phases, 'cameras_batched')} |",
+        f"| {plain['concurrency']} cameras, 1 face/request, REST, `--max-batch 1` | "
+        f"{runs(plain['faces_per_s_runs'])} (median **{plain['faces_per_s']:.1f}** = "
+        f"{plain['over_best_batch']:.1%} of best-batch) | {_ms(plain['latency_ms'])} | {plain['errors']} | "
+        f"{_others(phases, 'cameras_unbatched')} |",
+        f"| unloaded: one face at a time, `--max-batch {b}` | {result['unloaded']['faces_per_s']:.1f} | "
+        f"{_ms(result['unloaded']['latency_ms'])} | {result['unloaded']['errors']} | {_others(phases, 'unloaded')} |",
     ]
     for factor in (f"{factor:g}" for factor in OFFERED_FACTORS):
         report = result[f"offered_{factor}x"]
         lines.append(
-            f"| open loop {factor}x: {report['cameras']} cameras x {report['camera_fps']:.2f} fps x {k} faces, "
-            f"{report['seconds']:g} s | offered {report['offered_fps']:.1f}, achieved {report['achieved_fps']:.1f} "
-            f"({report['achieved_over_capacity']:.0%} of capacity) | {_ms(report['latency_ms'])} "
+            f"| open loop {factor}x of {direct['fps']:.1f}: {report['cameras']} cameras x {report['camera_fps']:.2f} "
+            f"fps x 1 face, {report['seconds']:g} s | offered {report['offered_fps']:.1f}, achieved "
+            f"{report['achieved_fps']:.1f} ({report['achieved_over_capacity']:.0%}) | {_ms(report['latency_ms'])} "
             f"(p95 = {report['p95_over_unloaded_p50']}x unloaded p50) | {report['errors']} "
-            f"| {others(f'offered_{factor}x')} |"
+            f"| {_others(phases, f'offered_{factor}x')} |"
         )
-    goal = "met" if result["http_vs_direct"] >= 0.9 else "NOT met"
-    at_13 = result["offered_1.3x"]
+    at_09, at_13 = result["offered_0.9x"], result["offered_1.3x"]
     lines += [
         "",
-        f"- Server overhead: HTTP delivers {result['http_vs_direct']:.1%} of the direct FPS (goal >= 90%: {goal}).",
+        f"- REST binary at batch {b}: {rest['over_direct']:.1%} of `qfleet benchmark` at the same batch "
+        f"(goal >= 95%: {_goal(rest['over_direct'], 0.95)}); gRPC: {grpc['over_direct']:.1%} "
+        f"({_goal(grpc['over_direct'], 0.95)}).",
+        f"- 1-face requests from {batched['concurrency']} cameras: with `--max-batch {b}` "
+        f"{batched['over_best_batch']:.1%} of the best-batch FPS (batch {best['batch']}, {best['fps']:.1f}; goal "
+        f">= 90%: {_goal(batched['over_best_batch'], 0.90)}); without batching {plain['over_best_batch']:.1%} "
+        f"(batching gives x{batched['faces_per_s'] / plain['faces_per_s']:.2f}).",
+        f"- Plan tightness with batching, against the batch-{b} FPS the operator plans with: 0.9x: "
+        f"{at_09['errors']} errors, achieved {at_09['achieved_over_capacity']:.0%} of capacity "
+        f"({'holds' if at_09['errors'] == 0 else '**does not hold**'}); 1.3x: achieved "
+        f"{at_13['achieved_over_capacity']:.0%} of capacity while {at_13['offered_fps']:.1f} faces/s were offered "
+        f"({'levels off near capacity' if at_13['achieved_over_capacity'] <= 1.1 else 'above capacity'}), "
+        f"{at_13['errors']} errors.",
+        "- Latency of the open-loop phases counts from each frame's scheduled send time, so queueing is included.",
+        "",
     ]
-    for factor in ("0.8", "0.9"):
-        report = result[f"offered_{factor}x"]
+    return "\n".join(lines)
+
+
+def batch_markdown(result: dict[str, Any]) -> str:
+    best = result["best_batch"]
+    lines = [
+        BATCH_SECTION_TITLE,
+        "",
+        f"`qfleet benchmark --batch N --dynamic-batch` (N = 1: the plain batch-1 benchmark), "
+        f"{result['direct']['streams']} streams, the first phase of `benchmarks/serving.py` on {result['cpu']}, "
+        f"{result['cores']} cores, ISA tier {result['isa']}, {result['measured_at']} (1-minute load "
+        f"{result['load_average_1m_at_start']:.2f} at the start; others' CPU per run in the last column).",
+        "",
+        "| batch | FPS | median latency ms per batch | others' CPU (load) |",
+        "|---:|---:|---:|---|",
+    ]
+    for batch, run in result["sweep"].items():
         lines.append(
-            f"- {factor}x capacity: {report['errors']} errors, {report['late_frames']} late sends, p95 "
-            f"{report['p95_over_unloaded_p50']}x the unloaded p50."
+            f"| {batch} | {run['fps']:.1f} | {run['latency_ms_median']:.1f} | "
+            f"{_others(result['phases'], f'sweep_b{batch}')} |"
         )
     lines += [
-        f"- 1.3x capacity: achieved {at_13['achieved_fps']:.1f} faces/s = {at_13['achieved_over_capacity']:.0%} of "
-        f"the measured capacity while {at_13['offered_fps']:.1f} were offered; the excess queues (latency grows) "
-        "or is refused with 503 beyond `--max-concurrency`.",
-        "- Latency of the open-loop phases counts from each frame's scheduled send time, so queueing is included.",
+        "",
+        f"Best: batch {best['batch']} at {best['fps']:.1f} FPS.",
         "",
     ]
     return "\n".join(lines)
@@ -344,11 +501,13 @@ def main() -> None:
     )
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help="where the built model is cached")
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each measured phase")
-    parser.add_argument("--rounds", type=int, default=2, help="direct/HTTP alternations (default 2)")
-    parser.add_argument("--faces-per-frame", type=int, default=7, help="faces per request/frame (default 7)")
-    parser.add_argument("--cameras", type=int, default=4, help="cameras of the open-loop phases (default 4)")
+    parser.add_argument("--rounds", type=int, default=2, help="direct/REST/gRPC alternations (default 2)")
+    parser.add_argument("--max-batch", type=int, default=4, help="the server's --max-batch (default 4)")
+    parser.add_argument("--batch-timeout-ms", type=float, default=2.0, help="the server's --batch-timeout-ms")
+    parser.add_argument("--sweep", default="1,2,4,8", help="batches of the sweep (default 1,2,4,8)")
+    parser.add_argument("--cameras", type=int, default=64, help="simulated cameras, 1 face each (default 64)")
     parser.add_argument(
-        "--concurrency", type=int, default=4, help="clients of the saturation phase (default 4)"
+        "--concurrency", type=int, default=4, help="clients of the protocol phases (default 4)"
     )
     parser.add_argument("--threads", type=int, default=None, help="inference threads (default: all cores)")
     parser.add_argument(
@@ -369,7 +528,9 @@ def main() -> None:
         model_xml=model_xml,
         seconds=args.seconds,
         rounds=args.rounds,
-        faces_per_frame=args.faces_per_frame,
+        max_batch=args.max_batch,
+        batch_timeout_ms=args.batch_timeout_ms,
+        sweep=tuple(int(batch) for batch in args.sweep.split(",")),
         cameras=args.cameras,
         concurrency=args.concurrency,
         threads=args.threads,
@@ -379,6 +540,7 @@ def main() -> None:
     section = markdown(result)
     if args.results:
         replace_section(args.results, SECTION_TITLE, section)
+        replace_section(args.results, BATCH_SECTION_TITLE, batch_markdown(result))
     print(json.dumps(result, indent=2) if args.json else section)
 
 
