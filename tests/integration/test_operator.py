@@ -188,6 +188,25 @@ async def test_a_job_runs_the_kernels_of_its_nodes_tier(cluster: Cluster) -> Non
     assert env["QFLEET_HOST_ISA"] == "avx2" and kernel_cap_env("avx2").items() <= env.items()
 
 
+async def test_a_batching_model_is_measured_and_served_at_its_batch(cluster: Cluster) -> None:
+    """``serving.batching.maxBatch``: the Job benchmarks INT8 at that batch too, the plan uses that
+    FPS, the pods serve with it, and the status says which batch the FPS was measured at."""
+    await cluster.add_node("avx2-1", "avx2")
+    await start(cluster)
+    await cluster.apply_model(model_body("batched", serving={"batching": {"maxBatch": 4, "timeoutMs": 3}}))
+    await wait_phase(cluster, "batched", "Ready")
+    found = variant(cluster, "batched", "avx2")
+    result, served = found["result"], found["served"]
+    assert result["int8Batch"] == 4 and result["int8BatchFps"] > 0 and result["int8Fps"] > 0
+    assert served["batch"] == 4 and served["fpsPerReplica"] == result["int8BatchFps"]
+    dep = deployment(cluster, "batched-avx2")
+    assert dep is not None
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    args = container["args"]
+    assert args[args.index("--max-batch") + 1] == "4" and args[args.index("--batch-timeout-ms") + 1] == "3"
+    assert {"name": "grpc", "containerPort": 8081, "protocol": "TCP"} in container["ports"]
+
+
 async def test_camera_change_and_scale_subresource_rescale_without_a_job(cluster: Cluster) -> None:
     await cluster.add_node("avx2-1", "avx2")
     await start(cluster)
