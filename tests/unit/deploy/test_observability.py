@@ -94,6 +94,7 @@ def exported_labels() -> dict[str, set[str]]:
     metrics.job_queue(queued=1, running=2)
     server = ServerMetrics(model_name="arcface", model_kind="arcface", model_isa="avx2")
     server.answered("infer", 200)
+    server.answered_grpc("ModelInfer", "OK")
     server.inferred(4, 0.02)
     server.batch.observe(4)
     labels: dict[str, set[str]] = {"up": set()}
