@@ -188,11 +188,15 @@ def main() -> None:
                 [sys.executable, "-c", BASELINE], capture_output=True, text=True, env=env, check=True
             ).stdout.split()[-1]
         )
-        fetches = [fetch_once(uri, work / "fetched", env) for _ in range(args.repeat)]
         marker = server.client().get_object(Bucket=BUCKET, Key="bench/int8/qfleet.json")["Body"].read()
         stored = f"bench/int8/{json.loads(marker)[UPLOAD_KEY]}/model.bin"
-        raw = max(raw_get_once(server.client(), stored) for _ in range(args.repeat))
-        copies = [copy_once(model / "model.bin", work / "copy.bin") for _ in range(args.repeat)]
+        # Interleaved, so that a busy moment of a shared machine hits each kind alike.
+        fetches, raws, copies = [], [], []
+        for _ in range(args.repeat):
+            fetches.append(fetch_once(uri, work / "fetched", env))
+            raws.append(raw_get_once(server.client(), stored))
+            copies.append(copy_once(model / "model.bin", work / "copy.bin"))
+        raw = max(raws)
         # Neither fsyncs: both are measured to the page cache, like with like.
         best_fetch = max(fetches, key=lambda run: run[1])
         best_copy = max(copies, key=lambda run: run[1])
