@@ -54,7 +54,11 @@ async def test_the_model_is_reachable_through_one_service(cluster: Cluster) -> N
     service = cluster.get(SERVICES, NAMESPACE, "reach")
     assert service is not None
     assert service["spec"]["type"] == "NodePort" and service["metadata"]["annotations"]["team"] == "faces"
-    assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == {"http": 8080, "metrics": 9090}
+    assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == {
+        "http": 8080,
+        "grpc": 8081,
+        "metrics": 9090,
+    }
     # The selector picks every serving pod of the model, on both tiers, and nothing else.
     selector = service["spec"]["selector"]
     pods = cluster.serving_pods(NAMESPACE, "reach")
