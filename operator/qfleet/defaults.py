@@ -25,3 +25,7 @@ MAX_DROP: Final = 0.001
 BENCHMARK_SECONDS: Final = 10.0
 #: Kubernetes' default termination-message file (the pipeline writes its result there in a pod).
 TERMINATION_LOG: Final = "/dev/termination-log"
+#: Accuracy control's budget: candidate validations (each on a pair subset or on all pairs) and
+#: seconds (ranking included). When either runs out, the best candidate so far is kept.
+ACCURACY_CONTROL_MAX_ITERATIONS: Final = 20
+ACCURACY_CONTROL_TIMEOUT_S: Final = 1800.0

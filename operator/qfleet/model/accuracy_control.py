@@ -1,191 +1,371 @@
-"""Accuracy-controlled quantization: NNCF keeps layers in floating point until LFW accuracy holds.
+"""Accuracy-controlled quantization: the fewest operations back in float that keep LFW accuracy.
 
-``nncf.quantize_with_accuracy_control`` needs a validation dataset and a validation function.
-Ours are the LFW pairs and the LFW protocol itself (``f(x) + f(mirror(x))``, 10 folds), so the
-drop NNCF controls is the drop the rollout gate will measure.
+When plain INT8 misses ``max_drop``, some quantized operations go back to floating point. Which
+and how many, in minutes rather than hours:
 
-How NNCF uses the function shapes the design:
+1. **Quantize once** with NNCF, weights left as ``Constant -> FakeQuantize``; every candidate is
+   that model with some quantizers bypassed (:mod:`qfleet.model.quantizers`), built in memory.
+2. **Rank once, by a smooth signal**: how much closer to FP32 the embeddings of calibration faces
+   get (mean ``1 - cosine``) when one operation alone goes back to float. No LFW protocol per
+   candidate: the protocol's accuracy moves in steps of one pair and up and down, the embedding
+   error does not. With many quantized operations, a single pass that measures each activation
+   quantizer's own noise (noise-to-signal ratio) picks the ones worth that test.
+3. **Search** (:mod:`qfleet.model.accuracy_search`): revert the top 1, 2, 4, ... until the drop
+   holds on a subset of the pairs, bisect to the fewest, confirm that one on every pair.
+4. Every validation is the LFW protocol exactly as the gate runs it (``f(x) + f(mirror(x))``,
+   10 folds), batched on an ``AsyncInferQueue`` over images decoded once, and each candidate is
+   computed in the precision it will be served in (the ``int8`` variant: float layers in f32).
 
-- Items are pair indices. NNCF calls the function on the whole set (the FP32, the quantized and
-  each restored model) and on subsets of pairs it picks for ranking layers; with fewer pairs
-  than folds (NNCF probes with a single item first) the fold count shrinks to the pair count.
-- Besides the accuracy it returns one value per pair, the pair's margin to the chosen
-  threshold (positive = classified right). That puts NNCF in its "metric" mode: it ranks the
-  layers by the protocol accuracy on a subset of the pairs whose margin quantization hurt most.
-
-NNCF does not return the layers it reverted, so we ask it to save the fully quantized model and
-compare which operations take an activation through a FakeQuantize before and after: the
-difference is exactly the set of operations it returned to floating point.
+The budget (validations, seconds) bounds the search; when it runs out, or when even every ranked
+operation in float misses ``max_drop``, the best candidate measured is returned and the report
+says so (``outcome``), with every trial.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import tempfile
-from collections.abc import Iterable
-from pathlib import Path
+import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
-from qfleet.errors import DatasetError
-from qfleet.lfw.dataset import PairSet, decode_image, load_lfw_bin
-from qfleet.lfw.protocol import DEFAULT_FOLDS, evaluate_interleaved, squared_distances
-from qfleet.model.runtime import PrecisionError
-from qfleet.model.tensors import flip_horizontal, images_to_batch
-from qfleet.outputs import sha256_file
+from qfleet import defaults
+from qfleet.errors import DatasetError, InputError
+from qfleet.fleet.gate import PRECISION_DIGITS
+from qfleet.lfw.dataset import PairSet, load_lfw_bin, pairset_sha256
+from qfleet.lfw.decoded import DecodedImages, decode_pairset
+from qfleet.lfw.protocol import DEFAULT_FOLDS, evaluate_interleaved
+from qfleet.model.accuracy_search import NOT_NEEDED, SearchResult, search_reverts
+from qfleet.model.quantizers import (
+    FAKE_QUANTIZE,
+    QuantizedOp,
+    activation_quantized_ops,
+    quantized_ops,
+    revert_ops,
+)
 
 if TYPE_CHECKING:
     import nncf
     import openvino as ov
 
+__all__ = ["ControlOptions", "activation_quantized_ops", "quantize_with_lfw_control"]
+
 log = logging.getLogger(__name__)
 
-INTERMEDIATE_XML = "intermediate_model.xml"
+#: Calibration faces whose embeddings rank the operations (one batch per candidate).
+RANK_IMAGES = 32
+#: Operations ranked by their embedding error; beyond this many, the quantizers' own noise picks
+#: which (one inference pass for all of them, against one compile per ranked operation).
+RANK_CANDIDATES = 24
+#: Pairs a candidate is validated on before the one chosen is confirmed on every pair.
+SUBSET_PAIRS = 1200
 
 
-class LfwMetric:
-    """NNCF validation function: LFW-protocol accuracy of a compiled model on a set of pair indices."""
+@dataclass(frozen=True)
+class ControlOptions:
+    """How accuracy control validates, its budget, and what the caller already has."""
+
+    max_iterations: int = defaults.ACCURACY_CONTROL_MAX_ITERATIONS
+    #: Seconds for the whole control (ranking included); None: no limit.
+    timeout_s: float | None = defaults.ACCURACY_CONTROL_TIMEOUT_S
+    subset_pairs: int = SUBSET_PAIRS
+    rank_candidates: int = RANK_CANDIDATES
+    flip: bool = True
+    threads: int | None = None
+    #: The pair set (read from ``lfw`` when None), its images decoded at the model's input size,
+    #: and the FP32 model's embeddings of them: the pipeline has all three already.
+    pairset: PairSet | None = None
+    decoded: DecodedImages | None = None
+    fp32_embeddings: npt.NDArray[np.float64] | None = None
+
+    def check(self) -> None:
+        if self.max_iterations < 1:
+            raise InputError(
+                f"--accuracy-control-max-iterations must be at least 1, got {self.max_iterations}"
+            )
+        if self.timeout_s is not None and not self.timeout_s > 0:
+            raise InputError(f"--accuracy-control-timeout must be positive, got {self.timeout_s}")
+        if self.subset_pairs < DEFAULT_FOLDS or self.rank_candidates < 1:
+            raise InputError("accuracy control needs a subset of at least 10 pairs and one ranked operation")
+
+
+class _Validator:
+    """LFW-protocol drop of a model against FP32, on every pair or on the fixed subset."""
 
     def __init__(
-        self, pairset: PairSet, *, flip: bool = True, input_hw: tuple[int, int] = (112, 112)
+        self, pairset: PairSet, decoded: DecodedImages, fp32: npt.NDArray[np.float64], options: ControlOptions
     ) -> None:
-        self.pairset = pairset
-        self.flip = flip
-        self.input_hw = input_hw
-        #: Accuracy of every evaluation on the whole set, in call order (FP32 model first).
-        self.full_set_accuracies: list[float] = []
-
-    def subset(self, indices: list[int]) -> PairSet:
-        if indices == list(range(self.pairset.pairs)):
-            return self.pairset  # keeps the original image numbers in error messages
-        images = [self.pairset.images[2 * i + side] for i in indices for side in (0, 1)]
-        return PairSet(images=images, issame=self.pairset.issame[indices], source=self.pairset.source)
-
-    def embed(self, compiled_model: ov.CompiledModel, pairs: PairSet) -> npt.NDArray[np.float64]:
-        """``f(x) + f(mirror(x))`` per image, one synchronous request per image.
-
-        NNCF compiles each candidate model itself and drops it right after validating; with a
-        Python callback on an ``AsyncInferQueue`` the interpreter hung here now and then (a
-        plugin thread waiting for the GIL while the main thread, holding it, joined that
-        thread in the compiled model's destructor). Synchronous requests involve no callback.
-        NNCF compiles for latency, so one request already uses every core.
-        """
-        request = compiled_model.create_infer_request()
-        rows: list[npt.NDArray[np.float64]] = []
-        for index, data in enumerate(pairs.images):
-            image = decode_image(data, self.input_hw, what=pairs.image_label(index))
-            batch = images_to_batch(image)
-            if self.flip:
-                batch = np.concatenate([batch, flip_horizontal(batch)])
-            output = request.infer({0: batch})[0]
-            rows.append(np.asarray(output, dtype=np.float64).reshape(len(batch), -1).sum(axis=0))
-        return np.stack(rows)
-
-    def __call__(self, compiled_model: ov.CompiledModel, items: Iterable[Any]) -> tuple[float, list[float]]:
-        # The layers NNCF reverts are kept "in floating point": that means f32 only if every
-        # candidate is measured in f32, which is what the int8 variant is then compiled with.
-        used = compiled_model.get_property("INFERENCE_PRECISION_HINT").get_type_name()
-        if used != "f32":
-            raise PrecisionError(
-                f"accuracy control must measure candidates in f32, but NNCF compiled one in {used}"
+        self.options = options
+        self.sets: dict[bool, tuple[PairSet, DecodedImages, npt.NDArray[np.int64]]] = {
+            True: (pairset, decoded, np.arange(pairset.pairs))
+        }
+        if pairset.pairs > options.subset_pairs:
+            # Fixed and spread over the whole set (LFW's pairs come fold by fold).
+            rng = np.random.default_rng(0)
+            chosen = np.sort(rng.choice(pairset.pairs, options.subset_pairs, replace=False))
+            rows = np.stack([2 * chosen, 2 * chosen + 1], axis=1).reshape(-1)
+            subset = PairSet(
+                images=[pairset.images[i] for i in rows],
+                issame=pairset.issame[chosen],
+                source=f"{pairset.source} ({options.subset_pairs} of {pairset.pairs} pairs)",
             )
-        indices = [int(item) for item in items]
-        pairs = self.subset(indices)
-        embeddings = self.embed(compiled_model, pairs)
-        result = evaluate_interleaved(embeddings, pairs.issame, folds=min(DEFAULT_FOLDS, len(indices)))
-        distances = squared_distances(embeddings[0::2], embeddings[1::2])
-        margins = np.where(pairs.issame, result.threshold - distances, distances - result.threshold)
-        if len(indices) == self.pairset.pairs:
-            self.full_set_accuracies.append(result.accuracy)
-        return result.accuracy, [float(margin) for margin in margins]
+            sub_decoded = DecodedImages(pixels=decoded.pixels[rows], seconds=0.0, threads=decoded.threads)
+            self.sets[False] = (subset, sub_decoded, chosen)
+        self.fp32_embeddings = fp32
+        self.fp32_accuracy = {key: self._accuracy(fp32, key) for key in self.sets}
 
-    def pair_inputs(self, item: Any) -> npt.NDArray[np.float32]:
-        """A pair as one NCHW batch of its two images (NNCF's inference view of an item)."""
-        index = int(item)
-        images = [
-            decode_image(self.pairset.images[i], self.input_hw, what=self.pairset.image_label(i))
-            for i in (2 * index, 2 * index + 1)
-        ]
-        return images_to_batch(images)
+    @property
+    def subset_is_all(self) -> bool:
+        return False not in self.sets
+
+    def _accuracy(self, embeddings: npt.NDArray[np.float64], all_pairs: bool) -> float:
+        pairs, _, chosen = self.sets[all_pairs]
+        rows = np.stack([2 * chosen, 2 * chosen + 1], axis=1).reshape(-1)
+        selected = embeddings if len(embeddings) == 2 * pairs.pairs else embeddings[rows]
+        return float(evaluate_interleaved(selected, pairs.issame, folds=DEFAULT_FOLDS).accuracy)
+
+    def accuracy(self, model: ov.Model, all_pairs: bool) -> float:
+        pairs, decoded, _ = self.sets[all_pairs or self.subset_is_all]
+        embeddings = embed_pairs(model, "int8", pairs, decoded, self.options)
+        return self._accuracy(embeddings, all_pairs or self.subset_is_all)
+
+    def drop(self, model: ov.Model, all_pairs: bool) -> float:
+        key = all_pairs or self.subset_is_all
+        # Rounded as the gate rounds, so "within max_drop" means here what it means there.
+        return round(self.fp32_accuracy[key] - self.accuracy(model, key), PRECISION_DIGITS) + 0.0
 
 
-def activation_quantized_ops(model: ov.Model) -> set[str]:
-    """Names of the operations that take an input through an activation FakeQuantize.
+def embed_pairs(
+    model: ov.Model, precision: str, pairs: PairSet, decoded: DecodedImages, options: ControlOptions
+) -> npt.NDArray[np.float64]:
+    """Embeddings of every image of ``pairs`` as validation computes them (batched, asynchronous)."""
+    from qfleet.model.benchmark import static_batch
+    from qfleet.model.embed import DEFAULT_BATCH, run_embedding
+    from qfleet.model.runtime import compile_model
 
-    Weight quantizers are left out on purpose: NNCF may fold them into INT8 constants, while
-    activation FakeQuantize nodes survive in every form of the IR, so this set is comparable
-    between a model NNCF returned in memory and one it saved.
-    """
-    names: set[str] = set()
-    for op in model.get_ordered_ops():
-        if op.get_type_name() == "FakeQuantize":
-            continue
-        for port in op.inputs():
-            producer = port.get_source_output().get_node()
-            if producer.get_type_name() != "FakeQuantize":
-                continue
-            if producer.input_value(0).get_node().get_type_name() != "Constant":
-                names.add(op.get_friendly_name())
-    return names
+    copy = model.clone()
+    static_batch(copy, DEFAULT_BATCH)
+    variant = compile_model(copy, precision=precision, threads=options.threads, what=f"{precision} candidate")
+    run = run_embedding(
+        variant.compiled, pairs, flip=options.flip, progress=False, precision=precision, decoded=decoded
+    )
+    return run.embeddings
+
+
+def _calibration_outputs(
+    model: ov.Model, images: npt.NDArray[np.float32], precision: str, threads: int | None
+) -> list[npt.NDArray[np.float32]]:
+    """Every output of ``model`` for one batch of calibration images (one synchronous request)."""
+    from qfleet.model.benchmark import static_batch
+    from qfleet.model.runtime import LATENCY, compile_model
+
+    copy = model.clone()
+    static_batch(copy, len(images))
+    # One request over the whole batch: the latency hint gives it every core.
+    variant = compile_model(
+        copy, precision=precision, hint=LATENCY, threads=threads, what=f"{precision} ranking"
+    )
+    request = variant.compiled.create_infer_request()
+    request.infer({0: images})
+    return [np.array(request.get_output_tensor(i).data) for i in range(len(copy.outputs))]
+
+
+def _embedding_error(reference: npt.NDArray[np.float32], embeddings: npt.NDArray[np.float32]) -> float:
+    """Mean ``1 - cosine`` between rows: how far from FP32 a model's embeddings are."""
+    a = reference.reshape(len(reference), -1).astype(np.float64)
+    b = embeddings.reshape(len(embeddings), -1).astype(np.float64)
+    cosine = np.einsum("ij,ij->i", a, b) / np.maximum(
+        np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12
+    )
+    return float(np.mean(1.0 - cosine))
+
+
+def _quantizer_noise(
+    quantized: ov.Model, images: npt.NDArray[np.float32], threads: int | None
+) -> dict[str, float]:
+    """Noise-to-signal ratio of every activation quantizer on ``images``: one inference pass."""
+    probe = quantized.clone()
+    names: list[str] = []
+    for op in probe.get_ordered_ops():
+        if op.get_type_name() == FAKE_QUANTIZE and op.input_value(0).get_node().get_type_name() != "Constant":
+            probe.add_outputs([op.output(0), op.input_value(0)])
+            names.append(op.get_friendly_name())
+    outputs = _calibration_outputs(probe, images, "int8", threads)[1:]
+    noise: dict[str, float] = {}
+    for index, name in enumerate(names):
+        quantized_values, values = outputs[2 * index], outputs[2 * index + 1]
+        signal = float(np.sum(np.square(values, dtype=np.float64)))
+        noise[name] = float(np.sum(np.square(quantized_values - values, dtype=np.float64))) / max(
+            signal, 1e-30
+        )
+    return noise
+
+
+def rank_ops(
+    fp32_model: ov.Model,
+    quantized: ov.Model,
+    images: npt.NDArray[np.float32],
+    *,
+    candidates: int = RANK_CANDIDATES,
+    threads: int | None = None,
+) -> tuple[list[QuantizedOp], dict[str, Any]]:
+    """The quantized operations, most harmful first, and how they were ranked."""
+    started = time.perf_counter()
+    ops = quantized_ops(quantized)
+    reference = _calibration_outputs(fp32_model, images, "fp32", threads)[0]
+    baseline = _embedding_error(reference, _calibration_outputs(quantized, images, "int8", threads)[0])
+    prefiltered = len(ops) > candidates
+    if prefiltered:
+        noise = _quantizer_noise(quantized, images, threads)
+        ops = sorted(ops, key=lambda op: -max(noise.get(fq, 0.0) for fq in op.quantizers))[:candidates]
+    gains: dict[str, float] = {}
+    for op in ops:
+        candidate = revert_ops(quantized, [op.name])
+        error = _embedding_error(reference, _calibration_outputs(candidate, images, "int8", threads)[0])
+        gains[op.name] = baseline - error
+    ranked = sorted(ops, key=lambda op: -gains[op.name])
+    info = {
+        "signal": "embedding 1-cosine vs FP32 on calibration faces, one operation in float at a time",
+        "images": len(images),
+        "quantized_ops": len(quantized_ops(quantized)),
+        "ranked_ops": len(ranked),
+        "prefiltered_by_quantizer_noise": prefiltered,
+        "embedding_error_int8": round(baseline, 6),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    return ranked, info
+
+
+def _rank_images(calibration: list[npt.NDArray[np.float32]]) -> npt.NDArray[np.float32]:
+    batch = np.concatenate([np.asarray(tensor, dtype=np.float32) for tensor in calibration[:RANK_IMAGES]])
+    if batch.ndim != 4:
+        raise InputError(f"calibration tensors must be NCHW images, got shape {batch.shape}")
+    return batch
 
 
 def quantize_with_lfw_control(
     model: ov.Model,
-    calibration_dataset: nncf.Dataset,
+    calibration: list[npt.NDArray[np.float32]],
     *,
     lfw: str | os.PathLike[str],
     max_drop: float,
     preset: nncf.QuantizationPreset,
     subset_size: int,
     input_hw: tuple[int, int] = (112, 112),
-    scratch_dir: str | os.PathLike[str] | None = None,
+    options: ControlOptions | None = None,
 ) -> tuple[ov.Model, list[str], dict[str, Any]]:
     """Quantize with ``max_drop`` (absolute) of LFW accuracy; returns (model, reverted ops, report)."""
     import nncf
-    from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+    from openvino._offline_transformations import compress_quantize_weights_transformation
 
-    from qfleet.model.runtime import read_model
-
-    pairset = load_lfw_bin(lfw)
+    options = options or ControlOptions()
+    options.check()
+    started = time.perf_counter()
+    pairset = options.pairset or load_lfw_bin(lfw)
     if pairset.pairs < DEFAULT_FOLDS:
         raise DatasetError(
             f"{lfw} has {pairset.pairs} pairs; accuracy control needs at least {DEFAULT_FOLDS} (one per fold)"
         )
-    metric = LfwMetric(pairset, input_hw=input_hw)
-    validation_dataset = nncf.Dataset(list(range(pairset.pairs)), metric.pair_inputs)
-    with tempfile.TemporaryDirectory(prefix="nncf-", dir=scratch_dir) as intermediate_dir:
-        quantized = nncf.quantize_with_accuracy_control(
-            model,
-            calibration_dataset,
-            validation_dataset,
-            validation_fn=metric,
-            max_drop=max_drop,
-            drop_type=nncf.DropType.ABSOLUTE,
-            preset=preset,
-            subset_size=subset_size,
-            advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
-                intermediate_model_dir=intermediate_dir
-            ),
-        )
-        fully_quantized = read_model(Path(intermediate_dir) / INTERMEDIATE_XML)
-        reverted = sorted(activation_quantized_ops(fully_quantized) - activation_quantized_ops(quantized))
-    accuracies = metric.full_set_accuracies
+    # Weights stay Constant -> FakeQuantize, so bypassing a quantizer is all a candidate needs.
+    quantized = nncf.quantize(
+        model,
+        nncf.Dataset(calibration),
+        preset=preset,
+        subset_size=subset_size,
+        advanced_parameters=AdvancedQuantizationParameters(backend_params={"compress_weights": False}),
+    )
+    quantize_seconds = time.perf_counter() - started
+    decoded = options.decoded or decode_pairset(pairset, input_hw, threads=options.threads)
+    try:
+        fp32 = options.fp32_embeddings
+        if fp32 is None:
+            fp32 = embed_pairs(model, "fp32", pairset, decoded, options)
+        validator = _Validator(pairset, decoded, fp32, options)
+        plain_drop = validator.drop(quantized, True)
+        log.info("accuracy control: plain INT8 drop %.4f (max %.4f)", plain_drop, max_drop)
+        ranking: dict[str, Any] = {}
+        ranked: list[QuantizedOp] = []
+        if plain_drop <= max_drop:
+            result = SearchResult(NOT_NEEDED, 0, plain_drop, True)
+        else:
+            ranked, ranking = rank_ops(
+                model,
+                quantized,
+                _rank_images(calibration),
+                candidates=options.rank_candidates,
+                threads=options.threads,
+            )
+
+            def evaluate(count: int, all_pairs: bool) -> float:
+                drop = validator.drop(revert_ops(quantized, [op.name for op in ranked[:count]]), all_pairs)
+                log.info(
+                    "accuracy control: %d in float -> drop %.4f (%s pairs)",
+                    count,
+                    drop,
+                    "all" if all_pairs else "subset",
+                )
+                return drop
+
+            result = search_reverts(
+                len(ranked),
+                evaluate,
+                max_drop=max_drop,
+                subset_is_all=validator.subset_is_all,
+                max_iterations=options.max_iterations,
+                timeout_s=options.timeout_s,
+                clock=time.perf_counter,
+                started=started,
+            )
+    finally:
+        if options.decoded is None:
+            decoded.close()
+    reverted_ops = ranked[: result.reverted]
+    final = revert_ops(quantized, [op.name for op in reverted_ops])
+    compress_quantize_weights_transformation(final)
     report: dict[str, Any] = {
         "lfw": str(lfw),
-        "lfw_sha256": sha256_file(lfw),
+        "lfw_sha256": pairset_sha256(pairset),
         "pairs": pairset.pairs,
+        "subset_pairs": min(pairset.pairs, options.subset_pairs),
         "max_drop": max_drop,
         "drop_type": "absolute",
-        "quantized_ops": len(activation_quantized_ops(quantized)),
-        # NNCF validates the FP32 model first, the fully quantized one second, and the model it
-        # returns last (every restoring step validates the model it keeps).
-        "fp32_accuracy": accuracies[0] if accuracies else None,
-        "fully_quantized_accuracy": accuracies[1] if len(accuracies) > 1 else None,
-        "int8_accuracy": accuracies[-1] if len(accuracies) > 1 else None,
+        "outcome": result.outcome,
+        "met": result.drop is not None and result.drop <= max_drop and result.all_pairs,
+        "iterations": result.iterations,
+        "max_iterations": options.max_iterations,
+        "timeout_s": options.timeout_s,
+        "fp32_accuracy": validator.fp32_accuracy[True],
+        "fully_quantized_accuracy": validator.fp32_accuracy[True] - plain_drop,
+        "fully_quantized_drop": round(plain_drop, 6),
+        "drop": None if result.drop is None else round(result.drop, 6),
+        "drop_on": "all" if result.all_pairs else "subset",
+        "int8_accuracy": None
+        if result.drop is None or not result.all_pairs
+        else validator.fp32_accuracy[True] - result.drop,
+        "quantized_ops": len(quantized_ops(quantized)),
+        "reverted": [op.as_dict() for op in reverted_ops],
+        "ranking": ranking,
+        "trials": [trial.as_dict() for trial in result.trials],
+        "quantize_seconds": round(quantize_seconds, 3),
+        "seconds": round(time.perf_counter() - started, 3),
     }
-    if reverted:
-        log.info("NNCF kept %d operation(s) in floating point: %s", len(reverted), ", ".join(reverted))
-    return quantized, reverted, report
+    if reverted_ops:
+        log.info(
+            "accuracy control (%s): %d operation(s) in float: %s",
+            result.outcome,
+            len(reverted_ops),
+            ", ".join(op.name for op in reverted_ops),
+        )
+    if result.outcome not in ("met", NOT_NEEDED):
+        log.warning(
+            "accuracy control stopped (%s) after %d validation(s): best drop %s with %d operation(s) in float",
+            result.outcome,
+            result.iterations,
+            report["drop"],
+            len(reverted_ops),
+        )
+    return final, [op.name for op in reverted_ops], report

@@ -7,9 +7,9 @@ that explicit: a quantization Job that lands on the wrong node refuses before do
 Two modes:
 
 - plain: ``nncf.quantize`` over calibration crops;
-- accuracy-controlled (``max_drop`` and ``lfw``): ``nncf.quantize_with_accuracy_control`` with the
-  LFW verification accuracy as the metric, so NNCF returns the most sensitive layers to floating
-  point until the drop is within ``max_drop``. Which layers it returned is recorded.
+- accuracy-controlled (``max_drop`` and ``lfw``): :mod:`qfleet.model.accuracy_control` returns the
+  operations whose quantization costs the most LFW accuracy to floating point until the drop is
+  within ``max_drop``, within a budget. Which operations it returned, and why it stopped, is recorded.
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
     import openvino as ov
+
+    from qfleet.model.accuracy_control import ControlOptions
 
 log = logging.getLogger(__name__)
 
@@ -114,17 +116,21 @@ def quantize_model(
     max_drop: float | None = None,
     lfw: str | os.PathLike[str] | None = None,
     progress: bool = True,
+    control: ControlOptions | None = None,
 ) -> dict[str, Any]:
     """Quantize ``model_xml`` to INT8 into ``out_dir``; returns the ``qfleet.json`` it wrote.
 
     ``calibration`` is an ``lfw.bin``, a folder of aligned face crops, or ready NCHW tensors.
-    With ``max_drop`` and ``lfw`` the quantization is accuracy-controlled on that LFW set.
+    With ``max_drop`` and ``lfw`` the quantization is accuracy-controlled on that LFW set
+    (``control``: its budget, and what the caller has already decoded and embedded).
     """
     # The tier check comes first: a Job on the wrong node must not spend time, nor write anything.
     from qfleet.model.runtime import check_expected_tier
 
     host_isa = check_expected_tier(expect_isa)
     _check_options(subset_size, preset, max_drop, lfw)
+    if control is not None:
+        control.check()
     xml = require_model_xml(model_xml)
     fp32_metadata = read_metadata(xml)
     if fp32_metadata.get("kind") == "int8":
@@ -175,13 +181,13 @@ def quantize_model(
 
                     quantized, reverted, accuracy = quantize_with_lfw_control(
                         model,
-                        calibration_dataset,
+                        tensors,
                         lfw=lfw,
                         max_drop=max_drop,
                         preset=nncf_preset,
                         subset_size=len(tensors),
                         input_hw=input_hw(model),
-                        scratch_dir=staging,
+                        options=control,
                     )
         except QfleetError:
             raise
@@ -192,8 +198,8 @@ def quantize_model(
                 hint="rerun with --debug for the traceback",
             ) from exc
         ov.save_model(quantized, staging / MODEL_XML, compress_to_fp16=False)
-        # Compile what was saved, as the server will (its float layers in f32, as NNCF evaluated
-        # them), so qfleet.json records what the plugin really runs here.
+        # Compile what was saved, as the server will (its float layers in f32, as accuracy control
+        # evaluated them), so qfleet.json records what the plugin really runs here.
         runtime = compile_model(staging / MODEL_XML, precision="int8", hint="LATENCY").describe()
         duration = time.perf_counter() - started
         versions = library_versions("nncf")
