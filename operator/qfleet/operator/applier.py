@@ -163,9 +163,16 @@ class Reconciler:
             self.trigger(namespace, name, delay=delay, priority=priority)
 
     def known_models(self) -> list[ModelKey]:
+        """The models kopf has reported: a standby replica (kopf's peering pauses its watches)
+        knows the models only from its start-up LIST, and must not reconcile them."""
         if self.caches is None:
             return []
-        return [key for key in self.caches.models if isinstance(key, tuple)]
+        models = self.cache["models"] if self.cache is not None else None
+        return [
+            key
+            for key in self.caches.models
+            if isinstance(key, tuple) and (models is None or models.confirmed(key))
+        ]
 
     def nodes_changed(self, *, delay: float = 0.5) -> None:
         """A node changed: rebuild the inventory and, if planning sees a difference, revisit all."""

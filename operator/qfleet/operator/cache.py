@@ -76,6 +76,10 @@ class Index(Mapping[Any, list[Any]]):
                     del self._by_key[key]
         return key
 
+    def confirmed(self, ident: Hashable) -> bool:
+        """Whether kopf has reported the object ``ident`` (not only the start-up LIST)."""
+        return ident in self._key_of and ident not in self._unconfirmed
+
     def drop_unconfirmed(self) -> set[Any]:
         """Forget what only the start-up LIST saw; returns the keys that lost an object."""
         keys = {self.remove(ident) for ident in list(self._unconfirmed)}

@@ -134,3 +134,12 @@ async def test_the_start_up_snapshot_lists_each_collection_once_per_namespace() 
     assert api.paths.count("/api/v1/nodes") == 1  # nodes are cluster-scoped
     assert len(api.paths) == 6 * 2 + 1  # six namespaced collections, and the nodes
     assert ("ns", "m") in cache["deployments"] and ("ns", "m") in cache["server_pods"]
+
+
+def test_a_model_only_listed_at_start_up_is_not_confirmed_until_kopf_reports_it() -> None:
+    cache = ClusterCache()
+    model = {"kind": names.KIND, "metadata": {"name": "m", "namespace": "ns"}}
+    cache.observe("models", None, model, confirmed=False)  # a standby's start-up LIST
+    assert not cache["models"].confirmed(("ns", "m"))
+    cache.observe("models", None, model)  # kopf lists it: this replica leads
+    assert cache["models"].confirmed(("ns", "m"))
