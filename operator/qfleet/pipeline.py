@@ -55,6 +55,9 @@ class PipelineSpec:
     max_drop: float = defaults.MAX_DROP
     min_accuracy: float | None = None
     accuracy_control: bool = False
+    #: Accuracy control's budget: candidate validations, and seconds (ranking included).
+    accuracy_control_max_iterations: int = defaults.ACCURACY_CONTROL_MAX_ITERATIONS
+    accuracy_control_timeout: float = defaults.ACCURACY_CONTROL_TIMEOUT_S
     threads: int | None = None
     benchmark_seconds: float = defaults.BENCHMARK_SECONDS
     #: > 1: INT8 is also benchmarked at this batch, compiled as ``qfleet serve --max-batch`` does.
@@ -94,6 +97,8 @@ class PipelineSpec:
             args += ["--min-accuracy", _number(self.min_accuracy)]
         if self.accuracy_control:
             args.append("--accuracy-control")
+            args += ["--accuracy-control-max-iterations", str(self.accuracy_control_max_iterations)]
+            args += ["--accuracy-control-timeout", _number(self.accuracy_control_timeout)]
         if self.threads is not None:
             args += ["--threads", str(self.threads)]
         args += ["--benchmark-seconds", _number(self.benchmark_seconds)]
@@ -184,7 +189,6 @@ def _run_stages(
     from qfleet.model.benchmark import benchmark_model
     from qfleet.model.convert import convert_model
     from qfleet.model.embed import image_size, validate_model
-    from qfleet.model.quantize import quantize_model
     from qfleet.model.runtime import native_bf16
 
     fp32_dir, int8_dir = staging / "fp32", staging / "int8"
@@ -192,31 +196,23 @@ def _run_stages(
         pairset = load_lfw_bin(spec.lfw)
     with _stage("convert", timings):
         convert_model(spec.source, fmt=spec.fmt, out_dir=fp32_dir, epoch=spec.epoch)
-    with _stage("quantize", timings):
-        int8_meta = quantize_model(
-            fp32_dir / MODEL_XML,
-            calibration=spec.calibration,
-            out_dir=int8_dir,
-            subset_size=spec.subset_size,
-            preset=spec.preset,
-            expect_isa=spec.expect_isa,
-            max_drop=spec.max_drop if spec.accuracy_control else None,
-            lfw=spec.lfw if spec.accuracy_control else None,
-            progress=spec.progress,
-        )
     # On a tier that computes bf16 natively, BF16 is what users would otherwise serve: measure it.
     # Both the tier (what the node is labelled and planned as) and the plugin must say so.
     variants = {"fp32": fp32_dir, "int8": int8_dir}
     if isa.has_native_bf16(isa.detect_host_tier()) and native_bf16():
         variants["bf16"] = fp32_dir
-    # Every variant validates on the same images: decode them once, into one shared uint8 array.
+    # Every variant validates on the same images, and accuracy control on them too: decode them
+    # once, into one shared uint8 array.
     with _stage("decode-lfw", timings):
         decoded = decode_pairset(
             pairset, image_size(fp32_dir / MODEL_XML), threads=spec.threads, directory=staging
         )
     validations: dict[str, dict[str, Any]] = {}
     with decoded:
+        int8_meta = _quantize(spec, staging, pairset, decoded, validations, timings)
         for precision, directory in variants.items():
+            if precision in validations:  # FP32, validated before accuracy control
+                continue
             with _stage(f"validate-{precision}", timings):
                 validations[precision] = validate_model(
                     directory / MODEL_XML,
@@ -280,6 +276,7 @@ def _run_stages(
         "pairs": int(validations["fp32"]["pairs"]),
         "threads": spec.threads,
     }
+    result |= control_summary(int8_meta)
     if "bf16" in variants:
         with _stage("bf16-artifact", timings):
             write_bf16_artifact(
@@ -291,6 +288,93 @@ def _run_stages(
             "gate": {"passed": bf16_gate.passed, "drop": bf16_gate.drop, "reason": bf16_gate.reason}
         }
     return result
+
+
+def _quantize(
+    spec: PipelineSpec,
+    staging: Path,
+    pairset: Any,
+    decoded: Any,
+    validations: dict[str, dict[str, Any]],
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    """The quantize stage; under accuracy control FP32 is validated first (its embeddings are
+    accuracy control's reference) and the decoded images are shared."""
+    from qfleet.model.quantize import quantize_model
+
+    control = None
+    if spec.accuracy_control:
+        control = _validate_fp32_first(spec, pairset, decoded, staging, validations, timings)
+    with _stage("quantize", timings):
+        return quantize_model(
+            staging / "fp32" / MODEL_XML,
+            calibration=spec.calibration,
+            out_dir=staging / "int8",
+            subset_size=spec.subset_size,
+            preset=spec.preset,
+            expect_isa=spec.expect_isa,
+            max_drop=spec.max_drop if control else None,
+            lfw=spec.lfw if control else None,
+            progress=spec.progress,
+            control=control,
+        )
+
+
+def _validate_fp32_first(
+    spec: PipelineSpec,
+    pairset: Any,
+    decoded: Any,
+    staging: Path,
+    validations: dict[str, dict[str, Any]],
+    timings: dict[str, float],
+) -> Any:
+    """Validate FP32 (into ``validations``) and return accuracy control's options: the spec's
+    budget, the decoded images and FP32's embeddings of them (nothing decoded or embedded twice)."""
+    from qfleet.model.accuracy_control import ControlOptions
+    from qfleet.model.embed import validate_model
+
+    embedded: list[Any] = []
+    with _stage("validate-fp32", timings):
+        validations["fp32"] = validate_model(
+            staging / "fp32" / MODEL_XML,
+            pairset,
+            flip=spec.flip,
+            threads=spec.threads,
+            progress=spec.progress,
+            precision="fp32",
+            decoded=decoded,
+            on_embedded=embedded.append,
+        )
+        write_json(staging / "validation-fp32.json", validations["fp32"])
+    fp32_embeddings = embedded[0].embeddings
+    return ControlOptions(
+        max_iterations=spec.accuracy_control_max_iterations,
+        timeout_s=spec.accuracy_control_timeout,
+        flip=spec.flip,
+        threads=spec.threads,
+        pairset=pairset,
+        decoded=decoded,
+        fp32_embeddings=fp32_embeddings,
+    )
+
+
+def control_summary(int8_metadata: dict[str, Any]) -> dict[str, Any]:
+    """The result's ``accuracy_control`` (for the operator's status): why it stopped, what it
+    cost, and which operations went back to float; nothing without accuracy control."""
+    report = int8_metadata.get("quantization", {}).get("accuracy_control")
+    if not report:
+        return {}
+    return {
+        "accuracy_control": {
+            "outcome": report["outcome"],
+            "met": report["met"],
+            "drop": report["drop"],
+            "fully_quantized_drop": report["fully_quantized_drop"],
+            "iterations": report["iterations"],
+            "seconds": report["seconds"],
+            "reverted_layers": [op["name"] for op in report["reverted"]],
+        }
+    }
 
 
 def _benchmark_serving_batch(
@@ -378,7 +462,7 @@ def termination_message(result: dict[str, Any], limit: int = TERMINATION_MESSAGE
             "int8",
             "bf16",
         )
-        keep += ("gate", "speedup", "error")
+        keep += ("gate", "speedup", "error", "accuracy_control")
         trimmed = {key: trimmed[key] for key in keep if key in trimmed}
     return _dumps(trimmed)
 

@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from qfleet import defaults, extras, isa
+from qfleet.commands.quantize import add_budget_arguments
 from qfleet.pipeline import (
     PipelineSpec,
     default_termination_log,
@@ -90,8 +91,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--accuracy-control",
         action="store_true",
-        help="quantize with NNCF accuracy control: keep sensitive layers in FP32 until the drop <= --max-drop",
+        help="accuracy-controlled quantization: return the operations that cost the most accuracy to "
+        "float until the drop <= --max-drop (result: accuracy_control)",
     )
+    add_budget_arguments(parser)
     parser.add_argument(
         "--threads", type=int, default=None, help="CPU threads (the serving pod's CPU budget)"
     )
@@ -131,6 +134,8 @@ def spec_from_args(args: argparse.Namespace) -> PipelineSpec:
         max_drop=args.max_drop,
         min_accuracy=args.min_accuracy,
         accuracy_control=args.accuracy_control,
+        accuracy_control_max_iterations=args.accuracy_control_max_iterations,
+        accuracy_control_timeout=args.accuracy_control_timeout,
         threads=args.threads,
         benchmark_seconds=args.benchmark_seconds,
         benchmark_batch=args.benchmark_batch,
@@ -184,4 +189,11 @@ def render(result: dict[str, Any]) -> str:
         f"gate           {'passed' if gate['passed'] else 'FAILED'} ({gate['reason']}, drop {gate['drop']:+.4f})",
         f"artifact       {result['artifact']}",
     ]
+    control = result.get("accuracy_control")
+    if control:
+        reverted = control["reverted_layers"]
+        lines.append(
+            f"accuracy ctrl  {control['outcome']}: {len(reverted)} operation(s) in float"
+            f" ({control['iterations']} validations, {control['seconds']:.1f} s)"
+        )
     return "\n".join(lines)

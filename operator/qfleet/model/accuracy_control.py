@@ -287,72 +287,27 @@ def quantize_with_lfw_control(
         validator = _Validator(pairset, decoded, fp32, options)
         plain_drop = validator.drop(quantized, True)
         log.info("accuracy control: plain INT8 drop %.4f (max %.4f)", plain_drop, max_drop)
-        ranking: dict[str, Any] = {}
-        ranked: list[QuantizedOp] = []
-        if plain_drop <= max_drop:
-            result = SearchResult(NOT_NEEDED, 0, plain_drop, True)
-        else:
-            ranked, ranking = rank_ops(
-                model,
-                quantized,
-                _rank_images(calibration),
-                candidates=options.rank_candidates,
-                threads=options.threads,
-            )
-
-            def evaluate(count: int, all_pairs: bool) -> float:
-                drop = validator.drop(revert_ops(quantized, [op.name for op in ranked[:count]]), all_pairs)
-                log.info(
-                    "accuracy control: %d in float -> drop %.4f (%s pairs)",
-                    count,
-                    drop,
-                    "all" if all_pairs else "subset",
-                )
-                return drop
-
-            result = search_reverts(
-                len(ranked),
-                evaluate,
-                max_drop=max_drop,
-                subset_is_all=validator.subset_is_all,
-                max_iterations=options.max_iterations,
-                timeout_s=options.timeout_s,
-                clock=time.perf_counter,
-                started=started,
-            )
+        ranked, ranking, result = _search(
+            model,
+            quantized,
+            calibration,
+            validator,
+            plain_drop,
+            max_drop=max_drop,
+            options=options,
+            started=started,
+        )
     finally:
         if options.decoded is None:
             decoded.close()
     reverted_ops = ranked[: result.reverted]
     final = revert_ops(quantized, [op.name for op in reverted_ops])
     compress_quantize_weights_transformation(final)
-    report: dict[str, Any] = {
-        "lfw": str(lfw),
-        "lfw_sha256": pairset_sha256(pairset),
-        "pairs": pairset.pairs,
-        "subset_pairs": min(pairset.pairs, options.subset_pairs),
-        "max_drop": max_drop,
-        "drop_type": "absolute",
-        "outcome": result.outcome,
-        "met": result.drop is not None and result.drop <= max_drop and result.all_pairs,
-        "iterations": result.iterations,
-        "max_iterations": options.max_iterations,
-        "timeout_s": options.timeout_s,
-        "fp32_accuracy": validator.fp32_accuracy[True],
-        "fully_quantized_accuracy": validator.fp32_accuracy[True] - plain_drop,
-        "fully_quantized_drop": round(plain_drop, 6),
-        "drop": None if result.drop is None else round(result.drop, 6),
-        "drop_on": "all" if result.all_pairs else "subset",
-        "int8_accuracy": None
-        if result.drop is None or not result.all_pairs
-        else validator.fp32_accuracy[True] - result.drop,
-        "quantized_ops": len(quantized_ops(quantized)),
-        "reverted": [op.as_dict() for op in reverted_ops],
-        "ranking": ranking,
-        "trials": [trial.as_dict() for trial in result.trials],
-        "quantize_seconds": round(quantize_seconds, 3),
-        "seconds": round(time.perf_counter() - started, 3),
-    }
+    report = _report(
+        lfw, pairset, max_drop, options, validator, plain_drop, result, quantized, reverted_ops, ranking
+    )
+    report["quantize_seconds"] = round(quantize_seconds, 3)
+    report["seconds"] = round(time.perf_counter() - started, 3)
     if reverted_ops:
         log.info(
             "accuracy control (%s): %d operation(s) in float: %s",
@@ -369,3 +324,93 @@ def quantize_with_lfw_control(
             len(reverted_ops),
         )
     return final, [op.name for op in reverted_ops], report
+
+
+def _search(
+    model: ov.Model,
+    quantized: ov.Model,
+    calibration: list[npt.NDArray[np.float32]],
+    validator: _Validator,
+    plain_drop: float,
+    *,
+    max_drop: float,
+    options: ControlOptions,
+    started: float,
+) -> tuple[list[QuantizedOp], dict[str, Any], SearchResult]:
+    """Rank the quantized operations and search how many of them go back to float."""
+    ranking: dict[str, Any] = {}
+    ranked: list[QuantizedOp] = []
+    if plain_drop <= max_drop:
+        result = SearchResult(NOT_NEEDED, 0, plain_drop, True)
+    else:
+        ranked, ranking = rank_ops(
+            model,
+            quantized,
+            _rank_images(calibration),
+            candidates=options.rank_candidates,
+            threads=options.threads,
+        )
+
+        def evaluate(count: int, all_pairs: bool) -> float:
+            drop = validator.drop(revert_ops(quantized, [op.name for op in ranked[:count]]), all_pairs)
+            log.info(
+                "accuracy control: %d in float -> drop %.4f (%s pairs)",
+                count,
+                drop,
+                "all" if all_pairs else "subset",
+            )
+            return drop
+
+        result = search_reverts(
+            len(ranked),
+            evaluate,
+            max_drop=max_drop,
+            subset_is_all=validator.subset_is_all,
+            max_iterations=options.max_iterations,
+            timeout_s=options.timeout_s,
+            clock=time.perf_counter,
+            started=started,
+        )
+    return ranked, ranking, result
+
+
+def _report(
+    lfw: str | os.PathLike[str],
+    pairset: PairSet,
+    max_drop: float,
+    options: ControlOptions,
+    validator: _Validator,
+    plain_drop: float,
+    result: SearchResult,
+    quantized: ov.Model,
+    reverted_ops: list[QuantizedOp],
+    ranking: dict[str, Any],
+) -> dict[str, Any]:
+    """The ``accuracy_control`` block of ``qfleet.json``: why the control stopped, at what drop,
+    which operations went back to float, and every validation it ran."""
+    fp32_accuracy = validator.fp32_accuracy[True]
+    confirmed = result.drop is not None and result.all_pairs
+    report: dict[str, Any] = {
+        "lfw": str(lfw),
+        "lfw_sha256": pairset_sha256(pairset),
+        "pairs": pairset.pairs,
+        "subset_pairs": min(pairset.pairs, options.subset_pairs),
+        "max_drop": max_drop,
+        "drop_type": "absolute",
+        "outcome": result.outcome,
+        "met": confirmed and result.drop is not None and result.drop <= max_drop,
+        "iterations": result.iterations,
+        "max_iterations": options.max_iterations,
+        "timeout_s": options.timeout_s,
+        "fp32_accuracy": fp32_accuracy,
+        "fully_quantized_accuracy": fp32_accuracy - plain_drop,
+        "fully_quantized_drop": round(plain_drop, 6),
+        "drop": None if result.drop is None else round(result.drop, 6),
+        "drop_on": "all" if result.all_pairs else "subset",
+        "int8_accuracy": None if result.drop is None or not result.all_pairs else fp32_accuracy - result.drop,
+        "quantized_ops": len(quantized_ops(quantized)),
+        "reverted": [op.as_dict() for op in reverted_ops],
+        "ranking": ranking,
+        "trials": [trial.as_dict() for trial in result.trials],
+    }
+    return report
