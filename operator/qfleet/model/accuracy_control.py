@@ -371,6 +371,8 @@ def _search(
             clock=time.perf_counter,
             started=started,
         )
+        if result.drop is None:  # the budget ran out before any validation: plain INT8 it is
+            result.drop, result.all_pairs = plain_drop, True
     return ranked, ranking, result
 
 
