@@ -145,9 +145,14 @@ async def measure(
         timeline: list[tuple[float, float]] = []
 
         def replicas(name: str) -> int | None:
-            tier = fleet[name][0]
-            deployment = cluster.get(DEPLOYMENTS, NAMESPACE, names.deployment_name(name, tier))
-            return None if deployment is None else int(deployment["spec"]["replicas"])
+            # Straight from the emulator's store, no copy: at 10,000 models the polling shares
+            # the one process that also serves the API.
+            key = (DEPLOYMENTS, NAMESPACE, names.deployment_name(name, fleet[name][0]))
+            stored = emulator.objects[key] if key in emulator.objects else None  # noqa: SIM401 (no .get)
+            return None if stored is None or stored.deleted else int(stored.raw["spec"]["replicas"])
+
+        #: Changes whose rescale never came (see ``change``).
+        lost: list[str] = []
 
         async def change(name: str) -> float:
             tier, fps, cameras = fleet[name]
@@ -158,8 +163,13 @@ async def measure(
             begin = time.perf_counter()
             await cluster.patch(cluster.model_path(NAMESPACE, name), {"spec": {"demand": {"cameras": new}}})
             while replicas(name) != want:
-                if time.perf_counter() - begin > 120:
-                    raise RuntimeError(f"{name}: no rescale within 120 s")
+                if time.perf_counter() - begin > 60:
+                    # The emulator does not replay what happened between the end of a watch and
+                    # the next one (kopf re-watches from its last resourceVersion every
+                    # server_timeout, 300 s): a change in that gap reaches the operator only at
+                    # its next resync. Counted, not timed.
+                    lost.append(name)
+                    return float("nan")
                 await asyncio.sleep(0.002)
             return time.perf_counter() - begin
 
@@ -177,10 +187,13 @@ async def measure(
                 while not done.is_set() and not cluster.objects(DEPLOYMENTS, NAMESPACE):
                     await asyncio.sleep(0.1)
                 await asyncio.sleep(1.0)
+                names_ = sorted(fleet)
                 while not done.is_set():
                     at = time.perf_counter() - started
-                    during.append(await change(rng.choice(sorted(fleet))))
-                    timeline.append((round(at, 1), round(during[-1], 3)))
+                    latency = await change(rng.choice(names_))
+                    if latency == latency:  # not lost
+                        during.append(latency)
+                        timeline.append((round(at, 1), round(latency, 3)))
                     await asyncio.sleep(0.5)
 
             changer = asyncio.create_task(change_meanwhile())
@@ -216,10 +229,15 @@ async def measure(
             emulator_cpu = time.process_time() - emulator_cpu
             await asyncio.sleep(2.0)  # let the follow-up reconciles (Deployment events) settle
             sequential = [await change(name) for name in rng.sample(sorted(fleet), min(changes, models))]
+            sequential = [latency for latency in sequential if latency == latency]
             await asyncio.sleep(1.0)
             burst_names = rng.sample(sorted(fleet), min(burst, models))
             burst_started = time.perf_counter()
-            burst_latencies = await asyncio.gather(*(change(name) for name in burst_names))
+            burst_latencies = [
+                latency
+                for latency in await asyncio.gather(*(change(name) for name in burst_names))
+                if latency == latency
+            ]
             burst_total = time.perf_counter() - burst_started
             memory = status_kib(process.pid, "VmHWM", "VmRSS")
             api = []
@@ -255,6 +273,7 @@ async def measure(
         "api_get_ms": round(statistics.median(api) * 1000, 2),
         "api_requests": requests,
         "requests_per_model": round(requests / models, 1),
+        "lost_changes": lost,
         "requests_by_kind": by_kind,
         "peak_rss_mib": round(memory.get("VmHWM", 0) / 1024, 1),
         "rss_mib": round(memory.get("VmRSS", 0) / 1024, 1),
@@ -307,10 +326,10 @@ def render(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"after another (from 1 s after the first Deployment the operator creates until the last). Load average "
         f"before / after: {meta['load_before']} / {meta['load']}.",
         "",
-        "| models | nodes | start-up (all Deployments) | per model | change during start-up p50 / p95 / max | "
-        "one change at a time after p50 / p95 / max | burst: N at once p50 / p95 / max | "
-        "operator peak RSS | API requests per model |",
-        "|---:|---:|---:|---:|---|---|---|---:|---:|",
+        "| models | nodes | start-up (all Deployments) | per model | CPU per model: operator / emulator | "
+        "change during start-up p50 / p95 / max | one change at a time after p50 / p95 / max | "
+        "burst: N at once p50 / p95 / max | operator peak RSS | API requests per model |",
+        "|---:|---:|---:|---:|---:|---|---|---|---:|---:|",
     ]
     for r in results:
         s, b, d = r["sequential"], r["burst"], r.get("during_startup")
@@ -320,12 +339,20 @@ def render(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             else "-"
         )
         lines.append(
-            f"| {r['models']} | {r['nodes']} | {r['startup_s']:.1f} s | **{r['per_model_ms']:.1f} ms** | {during} | "
+            f"| {r['models']} | {r['nodes']} | {r['startup_s']:.1f} s | **{r['per_model_ms']:.1f} ms** | "
+            f"{r['operator_cpu_ms_per_model']:.1f} / {r['emulator_cpu_ms_per_model']:.1f} ms | {during} | "
             f"{s['p50_s'] * 1000:.0f} / {s['p95_s'] * 1000:.0f} / {s['max_s'] * 1000:.0f} ms ({s['changes']}) | "
             f"N={b['size']}: {b['p50_s'] * 1000:.0f} / {b['p95_s'] * 1000:.0f} / {b['max_s'] * 1000:.0f} ms | "
             f"{r['peak_rss_mib']:.0f} MiB | {r['requests_per_model']:.1f} |"
         )
     for r in results:
+        if r.get("lost_changes"):
+            lines += [
+                "",
+                f"At {r['models']} models, {len(r['lost_changes'])} change(s) never reached the operator: the "
+                f"emulator does not replay the events between the end of a watch and the next one (kopf re-watches "
+                f"from its last resourceVersion every 300 s), as an API server does; counted, not timed.",
+            ]
         if "failover_s" in r:
             lines += [
                 "",
