@@ -386,8 +386,9 @@ def deployment_for(
 
     Only the model (and the serving settings) shape the pod template, so a camera change
     alters ``spec.replicas`` alone and restarts nothing; a new model rolls out with
-    maxUnavailable 0. The pods run with the CPU budget the model's FPS was measured with: a
-    new budget in the spec takes effect with the model a Job measured at it. ``records`` are
+    maxUnavailable 0. The pods run with the CPU budget and the batch the model's FPS was measured
+    with: a new budget or batch in the spec takes effect with the model a Job measured at it
+    (``spec.serving.batching.timeoutMs`` at once: it changes no FPS). ``records`` are
     annotations of the Deployment (the status records it carries, see :mod:`qfleet.fleet.names`).
     """
     artifact, pipeline_key = model.artifact, model.pipeline_key
