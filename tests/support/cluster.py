@@ -343,6 +343,35 @@ class Emulator(kmock.KubernetesEmulator):
             return [self.objects[key]] if key in self.objects else []
         return super()._KubernetesEmulator__get_objs(request, strict)  # type: ignore[misc]
 
+    async def _serve_watch(self, request: kmock.Request) -> Any:
+        """A watch from a ``resourceVersion`` streams what changed after it, as an API server does.
+
+        (The emulator would stream every object as ADDED at each watch, even after the client's
+        LIST and at each re-watch; with thousands of objects the client, kopf here, would then
+        handle the whole collection again every few minutes. Deletions in the gap are not kept.)
+        """
+        since = str(request.params.get("resourceVersion") or "")
+        if not since.isdigit() or since == "0":
+            async for event in super()._serve_watch(request):
+                yield event
+            return
+        yield b""
+        assert request.resource is not None
+        check = self._KubernetesEmulator__check  # type: ignore[attr-defined]
+        async with self._lock:
+            changed = [
+                obj.raw
+                for obj in self._KubernetesEmulator__get_objs(request, strict=False)
+                if not obj.deleted
+                and int(obj.raw.get("metadata", {}).get("resourceVersion") or 0) > int(since)
+            ]
+        for raw in changed:
+            yield {"type": "MODIFIED", "object": raw}
+        async for event in self._buses[request.resource]:
+            meta = event.get("object", {}).get("metadata", {})
+            if check(request, request.resource, meta.get("namespace"), meta.get("name"), strict=False):
+                yield event
+
     def _forget_requests(self, keep: int = 16) -> None:
         """Drop the served requests' history (kept only for assertions we do not use).
 
