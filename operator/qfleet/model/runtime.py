@@ -152,6 +152,9 @@ def runtime_isa(compiled: ov.CompiledModel) -> str | None:
     return None
 
 
+_BF16_HINT = "bf16 needs a CPU with native bf16 (AVX-512 BF16 or AMX); run `qfleet isa` to see this host's"
+
+
 def compile_model(
     model: ov.Model | str | os.PathLike[str],
     *,
@@ -177,6 +180,15 @@ def compile_model(
         what = what or str(model)
         model = read_model(model, ov_core=ov_core)
     what = what or f"model {model.get_friendly_name()}"
+    if asked == "bf16" and not native_bf16(ov_core):
+        # Refused before compiling: a plain host compiles it silently as f32, a bf16 host with its
+        # kernels capped below bf16 fails to compile at all. Either way, bf16 is not what runs.
+        raise PrecisionError(
+            f"{what} was asked to compute in bf16 ({precision}) but this host cannot (its kernels "
+            f"{'are capped below bf16' if kernel_cap_forbids_bf16() else 'have no native bf16'}): "
+            "OpenVINO would compute f32",
+            hint=_BF16_HINT,
+        )
     config: dict[str, Any] = {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": asked}
     if threads is not None:
         config["INFERENCE_NUM_THREADS"] = threads
@@ -190,7 +202,7 @@ def compile_model(
         raise PrecisionError(
             f"{what} was asked to compute in {asked} ({precision}) but OpenVINO compiled it in {used}"
             f" on this host ({kernels or 'unknown kernels'})",
-            hint="bf16 needs a CPU with native bf16 (AVX-512 BF16 or AMX); run `qfleet isa` to see this host's",
+            hint=_BF16_HINT,
         )
     return CompiledVariant(
         compiled=compiled, precision=precision, inference_precision=used, runtime_isa=kernels
