@@ -190,7 +190,11 @@ async def resume_model(name: str, namespace: str | None, memo: Any, **_: Any) ->
 
 @kopf.on.create(*MODEL)
 @kopf.on.update(*MODEL)
-async def reconcile_model(name: str, namespace: str | None, memo: Any, **_: Any) -> None:
+async def reconcile_model(name: str, namespace: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
+    # The change itself goes into the cache first: kopf may call this handler before the event
+    # handler that records it, and a reconcile of the old body would miss the change for good.
+    cache: ClusterCache = memo.cache
+    cache.observe("models", "MODIFIED", body)
     reconciler: Reconciler = memo.reconciler
     try:
         plan = await reconciler.reconcile(str(namespace), name)
