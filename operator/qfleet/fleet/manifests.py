@@ -119,6 +119,12 @@ def pipeline_inputs(spec: ModelSpec, config: FleetConfig, *, rerun: str | None =
         "maxDrop": spec.max_drop,
         "minAccuracy": spec.min_accuracy,
     }
+    control = spec.accuracy_control
+    if control.enabled:  # part of the key only when on: other models keep the keys they had
+        quantization["accuracyControl"] = {
+            "maxIterations": control.max_iterations,
+            "timeoutSeconds": control.timeout_s,
+        }
     for section, key, pin in (
         (source, "sha256", spec.source_sha256),
         (quantization, "calibrationSha256", spec.calibration_sha256),
@@ -273,6 +279,9 @@ def job_for(owner: Owner, spec: ModelSpec, tier: str, key: str, config: FleetCon
         calibration_sha256=spec.calibration_sha256,
         lfw_sha256=spec.lfw_sha256,
         allow_http=spec.storage.allow_http,
+        accuracy_control=spec.accuracy_control.enabled,
+        accuracy_control_max_iterations=spec.accuracy_control.max_iterations,
+        accuracy_control_timeout=spec.accuracy_control.timeout_s,
         benchmark_batch=spec.max_batch,
     ).to_args()
     writable = {spec.artifacts.claim} if isinstance(spec.artifacts, PvcUri) else set()

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from qfleet.fleet.status import SPEEDUPS, Bf16Record, GateRecord, JobError, ResultRecord
+from qfleet.fleet.status import SPEEDUPS, Bf16Record, ControlRecord, GateRecord, JobError, ResultRecord
 from qfleet.fleet.uris import artifact_of_result
 
 JobState = Literal["running", "succeeded", "failed"]
@@ -74,6 +74,8 @@ class PipelineResult:
     int8_batch: int | None = None
     int8_batch_fps: float | None = None
     int8_batch_latency_ms: float | None = None
+    #: What accuracy control did (None: the Job quantized without it).
+    accuracy_control: ControlRecord | None = None
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,32 @@ def _pipeline_result(data: Mapping[str, Any]) -> PipelineResult:
         int8_batch=batch,
         int8_batch_fps=batch_fps,
         int8_batch_latency_ms=batch_latency,
+        accuracy_control=_control(data.get("accuracy_control")),
+    )
+
+
+def _control(block: object) -> ControlRecord | None:
+    """The result's ``accuracy_control``: outcome, drops, validations, reverted operations."""
+    if block is None:
+        return None
+    if not isinstance(block, Mapping):
+        raise ResultError(f"the pipeline result's accuracy_control is not an object: {block!r}")
+    iterations = block.get("iterations")
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
+        raise ResultError(f"the pipeline result's accuracy_control.iterations is not a count: {iterations!r}")
+    layers = block.get("reverted_layers") or []
+    if not isinstance(layers, list) or not all(isinstance(name, str) for name in layers):
+        raise ResultError("the pipeline result's accuracy_control.reverted_layers is not a list of names")
+    return ControlRecord(
+        outcome=str(block.get("outcome") or ""),
+        met=bool(block.get("met")),
+        drop=_number(block.get("drop"), "accuracy_control.drop"),
+        fully_quantized_drop=_number(
+            block.get("fully_quantized_drop"), "accuracy_control.fully_quantized_drop"
+        ),
+        iterations=iterations,
+        seconds=_number(block.get("seconds"), "accuracy_control.seconds"),
+        reverted_layers=tuple(layers),
     )
 
 
@@ -367,6 +395,7 @@ def _succeeded_record(
         int8_batch=result.int8_batch,
         int8_batch_fps=result.int8_batch_fps,
         int8_batch_latency_ms=result.int8_batch_latency_ms,
+        accuracy_control=result.accuracy_control,
         gate=GateRecord(result.gate_passed, result.gate_reason, result.gate_message),
         versions=dict(result.versions),
         seconds=result.seconds,

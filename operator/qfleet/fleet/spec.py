@@ -59,6 +59,9 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 DEFAULTS: dict[str, Any] = {
     "quantization.preset": defaults.PRESET,
     "quantization.subsetSize": defaults.SUBSET_SIZE,
+    "quantization.accuracyControl.enabled": False,
+    "quantization.accuracyControl.maxIterations": defaults.ACCURACY_CONTROL_MAX_ITERATIONS,
+    "quantization.accuracyControl.timeoutSeconds": defaults.ACCURACY_CONTROL_TIMEOUT_S,
     "validation.maxDrop": defaults.MAX_DROP,
     "serving.minReplicas": 1,
     "serving.maxReplicas": 64,
@@ -110,6 +113,16 @@ class StorageSpec:
 
 
 @dataclass(frozen=True)
+class AccuracyControl:
+    """Quantization that returns the operations costing accuracy to float until the drop is
+    within ``validation.maxDrop``, within a budget of validations and seconds."""
+
+    enabled: bool = DEFAULTS["quantization.accuracyControl.enabled"]
+    max_iterations: int = DEFAULTS["quantization.accuracyControl.maxIterations"]
+    timeout_s: float = DEFAULTS["quantization.accuracyControl.timeoutSeconds"]
+
+
+@dataclass(frozen=True)
 class Target:
     isa: str
     node_selector: Mapping[str, str] = field(default_factory=dict)
@@ -148,6 +161,7 @@ class ModelSpec:
     pending_grace_seconds: int = DEFAULTS["demand.pendingGraceSeconds"]
     consistency: str = DEFAULTS["rollout.consistency"]
     storage: StorageSpec = field(default_factory=StorageSpec)
+    accuracy_control: AccuracyControl = field(default_factory=lambda: AccuracyControl())
     #: sha256 pins of ``https://`` inputs: source, calibration, lfw (None: not pinned).
     source_sha256: str | None = None
     calibration_sha256: str | None = None
@@ -243,6 +257,9 @@ def parse_spec(spec: Mapping[str, Any] | None) -> ModelSpec:
         pending_grace_seconds=_integer(demand, "demand.pendingGraceSeconds", minimum=0),
         consistency=_choice(rollout, "rollout.consistency", CONSISTENCY_MODES),
         storage=storage,
+        accuracy_control=_accuracy_control(
+            _section(quantization, "accuracyControl", where="spec.quantization")
+        ),
         source_sha256=inputs.pins.get("spec.source.sha256"),
         calibration_sha256=inputs.pins.get("spec.quantization.calibrationSha256"),
         lfw_sha256=inputs.pins.get("spec.validation.lfwSha256"),
@@ -278,6 +295,18 @@ class _Inputs:
         elif isinstance(uri, HttpUri) and uri.url.lower().startswith("http://"):
             raise SpecError(f"{path} {str(uri)!r} is plain http: pin its content with {pin_path}")
         return uri
+
+
+def _accuracy_control(section: Mapping[str, Any]) -> AccuracyControl:
+    enabled = _value(section, "quantization.accuracyControl.enabled")
+    if not isinstance(enabled, bool):
+        raise SpecError(f"spec.quantization.accuracyControl.enabled must be true or false, got {enabled!r}")
+    timeout = _positive(section, "quantization.accuracyControl.timeoutSeconds")
+    return AccuracyControl(
+        enabled=enabled,
+        max_iterations=_integer(section, "quantization.accuracyControl.maxIterations", minimum=1),
+        timeout_s=timeout,
+    )
 
 
 def _artifacts_uri(value: object) -> ArtifactUri:

@@ -65,6 +65,20 @@ class JobError:
 
 
 @dataclass(frozen=True)
+class ControlRecord:
+    """What accuracy-controlled quantization did: why it stopped, the drop it reached (and plain
+    INT8's), its validations, and the operations it returned to float."""
+
+    outcome: str
+    met: bool
+    drop: float
+    fully_quantized_drop: float
+    iterations: int
+    seconds: float
+    reverted_layers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class ResultRecord:
     """A finished Job's outcome, kept per tier until the pipeline key changes.
 
@@ -100,6 +114,8 @@ class ResultRecord:
     speedup: Mapping[str, float] = field(default_factory=dict)
     bf16: Bf16Record | None = None
     error: JobError | None = None
+    #: Present when the Job quantized with accuracy control.
+    accuracy_control: ControlRecord | None = None
 
 
 @dataclass(frozen=True)
@@ -303,6 +319,17 @@ def result_to_dict(result: ResultRecord) -> dict[str, Any]:
         "inferencePrecision": dict(result.inference_precision) or None,
         "speedup": {_camel(key): value for key, value in result.speedup.items() if key in SPEEDUPS} or None,
     }
+    control = result.accuracy_control
+    if control is not None:
+        measured["accuracyControl"] = {
+            "outcome": control.outcome,
+            "met": control.met,
+            "drop": control.drop,
+            "fullyQuantizedDrop": control.fully_quantized_drop,
+            "iterations": control.iterations,
+            "seconds": control.seconds,
+            "revertedLayers": list(control.reverted_layers),
+        }
     return _without_none({**head, **measured, **_bf16_to_dict(result.bf16), **tail})
 
 
@@ -466,6 +493,24 @@ def parse_result_record(data: object) -> ResultRecord:
         },
         bf16=_parse_bf16(found),
         error=_parse_error(found.get("error")),
+        accuracy_control=_parse_control(found.get("accuracyControl")),
+    )
+
+
+def _parse_control(data: object) -> ControlRecord | None:
+    found = _mapping(data)
+    if not found:
+        return None
+    return ControlRecord(
+        outcome=_str(found, "outcome"),
+        met=bool(found.get("met")),
+        drop=_float(found, "drop"),
+        fully_quantized_drop=_float(found, "fullyQuantizedDrop"),
+        iterations=_optional_int(found, "iterations") or 0,
+        seconds=_float(found, "seconds"),
+        reverted_layers=tuple(
+            str(name) for name in found.get("revertedLayers") or () if isinstance(name, str)
+        ),
     )
 
 

@@ -30,6 +30,7 @@ from qfleet.fleet.status import (
     Bf16Record,
     CapacityStatus,
     Condition,
+    ControlRecord,
     DemandStatus,
     GateRecord,
     JobError,
@@ -355,6 +356,7 @@ BF16_RESULT = ResultRecord(
     inference_precision={"fp32": "f32", "int8": "f32", "bf16": "bf16"},
     speedup={"int8_vs_fp32": 3.067, "int8_vs_bf16": 2.222},
     bf16=Bf16Record(f"{OUT}/amx_int8/bf16/model.xml", 0.9961, 450.0, True, "Passed", 0.0002),
+    accuracy_control=ControlRecord("met", True, 0.0004, 0.021, 7, 412.5, ("conv_0", "fc1")),
 )
 FAILED_RESULT = ResultRecord(
     pipeline_key=KEY,

@@ -441,3 +441,31 @@ def test_a_claim_model_gets_no_init_container() -> None:
         config=CONFIG,
     )["spec"]["template"]["spec"]
     assert "initContainers" not in pod and "envFrom" not in pod["containers"][0]
+
+
+def test_accuracy_control_reaches_the_job_and_the_key_only_when_on() -> None:
+    plain = make_spec()
+    controlled = make_spec(
+        quantization={
+            "calibration": "pvc://data/calib",
+            "subsetSize": 100,
+            "accuracyControl": {"enabled": True, "maxIterations": 8, "timeoutSeconds": 600},
+        }
+    )
+    args = pipeline_parser().parse_args(
+        job_for(OWNER, controlled, "avx2", "k", CONFIG)["spec"]["template"]["spec"]["containers"][0]["args"]
+    )
+    assert args.accuracy_control and args.accuracy_control_max_iterations == 8
+    assert args.accuracy_control_timeout == 600.0
+    assert (
+        not pipeline_parser()
+        .parse_args(
+            job_for(OWNER, plain, "avx2", "k", CONFIG)["spec"]["template"]["spec"]["containers"][0]["args"]
+        )
+        .accuracy_control
+    )
+    assert "accuracyControl" not in pipeline_inputs(plain, CONFIG)["quantization"]
+    assert pipeline_inputs(controlled, CONFIG)["quantization"]["accuracyControl"] == {
+        "maxIterations": 8,
+        "timeoutSeconds": 600.0,
+    }

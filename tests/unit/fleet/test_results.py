@@ -223,3 +223,36 @@ def test_a_broken_batch_measurement_is_refused(batch: object, fps: object, words
     int8 = {"accuracy": 0.996, "fps": 579.0, "batch": batch, "batch_fps": fps}
     with pytest.raises(ResultError, match=words):
         parse_result(result_message(int8=int8))
+
+
+CONTROL = {
+    "outcome": "met",
+    "met": True,
+    "drop": 0.004,
+    "fully_quantized_drop": 0.021,
+    "iterations": 6,
+    "seconds": 38.2,
+    "reverted_layers": ["stage1_unit1_conv1", "fc1"],
+}
+
+
+def test_parse_result_with_accuracy_control() -> None:
+    result = parse_result(result_message(accuracy_control=CONTROL))
+    control = result.accuracy_control
+    assert control is not None and control.met and control.outcome == "met"
+    assert (control.drop, control.fully_quantized_drop, control.iterations) == (0.004, 0.021, 6)
+    assert control.reverted_layers == ("stage1_unit1_conv1", "fc1")
+    assert parse_result(result_message()).accuracy_control is None
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"iterations": -1}, "iterations"),
+        ({"reverted_layers": "fc1"}, "reverted_layers"),
+        ({"drop": "small"}, "accuracy_control.drop"),
+    ],
+)
+def test_a_broken_accuracy_control_block_is_refused(change: dict[str, object], words: str) -> None:
+    with pytest.raises(ResultError, match=words):
+        parse_result(result_message(accuracy_control=CONTROL | change))

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from qfleet.fleet.pods import PodKnobs
-from qfleet.fleet.spec import DEFAULTS, ConfigMapKey, SpecError, StorageSpec, parse_spec
+from qfleet.fleet.spec import DEFAULTS, AccuracyControl, ConfigMapKey, SpecError, StorageSpec, parse_spec
 
 MINIMAL: dict[str, Any] = {
     "source": {"format": "onnx", "uri": "pvc://models/r100.onnx"},
@@ -69,6 +69,10 @@ def test_minimal_spec_gets_the_defaults() -> None:
         ("storage.addressing", "dns", ["spec.storage.addressing", "path, virtual"]),
         ("storage.caBundle", {"name": "ca", "key": "a/b"}, ["spec.storage.caBundle.key"]),
         ("storage.allowHttp", "yes", ["spec.storage.allowHttp"]),
+        ("quantization.accuracyControl", True, ["spec.quantization.accuracyControl must be an object"]),
+        ("quantization.accuracyControl.enabled", "yes", ["spec.quantization.accuracyControl.enabled"]),
+        ("quantization.accuracyControl.maxIterations", 0, ["accuracyControl.maxIterations", ">= 1"]),
+        ("quantization.accuracyControl.timeoutSeconds", 0, ["accuracyControl.timeoutSeconds", "> 0"]),
         ("source.epoch", -2, ["spec.source.epoch"]),
         ("quantization.calibration", "pvc://data/../x", ["spec.quantization.calibration", "'..'"]),
         ("quantization.subsetSize", 0, ["spec.quantization.subsetSize", ">= 1"]),
@@ -275,3 +279,11 @@ def test_batching_settings_are_kept() -> None:
     spec = parse_spec(with_("serving.batching", {"maxBatch": 4, "timeoutMs": 0.5}))
     assert (spec.max_batch, spec.batch_timeout_ms) == (4, 0.5)
     assert parse_spec(with_("serving.batching", {"maxBatch": 8})).batch_timeout_ms == 2
+
+
+def test_accuracy_control_defaults_and_settings() -> None:
+    plain = parse_spec(MINIMAL).accuracy_control
+    assert plain == AccuracyControl() and not plain.enabled
+    assert plain.max_iterations == DEFAULTS["quantization.accuracyControl.maxIterations"]
+    spec = with_("quantization.accuracyControl", {"enabled": True, "maxIterations": 8, "timeoutSeconds": 600})
+    assert parse_spec(spec).accuracy_control == AccuracyControl(True, 8, 600.0)
