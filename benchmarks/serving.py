@@ -68,6 +68,8 @@ BATCH_SECTION_TITLE = "## Batch size (iResNet-50 INT8)"
 #: Open-loop offers, as multiples of the batch-B FPS: the operator's default planning utilisation
 #: (0.8), the issue's 0.9x ("no errors, p95 a small multiple of unloaded") and 1.3x (overload).
 OFFERED_FACTORS = (0.8, 0.9, 1.3)
+#: Others' CPU (cores) below which a phase counts as measured on a quiet machine.
+CLEAN_CORES = 0.2
 DEFAULT_WORK = Path(tempfile.gettempdir()) / "qfleet-benchmarks" / "serving"
 
 
@@ -458,8 +460,17 @@ def markdown(result: dict[str, Any]) -> str:
         f"({'levels off near capacity' if at_13['achieved_over_capacity'] <= 1.1 else 'above capacity'}), "
         f"{at_13['errors']} errors.",
         "- Latency of the open-loop phases counts from each frame's scheduled send time, so queueing is included.",
-        "",
     ]
+    busiest = max(phase["others_cores"] for phase in phases.values())
+    if busiest > CLEAN_CORES:
+        clean = [f"{name} {phase['others_cores']:.2f}" for name, phase in phases.items()
+                 if phase["others_cores"] <= CLEAN_CORES]  # fmt: skip
+        lines.append(
+            f"- Other processes used up to {busiest:.2f} of the {result['cores']} cores during the phases, and "
+            "unevenly: a ratio of two medians measured under different contention is no evidence either way. "
+            f"Phases measured clean (others <= {CLEAN_CORES} cores): {', '.join(clean) or 'none'}."
+        )
+    lines.append("")
     return "\n".join(lines)
 
 
