@@ -58,8 +58,10 @@ def test_dynamic_batch_compiles_the_way_the_server_does(
 ) -> None:
     """--batch 4 --dynamic-batch: a 1..4 batch dimension (as `serve --max-batch 4`), full batches fed."""
     code = main(
-        ["benchmark", "--model", str(tiny_ir()), "--seconds", "0.2", "--batch", "4", "--dynamic-batch"]
-        + ["--json", "-q"]
+        [
+            *("benchmark", "--model", str(tiny_ir()), "--seconds", "0.2"),
+            *("--batch", "4", "--dynamic-batch", "--json", "-q"),
+        ]
     )
     assert code == 0
     result = json.loads(capsys.readouterr().out.splitlines()[-1])
