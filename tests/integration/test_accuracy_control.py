@@ -103,3 +103,27 @@ def test_a_budget_too_small_keeps_the_best_model_and_says_why(sensitive: dict[st
     assert sensitive["fp32"] - _accuracy(out / "model.xml", sensitive) == pytest.approx(
         control["drop"], abs=1e-9
     )
+
+
+def test_candidates_on_a_pair_subset_and_the_choice_confirmed_on_all(sensitive: dict[str, Any]) -> None:
+    from qfleet.model.accuracy_control import ControlOptions
+    from qfleet.model.quantize import quantize_model
+
+    out = sensitive["root"] / "subset"
+    metadata = quantize_model(
+        sensitive["fp32_xml"],
+        calibration=sensitive["calibration"],
+        out_dir=out,
+        max_drop=MAX_DROP,
+        lfw=sensitive["lfw_bin"],
+        progress=False,
+        control=ControlOptions(subset_pairs=200),
+    )
+    control = metadata["quantization"]["accuracy_control"]
+    assert control["subset_pairs"] == 200 < control["pairs"]
+    assert control["outcome"] == "met", control
+    assert [trial["pairs"] for trial in control["trials"]][-1] == "all"  # the choice, confirmed
+    assert "subset" in {trial["pairs"] for trial in control["trials"]}
+    assert control["drop_on"] == "all"
+    drop = sensitive["fp32"] - _accuracy(out / "model.xml", sensitive)
+    assert drop == pytest.approx(control["drop"], abs=1e-9) and drop <= MAX_DROP + 1e-9
