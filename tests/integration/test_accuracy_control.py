@@ -67,7 +67,7 @@ def test_plain_int8_misses_and_controlled_int8_meets_the_max_drop(sensitive: dic
     )
     control = metadata["quantization"]["accuracy_control"]
     assert control["outcome"] == "met" and control["met"], control
-    assert control["fully_quantized_drop"] == pytest.approx(plain_drop, abs=1e-9)
+    assert control["fully_quantized_drop"] == pytest.approx(plain_drop, abs=1e-6)  # rounded to 6 digits
     reverted = metadata["quantization"]["reverted_layers"]
     assert 1 <= len(reverted) < control["quantized_ops"]
     # Only the convolutions behind the outlier channels cost accuracy: those are what went back.
@@ -75,7 +75,8 @@ def test_plain_int8_misses_and_controlled_int8_meets_the_max_drop(sensitive: dic
     assert {op["input"] for op in control["reverted"]} <= rewritten, control["reverted"]
     assert 1 <= control["iterations"] <= control["max_iterations"]
     controlled_drop = sensitive["fp32"] - _accuracy(root / "controlled" / "model.xml", sensitive)
-    assert controlled_drop == pytest.approx(control["drop"], abs=1e-9)  # the artifact is what was measured
+    # The artifact is what was measured (the report rounds to 6 digits).
+    assert controlled_drop == pytest.approx(control["drop"], abs=1e-6)
     assert controlled_drop <= MAX_DROP + 1e-9
 
 
@@ -101,7 +102,7 @@ def test_a_budget_too_small_keeps_the_best_model_and_says_why(sensitive: dict[st
     assert control["drop_on"] == "all"
     assert metadata["quantization"]["reverted_layers"] == []
     assert sensitive["fp32"] - _accuracy(out / "model.xml", sensitive) == pytest.approx(
-        control["drop"], abs=1e-9
+        control["drop"], abs=1e-6
     )
 
 
@@ -126,4 +127,5 @@ def test_candidates_on_a_pair_subset_and_the_choice_confirmed_on_all(sensitive: 
     assert "subset" in {trial["pairs"] for trial in control["trials"]}
     assert control["drop_on"] == "all"
     drop = sensitive["fp32"] - _accuracy(out / "model.xml", sensitive)
-    assert drop == pytest.approx(control["drop"], abs=1e-9) and drop <= MAX_DROP + 1e-9
+    assert drop == pytest.approx(control["drop"], abs=1e-6)  # the report rounds to 6 digits
+    assert drop <= MAX_DROP + 1e-9
