@@ -47,9 +47,22 @@ class Index(Mapping[Any, list[Any]]):
         self._key_of: dict[Hashable, Any] = {}
         #: Identities from the start-up LIST that no event has confirmed yet.
         self._unconfirmed: set[Hashable] = set()
+        #: The resourceVersion of what is cached, where it is a number (etcd's are).
+        self._version: dict[Hashable, int] = {}
 
-    def put(self, ident: Hashable, key: Any, value: Any, *, confirmed: bool = True) -> bool:
-        """Cache ``value`` for the object ``ident`` under ``key``; True when that changed anything."""
+    def put(
+        self, ident: Hashable, key: Any, value: Any, *, confirmed: bool = True, version: int | None = None
+    ) -> bool:
+        """Cache ``value`` for the object ``ident`` under ``key``; True when that changed anything.
+
+        A ``version`` older than the cached one is ignored: the answer to the operator's own
+        write can arrive after the watch event of a later change (a Deployment's status), and
+        must not put the older object back.
+        """
+        if version is not None and version < self._version.get(ident, -1):
+            return False
+        if version is not None:
+            self._version[ident] = version
         old_key = self._key_of.get(ident, _MISSING)
         old: Any = _MISSING
         if old_key is not _MISSING and old_key != key:
@@ -68,6 +81,7 @@ class Index(Mapping[Any, list[Any]]):
         """Forget the object ``ident``; returns its key (None when it was not cached)."""
         key = self._key_of.pop(ident, None)
         self._unconfirmed.discard(ident)
+        self._version.pop(ident, None)
         if key is not None:
             bucket = self._by_key.get(key)
             if bucket is not None:
@@ -221,7 +235,11 @@ class ClusterCache:
         value = kind.summarize(body)
         if value is None:  # a node that cannot run anything (not ready, no tier)
             return cache.remove(ident)
-        return key if cache.put(ident, key, value, confirmed=confirmed) else None
+        version = str(meta.get("resourceVersion") or "")
+        changed = cache.put(
+            ident, key, value, confirmed=confirmed, version=int(version) if version.isdigit() else None
+        )
+        return key if changed else None
 
     async def snapshot(self, api: KubeApi, namespaces: Sequence[str] | None) -> int:
         """LIST every kind once (``namespaces`` None: cluster-wide); returns the objects cached."""

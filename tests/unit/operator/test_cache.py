@@ -143,3 +143,24 @@ def test_a_model_only_listed_at_start_up_is_not_confirmed_until_kopf_reports_it(
     assert not cache["models"].confirmed(("ns", "m"))
     cache.observe("models", None, model)  # kopf lists it: this replica leads
     assert cache["models"].confirmed(("ns", "m"))
+
+
+def test_the_answer_to_an_own_write_never_puts_back_an_older_object() -> None:
+    """The answer to a PATCH can arrive after the watch event of a later change (the Deployment
+    became ready meanwhile): the older object must not replace the newer one."""
+    cache = ClusterCache()
+    written = child("Deployment", "m-avx2", "m", readyReplicas=0)
+    written["metadata"]["resourceVersion"] = "41"
+    ready = child("Deployment", "m-avx2", "m", readyReplicas=1)
+    ready["metadata"]["resourceVersion"] = "42"
+    assert cache.observe("deployments", "MODIFIED", ready) == ("ns", "m")
+    cache.written(written)
+    (cached,) = cache.indices["deployments"][("ns", "m")]
+    assert cached["status"]["readyReplicas"] == 1
+    # A later version still replaces it, and a deletion forgets the version with the object.
+    written["metadata"]["resourceVersion"] = "43"
+    cache.written(written)
+    (cached,) = cache.indices["deployments"][("ns", "m")]
+    assert cached["status"]["readyReplicas"] == 0
+    assert cache.observe("deployments", "DELETED", written) == ("ns", "m")
+    assert cache.observe("deployments", "ADDED", ready) == ("ns", "m")
