@@ -196,42 +196,38 @@ def _env(threads: int, config: FleetConfig) -> list[dict[str, str]]:
     ]
 
 
-def _storage_access(storage: StorageSpec) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """What a container that reads or writes object storage adds: ``envFrom`` the spec's Secret
-    and the connection settings as the standard variables; the CA bundle's volume (or [])."""
-    env = [
-        {"name": name, "value": value}
-        for name, value in (
-            ("AWS_ENDPOINT_URL", storage.endpoint),
-            ("AWS_REGION", storage.region),
-            ("QFLEET_S3_ADDRESSING", storage.addressing),
-            ("AWS_CA_BUNDLE", f"{CA_DIR}/{storage.ca_bundle.key}" if storage.ca_bundle else None),
-        )
-        if value is not None
+def _reach_storage(container: dict[str, Any], storage: StorageSpec) -> list[dict[str, Any]]:
+    """Let ``container`` read and write object storage: ``envFrom`` the spec's Secret, the
+    connection settings as the standard variables and the CA bundle's mount; returns the
+    volumes the pod needs for that (the CA bundle's, or none)."""
+    container["env"] = [
+        *container.get("env", []),
+        *(
+            {"name": name, "value": value}
+            for name, value in (
+                ("AWS_ENDPOINT_URL", storage.endpoint),
+                ("AWS_REGION", storage.region),
+                ("QFLEET_S3_ADDRESSING", storage.addressing),
+                ("AWS_CA_BUNDLE", f"{CA_DIR}/{storage.ca_bundle.key}" if storage.ca_bundle else None),
+            )
+            if value is not None
+        ),
     ]
-    access: dict[str, Any] = {"env": env}
     if storage.secret_name:
-        access["envFrom"] = [{"secretRef": {"name": storage.secret_name}}]
+        container["envFrom"] = [{"secretRef": {"name": storage.secret_name}}]
     if storage.ca_bundle is None:
-        return access, []
-    access["volumeMounts"] = [{"name": CA_VOLUME, "mountPath": CA_DIR, "readOnly": True}]
-    volume = {
-        "name": CA_VOLUME,
-        "configMap": {
-            "name": storage.ca_bundle.name,
-            "items": [{"key": storage.ca_bundle.key, "path": storage.ca_bundle.key}],
-        },
-    }
-    return access, [volume]
-
-
-def _with_storage_access(container: dict[str, Any], access: Mapping[str, Any]) -> dict[str, Any]:
-    container["env"] = [*container.get("env", []), *access["env"]]
-    if "envFrom" in access:
-        container["envFrom"] = list(access["envFrom"])
-    if "volumeMounts" in access:
-        container["volumeMounts"] = [*container.get("volumeMounts", []), *access["volumeMounts"]]
-    return container
+        return []
+    container["volumeMounts"] = [
+        *container.get("volumeMounts", []),
+        {"name": CA_VOLUME, "mountPath": CA_DIR, "readOnly": True},
+    ]
+    key = storage.ca_bundle.key
+    return [
+        {
+            "name": CA_VOLUME,
+            "configMap": {"name": storage.ca_bundle.name, "items": [{"key": key, "path": key}]},
+        }
+    ]
 
 
 def _resources(
@@ -300,9 +296,7 @@ def job_for(owner: Owner, spec: ModelSpec, tier: str, key: str, config: FleetCon
         "volumeMounts": mounts,
     }
     if spec.uses_object_storage:
-        access, extra_volumes = _storage_access(spec.storage)
-        _with_storage_access(container, access)
-        volumes += extra_volumes
+        volumes += _reach_storage(container, spec.storage)
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
@@ -539,8 +533,7 @@ def _fetch_container(
             {"name": MODEL_VOLUME, "mountPath": MODEL_DIR},
         ],
     }
-    access, volumes = _storage_access(spec.storage)
-    return _with_storage_access(container, access), volumes
+    return container, _reach_storage(container, spec.storage)
 
 
 def _probe(path: str, port: int, *, period: int, failures: int) -> dict[str, Any]:

@@ -183,14 +183,19 @@ class ModelSpec:
         raise KeyError(isa)
 
     @property
+    def uris(self) -> tuple[InputUri, ...]:
+        """Every URI a quantization Job reads or writes."""
+        return (self.source, self.calibration, self.lfw, self.artifacts)
+
+    @property
     def claims(self) -> tuple[PvcUri, ...]:
-        """Every ``pvc://`` URI a quantization Job reads or writes (what it mounts)."""
-        return tuple(claims_of([self.source, self.calibration, self.lfw, self.artifacts]))
+        """The ``pvc://`` URIs among :attr:`uris` (what the Job mounts)."""
+        return tuple(claims_of(self.uris))
 
     @property
     def uses_object_storage(self) -> bool:
         """Whether a pod of this model reads or writes anything but claims."""
-        return len(self.claims) < 4
+        return not all(isinstance(uri, PvcUri) for uri in self.uris)
 
 
 def parse_spec(spec: Mapping[str, Any] | None) -> ModelSpec:

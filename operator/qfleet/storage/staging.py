@@ -115,13 +115,14 @@ def _stage_failed(result: dict[str, Any], stage: str, exc: QfleetError) -> dict[
 def run_with_object_storage(
     spec: Any, run: Callable[[Any], dict[str, Any]], *, store: S3Store | None = None
 ) -> dict[str, Any]:
-    """Run ``run(spec)`` (the pipeline) with its ``s3://`` inputs local and its output published."""
+    """Run ``run(spec)`` (the pipeline) with its ``s3://`` inputs local and its output published.
+
+    The pins were checked by the caller (:func:`check_pins`, before any work)."""
     work = Path(tempfile.mkdtemp(prefix="qfleet-pipeline-"))
     timings: dict[str, float] = {}
     try:
         started = time.perf_counter()
         try:
-            check_pins(spec)
             needs_store = any(is_s3(v) for v in (spec.source, spec.calibration, spec.lfw, spec.out))
             store = store or (S3Store() if needs_store else None)
             local = _local_inputs(spec, store, work)
