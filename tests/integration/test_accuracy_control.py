@@ -47,6 +47,21 @@ def _accuracy(xml: Path, sensitive: dict[str, Any]) -> float:
     return float(validate_model(xml, sensitive["pairset"], progress=False)["accuracy"])
 
 
+def quantize_controlled(sensitive: dict[str, Any], out: Path, control: Any = None) -> dict[str, Any]:
+    """``quantize_model`` of the sensitive model with accuracy control (``control``: its options)."""
+    from qfleet.model.quantize import quantize_model
+
+    return quantize_model(
+        sensitive["fp32_xml"],
+        calibration=sensitive["calibration"],
+        out_dir=out,
+        max_drop=MAX_DROP,
+        lfw=sensitive["lfw_bin"],
+        progress=False,
+        control=control,
+    )
+
+
 def test_plain_int8_misses_and_controlled_int8_meets_the_max_drop(sensitive: dict[str, Any]) -> None:
     from qfleet.model.quantize import quantize_model
 
@@ -57,14 +72,7 @@ def test_plain_int8_misses_and_controlled_int8_meets_the_max_drop(sensitive: dic
     plain_drop = sensitive["fp32"] - _accuracy(root / "plain" / "model.xml", sensitive)
     assert plain_drop > MAX_DROP, "the outliers should cost plain INT8 more than the max drop"
 
-    metadata = quantize_model(
-        sensitive["fp32_xml"],
-        calibration=sensitive["calibration"],
-        out_dir=root / "controlled",
-        max_drop=MAX_DROP,
-        lfw=sensitive["lfw_bin"],
-        progress=False,
-    )
+    metadata = quantize_controlled(sensitive, root / "controlled")
     control = metadata["quantization"]["accuracy_control"]
     assert control["outcome"] == "met" and control["met"], control
     assert control["fully_quantized_drop"] == pytest.approx(plain_drop, abs=1e-6)  # rounded to 6 digits
@@ -82,18 +90,9 @@ def test_plain_int8_misses_and_controlled_int8_meets_the_max_drop(sensitive: dic
 
 def test_a_budget_too_small_keeps_the_best_model_and_says_why(sensitive: dict[str, Any]) -> None:
     from qfleet.model.accuracy_control import ControlOptions
-    from qfleet.model.quantize import quantize_model
 
     out = sensitive["root"] / "budget"
-    metadata = quantize_model(
-        sensitive["fp32_xml"],
-        calibration=sensitive["calibration"],
-        out_dir=out,
-        max_drop=MAX_DROP,
-        lfw=sensitive["lfw_bin"],
-        progress=False,
-        control=ControlOptions(timeout_s=1e-3),  # spent before the first candidate
-    )
+    metadata = quantize_controlled(sensitive, out, ControlOptions(timeout_s=1e-3))  # spent at once
     control = metadata["quantization"]["accuracy_control"]
     assert control["outcome"] == "timeout" and not control["met"], control
     assert control["iterations"] == 0 and control["trials"] == []
@@ -108,18 +107,9 @@ def test_a_budget_too_small_keeps_the_best_model_and_says_why(sensitive: dict[st
 
 def test_candidates_on_a_pair_subset_and_the_choice_confirmed_on_all(sensitive: dict[str, Any]) -> None:
     from qfleet.model.accuracy_control import ControlOptions
-    from qfleet.model.quantize import quantize_model
 
     out = sensitive["root"] / "subset"
-    metadata = quantize_model(
-        sensitive["fp32_xml"],
-        calibration=sensitive["calibration"],
-        out_dir=out,
-        max_drop=MAX_DROP,
-        lfw=sensitive["lfw_bin"],
-        progress=False,
-        control=ControlOptions(subset_pairs=200),
-    )
+    metadata = quantize_controlled(sensitive, out, ControlOptions(subset_pairs=200))
     control = metadata["quantization"]["accuracy_control"]
     assert control["subset_pairs"] == 200 < control["pairs"]
     assert control["outcome"] == "met", control

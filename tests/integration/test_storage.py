@@ -27,26 +27,20 @@ from qfleet.storage.publish import UPLOAD_KEY, publish
 from qfleet.storage.s3 import S3Store
 from qfleet.storage.transfer import CHUNK_SIZE
 from qfleet.storage.uris import parse_s3_uri
-from tests.support.s3 import DenyAll, S3Server, free_port, http_servers, s3_server
+from tests.support.s3 import DenyAll, S3Server, free_port, http_servers
 
 BUCKET = "qfleet-models"
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[S3Server]:
-    with s3_server() as running:
-        yield running
-
-
 @pytest.fixture
-def s3(server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
+def s3(moto_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
     """A server with one empty bucket, and this process's AWS variables pointing at it."""
-    server.reset()
-    for name, value in server.env().items():
+    moto_server.reset()
+    for name, value in moto_server.env().items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
-    server.client().create_bucket(Bucket=BUCKET)
-    return server
+    moto_server.client().create_bucket(Bucket=BUCKET)
+    return moto_server
 
 
 def model_dir(folder: Path, *, size: int = 300_000) -> Path:

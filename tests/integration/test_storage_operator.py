@@ -13,7 +13,6 @@ import base64
 import hashlib
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,33 +23,27 @@ from qfleet.model.metadata import METADATA_FILE
 from qfleet.storage.publish import UPLOAD_KEY
 from tests.support.cluster import DEPLOYMENTS, JOBS, Cluster
 from tests.support.operator_fixtures import NAMESPACE, model_body
-from tests.support.s3 import ACCESS_KEY, REGION, SECRET_KEY, DenyAll, S3Server, http_servers, s3_server
+from tests.support.s3 import ACCESS_KEY, REGION, SECRET_KEY, DenyAll, S3Server, http_servers
 
 pytestmark = pytest.mark.timeout(300)
 
 SECRET = "s3-credentials"
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[S3Server]:
-    with s3_server() as running:
-        yield running
-
-
 @pytest.fixture
-def store(server: S3Server, datasets: Path, monkeypatch: pytest.MonkeyPatch) -> S3Server:
+def store(moto_server: S3Server, datasets: Path, monkeypatch: pytest.MonkeyPatch) -> S3Server:
     """Buckets "data" (the datasets, as on the "data" claim) and "models" (empty). This process
     and the operator hold no AWS variables: whatever a pod gets comes from its manifest."""
     for name in [name for name in os.environ if name.startswith("AWS_")]:
         monkeypatch.delenv(name)
-    server.reset()
-    client = server.client()
+    moto_server.reset()
+    client = moto_server.client()
     client.create_bucket(Bucket="data")
     client.create_bucket(Bucket="models")
     for path in sorted(datasets.rglob("*")):
         if path.is_file():
             client.upload_file(str(path), "data", path.relative_to(datasets).as_posix())
-    return server
+    return moto_server
 
 
 async def add_secret(cluster: Cluster, access_key: str, secret_key: str) -> None:
