@@ -47,9 +47,7 @@ class PrioritySlots:
             self._release()
 
     async def _acquire(self, priority: int) -> None:
-        # Waiters that gave up (cancelled) stay in the heap until a release pops them: they must
-        # not make a newcomer wait for a release that, with slots free, may never come.
-        if self._free > 0 and not self.waiting:
+        if self._free > 0 and not self._waiting:
             self._free -= 1
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
