@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import statistics
 import sys
@@ -33,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests packag
 
 from _common import RESULTS, cpu_model, load_average, replace_section, script_parser, utc_stamp
 from iresnet import UNITS, build_checkpoint, complexity, iresnet_symbol
+from qfleet.isa import detect_host_tier, has_native_bf16
 from tests.support.sensitive_model import DEMO_SITES, add_outlier_channels
 
 TITLE = "## Accuracy control"
@@ -188,12 +190,14 @@ def _rounds(row: dict[str, Any]) -> str:
 
 
 def render(rows: list[dict[str, Any]], estimate: dict[str, float] | None, args: Any) -> str:
+    tier = detect_host_tier()
     lines = [
         TITLE,
         "",
         f"`python benchmarks/accuracy_control.py --write`: plain `qfleet pipeline` then "
         f"`--accuracy-control`, side by side in one run, max drop {args.max_drop}, benchmarks "
-        f"{args.benchmark_seconds:g} s. {cpu_model()}, {__import__('os').cpu_count()} cores, "
+        f"{args.benchmark_seconds:g} s. {cpu_model()}, ISA tier {tier}, native bf16 "
+        f"{'yes' if has_native_bf16(tier) else 'no'}, {os.cpu_count()} cores, "
         f"{utc_stamp()}; 1-minute load average before, between and after each pair of runs: "
         + "; ".join(f"{row['model']} " + " / ".join(f"{x:.1f}" for x in row["loads"]) for row in rows)
         + " (ratios: median of the rounds, each round's in brackets)"
