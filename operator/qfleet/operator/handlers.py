@@ -43,7 +43,7 @@ from qfleet.operator.cache import NODES_KEY, OWNED, QUANTIZER_PODS, SERVER_PODS,
 from qfleet.operator.kube import ApiError, KubeApi, load_credentials
 from qfleet.operator.metrics import Metrics
 from qfleet.operator.settings import OperatorSettings
-from qfleet.operator.slots import BACKGROUND
+from qfleet.operator.slots import BACKGROUND, URGENT
 
 MODEL = (names.GROUP, names.VERSION, names.PLURAL)
 MODEL_NAME = {names.ANNOTATION_MODEL_NAME: kopf.PRESENT}
@@ -133,6 +133,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: ko
     reconciler = Reconciler(api, options, metrics, post_event=_post_event, cache=cache)
     memo.cache = cache
     memo.reconciler = reconciler
+    memo.reruns = {}
     memo.resync = asyncio.create_task(reconciler.resync_forever())
     fleet = options.fleet
     logger.info(
@@ -190,10 +191,6 @@ async def resume_model(name: str, namespace: str | None, memo: Any, **_: Any) ->
 
 @kopf.on.create(*MODEL)
 @kopf.on.update(*MODEL)
-# kopf leaves every qfleet.dev/ annotation out of what it compares (its diff base and progress
-# live under that prefix), so the rerun annotation is named as a field to watch: a new value is
-# then a change like any other.
-@kopf.on.field(*MODEL, field=("metadata", "annotations", names.ANNOTATION_RERUN))
 async def reconcile_model(name: str, namespace: str | None, memo: Any, **_: Any) -> None:
     reconciler: Reconciler = memo.reconciler
     try:
@@ -221,9 +218,19 @@ async def model_event(
 ) -> None:
     cache: ClusterCache = memo.cache
     cache.observe("models", type, body)
+    reconciler: Reconciler = memo.reconciler
+    key = (str(namespace), name)
+    reruns: dict[tuple[str, str], str | None] = memo.reruns
     if type == "DELETED":
-        reconciler: Reconciler = memo.reconciler
-        reconciler.forget(str(namespace), name)
+        reconciler.forget(*key)
+        reruns.pop(key, None)
+        return
+    # kopf counts every qfleet.dev/ annotation as its own (its diff base and progress live
+    # there), so a new qfleet.dev/rerun value reaches no update handler: it is caught here.
+    rerun = (body.get("metadata", {}).get("annotations") or {}).get(names.ANNOTATION_RERUN)
+    if key in reruns and reruns[key] != rerun:
+        reconciler.trigger(*key, priority=URGENT)
+    reruns[key] = rerun
 
 
 # -- children and nodes: their changes trigger a reconcile of the owner ------------------------------
