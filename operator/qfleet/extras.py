@@ -16,12 +16,13 @@ from contextlib import contextmanager
 
 from qfleet.errors import InputError
 
+_TOOLKIT_MODULES = ("mxnet", "numpy", "onnx", "openvino", "nncf", "PIL", "simplejpeg", "tqdm", "boto3")
 #: The importable top-level modules each extra installs, as the extras in pyproject.toml list them.
 EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "server": ("openvino", "numpy", "aiohttp", "prometheus_client", "boto3", "grpc", "google.protobuf"),
     "operator": ("kopf", "kubernetes", "aiohttp", "prometheus_client", "yaml"),
-    "toolkit": ("mxnet", "numpy", "onnx", "openvino", "nncf", "PIL", "tqdm", "boto3"),
-    "demo": ("mxnet", "numpy", "onnx", "openvino", "nncf", "PIL", "tqdm", "boto3", "matplotlib"),
+    "toolkit": _TOOLKIT_MODULES,
+    "demo": (*_TOOLKIT_MODULES, "matplotlib"),
 }
 
 #: The extra that each verb needs (``plan`` and ``gate`` need none).

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from qfleet.errors import DatasetError, InputError
 from qfleet.lfw.dataset import (
@@ -124,6 +126,32 @@ def test_decode_resizes_and_converts_to_rgb() -> None:
     gray = encode_image(np.full((20, 30, 3), 77, dtype=np.uint8), "PNG")
     array = decode_image(gray, (112, 96))
     assert array.shape == (112, 96, 3) and array.dtype == np.uint8 and int(array[5, 5, 0]) == 77
+
+
+def _pillow_pixels(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "CMYK"])
+def test_jpeg_pixels_are_pillows_whichever_decoder_runs(mode: str) -> None:
+    # RGB and grayscale JPEGs take the libjpeg-turbo fast path, CMYK goes to Pillow: the pixels
+    # must not depend on which one decoded them (a validation would drift between versions).
+    pixels = np.random.default_rng(3).integers(0, 256, (112, 112, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode="RGB").convert(mode).save(buffer, "JPEG", quality=90)
+    data = buffer.getvalue()
+    decoded = decode_image(data)
+    assert decoded.shape == (112, 112, 3) and decoded.dtype == np.uint8
+    np.testing.assert_array_equal(decoded, _pillow_pixels(data))
+    resized = decode_image(data, (56, 64))
+    assert resized.shape == (56, 64, 3)
+
+
+def test_truncated_jpeg_is_a_dataset_error_naming_the_image() -> None:
+    data = encode_image(np.random.default_rng(4).integers(0, 256, (112, 112, 3), dtype=np.uint8), "JPEG")
+    with pytest.raises(DatasetError, match=r"image 7 \(pair 3\) is not a readable image"):
+        decode_image(data[: len(data) // 2], what="image 7 (pair 3)")
 
 
 # --- pairs.txt ----------------------------------------------------------------------------------

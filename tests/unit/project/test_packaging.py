@@ -46,6 +46,7 @@ MODULE_OF = {
     "onnx": "onnx",
     "nncf": "nncf",
     "pillow": "PIL",
+    "simplejpeg": "simplejpeg",
     "tqdm": "tqdm",
     "matplotlib": "matplotlib",
     "pyyaml": "yaml",
