@@ -307,7 +307,9 @@ async def test_watch_refused_with_http_410_exits_and_a_restart_recovers(cluster:
     expired resourceVersion) is fatal to kopf's watcher, and kopf's shutdown can hang. The
     operator exits instead of hanging (crash-only); Kubernetes restarts it, and the new process
     catches up."""
-    gone = cluster.emulator.inject(Fault(MODELS + "$", method="GET", watch=True, times=1, status=410))
+    gone = cluster.emulator.inject(
+        Fault(MODELS + "$", method="GET", watch=True, times=1, status=410, user_agent="kopf")
+    )
     await cluster.apply_model(model_body("refused", cameras=2))
     first = await start(cluster)
     await cluster.wait_for("the watch refused", lambda: gone.hits == 1)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -111,3 +112,15 @@ async def test_a_rotated_token_is_read_again_on_401(tmp_path: Path) -> None:
     finally:
         await api.close()
         await server.close()
+
+
+async def test_a_watch_from_a_list_streams_only_what_changed_after_it(api: KubeApi, cluster: Cluster) -> None:
+    collection = namespaced("apps/v1", "deployments", "faces")
+    await api.create(collection, DEPLOYMENT)
+    items, version = await api.list_collection(collection)
+    assert [item["metadata"]["name"] for item in items] == ["web"] and version is not None
+    await api.merge_patch(f"{collection}/web", {"spec": {"replicas": 3}})
+    stream = api.watch(collection, version).__aiter__()
+    event = await asyncio.wait_for(stream.__anext__(), timeout=10)
+    assert event["object"]["spec"]["replicas"] == 3  # the change, not the listed object again
+    await stream.aclose()

@@ -343,6 +343,16 @@ class Emulator(kmock.KubernetesEmulator):
             return [self.objects[key]] if key in self.objects else []
         return super()._KubernetesEmulator__get_objs(request, strict)  # type: ignore[misc]
 
+    async def _serve_list(self, request: kmock.Request) -> Any:
+        """A list carries the revision it was read at, as an API server's does (the emulator's
+        says ``...``): a watch from it streams only what changed since, instead of every object
+        again as ADDED -- which made kopf handle a whole fleet twice at every start-up. The
+        revision is read before the objects: a write in between is streamed again, not lost."""
+        revision = self._revision
+        answer = await super()._serve_list(request)
+        answer["metadata"]["resourceVersion"] = str(revision)
+        return answer
+
     async def _serve_watch(self, request: kmock.Request) -> Any:
         """A watch from a ``resourceVersion`` streams what changed after it, as an API server does.
 

@@ -155,6 +155,12 @@ def deployment_summary(body: Mapping[str, Any]) -> dict[str, Any]:
     return result
 
 
+def model_generation(body: Mapping[str, Any]) -> int:
+    """What is kept of a model: its generation (the reconcile reads the model itself)."""
+    generation = (body.get("metadata") or {}).get("generation")
+    return generation if isinstance(generation, int) else 0
+
+
 @dataclass(frozen=True)
 class Kind:
     """One kind the operator caches: where to list it, which objects count, what is kept."""
@@ -188,7 +194,7 @@ class Kind:
 
 
 KINDS: tuple[Kind, ...] = (
-    Kind("models", names.API_VERSION, names.PLURAL, lambda body: True),
+    Kind("models", names.API_VERSION, names.PLURAL, model_generation),
     Kind("jobs", "batch/v1", "jobs", summary, labels=OWNED),
     Kind("pods", "v1", "pods", summary, labels=QUANTIZER_PODS),
     Kind("server_pods", "v1", "pods", server_pod_summary, labels=SERVER_PODS),
@@ -213,6 +219,9 @@ class ClusterCache:
 
     def __init__(self) -> None:
         self.indices: dict[str, Index] = {kind.index: Index() for kind in KINDS}
+        #: Per collection of models the start-up LIST read (its path), that list's
+        #: resourceVersion: where a watch of the models' changes picks up (see spec_watch).
+        self.models_listed: dict[str, str] = {}
 
     def __getitem__(self, index: str) -> Index:
         return self.indices[index]
@@ -251,9 +260,13 @@ class ClusterCache:
             if kinds[0].namespaced and namespaces is not None:
                 scopes = namespaces
             for namespace in scopes:
-                for body in await api.list_items(kinds[0].path(namespace)):
+                path = kinds[0].path(namespace)
+                items, version = await api.list_collection(path)
+                for body in items:
                     for kind in kinds:
                         self.observe(kind.index, None, body, confirmed=False)
+                if kinds[0].index == "models" and version is not None:
+                    self.models_listed[path] = version
         return sum(index.objects() for index in self.indices.values())
 
     def written(self, body: Mapping[str, Any]) -> None:

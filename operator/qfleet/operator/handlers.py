@@ -32,6 +32,7 @@ import logging
 import os
 import random
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import kopf
@@ -44,6 +45,7 @@ from qfleet.operator.kube import ApiError, KubeApi, load_credentials
 from qfleet.operator.metrics import Metrics
 from qfleet.operator.settings import OperatorSettings
 from qfleet.operator.slots import BACKGROUND, URGENT
+from qfleet.operator.spec_watch import Generations, SpecWatch
 
 MODEL = (names.GROUP, names.VERSION, names.PLURAL)
 MODEL_NAME = {names.ANNOTATION_MODEL_NAME: kopf.PRESENT}
@@ -55,6 +57,8 @@ EVENT_MESSAGE_LIMIT = 1000
 KOPF_FAILURE_GRACE_SECONDS = 10.0
 #: Exit status when kopf's core failed (any non-zero status makes Kubernetes restart the pod).
 KOPF_FAILURE_EXIT_CODE = 70
+#: The logger of kopf's peering (its pauses and resumptions).
+KOPF_PEERING_LOGGER = "kopf._core.engines.peering"
 
 
 class ExitWhenKopfFails(logging.Handler):
@@ -88,6 +92,41 @@ class ExitWhenKopfFails(logging.Handler):
             handler.flush()
         sys.stderr.flush()
         os._exit(KOPF_FAILURE_EXIT_CODE)
+
+
+class FollowKopfPeering(logging.Handler):
+    """Whether kopf's peering lets this replica work, read from kopf's peering log.
+
+    kopf has no API that says whether it paused the operator in favour of a peer, and the
+    operator's own watch of the models' specs (:mod:`~qfleet.operator.spec_watch`) must stay
+    idle while it is. kopf logs each pause and each resumption; with mandatory peering it starts
+    paused and logs the resumption once no peer outranks it.
+    """
+
+    PAUSED = ("Pausing operations", "Pausing all operators")
+    RESUMED = ("Resuming operations",)
+
+    def __init__(self, *, leading: bool) -> None:
+        super().__init__(level=logging.INFO)
+        self.leading = leading
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith(self.PAUSED):
+            self.leading = False
+        elif message.startswith(self.RESUMED):
+            self.leading = True
+
+
+def _follow_peering(peering: str | None) -> FollowKopfPeering:
+    logger = logging.getLogger(KOPF_PEERING_LOGGER)
+    for handler in [item for item in logger.handlers if isinstance(item, FollowKopfPeering)]:
+        logger.removeHandler(handler)  # a previous start in the same process
+    follower = FollowKopfPeering(leading=peering is None)
+    logger.addHandler(follower)
+    if peering is not None and logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)  # kopf logs its pauses at INFO (and they are worth a line)
+    return follower
 
 
 # -- settings (the one place) -------------------------------------------------------------------
@@ -135,6 +174,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: ko
     memo.reconciler = reconciler
     memo.reruns = {}
     memo.resync = asyncio.create_task(reconciler.resync_forever())
+    peering = _follow_peering(options.peering)
+    memo.spec_watches = _watch_specs(cache, api, reconciler, active=lambda: peering.leading)
     fleet = options.fleet
     logger.info(
         "qfleet operator: toolkit %s, server %s, benchmark %gs",
@@ -146,9 +187,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: ko
 
 @kopf.on.cleanup()
 async def shutdown(memo: kopf.Memo, **_: Any) -> None:
-    resync = memo.get("resync")
-    if resync is not None:
-        resync.cancel()
+    for task in [memo.get("resync"), *memo.get("spec_watches", ())]:
+        if task is not None:
+            task.cancel()
     reconciler: Reconciler | None = memo.get("reconciler")
     if reconciler is not None:
         await reconciler.close()
@@ -176,6 +217,25 @@ async def _snapshot(cache: ClusterCache, api: KubeApi, memo: kopf.Memo, logger: 
         logger.warning("could not list the cluster's objects at start-up (%s); relying on the watches", exc)
         return
     logger.info("start-up: %d objects listed", count)
+
+
+def _watch_specs(
+    cache: ClusterCache, api: KubeApi, reconciler: Reconciler, *, active: Callable[[], bool]
+) -> list[asyncio.Task[None]]:
+    """Watch each collection of models listed at start-up for spec changes, from that list on;
+    a change is reconciled at once, ahead of the fleet's resume (see the spec_watch module)."""
+    generations = Generations()
+    models = cache["models"]
+    for key in models:
+        generations.advanced(key, max(models[key]))
+
+    def changed(key: tuple[str, str]) -> None:
+        reconciler.trigger(*key, delay=0, priority=URGENT)
+
+    return [
+        asyncio.create_task(SpecWatch(api, path, since, generations, changed, active=active).run_forever())
+        for path, since in cache.models_listed.items()
+    ]
 
 
 # -- the QuantizedModel --------------------------------------------------------------------------

@@ -14,10 +14,11 @@ credentials is the caller's to report (an expired or revoked token, not an RBAC 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import ssl
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,10 @@ import aiohttp
 log = logging.getLogger(__name__)
 
 MERGE_PATCH = "application/merge-patch+json"
+#: A watch asks the server to end its stream after this long (and then opens the next one).
+WATCH_SECONDS = 300
+#: Beyond the server's own end of a watch, how long a silent stream is trusted.
+WATCH_GRACE_SECONDS = 30
 
 
 class ApiError(Exception):
@@ -211,15 +216,55 @@ class KubeApi:
     async def list_items(self, path: str, *, page: int = 500) -> list[dict[str, Any]]:
         """Every item of the collection at ``path``, fetched ``page`` at a time (a server that
         ignores ``limit`` answers everything at once, without a ``continue`` token)."""
+        items, _ = await self.list_collection(path, page=page)
+        return items
+
+    async def list_collection(self, path: str, *, page: int = 500) -> tuple[list[dict[str, Any]], str | None]:
+        """Like :meth:`list_items`, with the list's ``resourceVersion``: a watch from it streams
+        every change made after the list, none missed and none repeated."""
         items: list[dict[str, Any]] = []
         params = {"limit": str(page)}
         while True:
             data = await self.request("GET", path, params=params)
             items.extend(item for item in data.get("items") or () if isinstance(item, dict))
-            token = (data.get("metadata") or {}).get("continue")
+            metadata = data.get("metadata") or {}
+            token = metadata.get("continue")
             if not token:
-                return items
+                version = metadata.get("resourceVersion")
+                return items, str(version) if version else None
             params = {"limit": str(page), "continue": str(token)}
+
+    async def watch(
+        self, path: str, since: str, *, timeout_seconds: int = WATCH_SECONDS
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The watch events of the collection at ``path`` after ``resourceVersion`` ``since``,
+        until the server ends the stream (after ``timeout_seconds``). An expired ``since`` comes
+        as an ``ERROR`` event with code 410, as the server sends it."""
+        session = await self.session()
+        params = {
+            "watch": "true",
+            "resourceVersion": since,
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": str(timeout_seconds),
+        }
+        # No total timeout: the stream is meant to stay open; a silent one ends at sock_read.
+        timeout = aiohttp.ClientTimeout(total=None, sock_read=timeout_seconds + WATCH_GRACE_SECONDS)
+        refused: ApiError | None = None
+        try:
+            async with session.get(path, params=params, timeout=timeout) as response:
+                if response.status >= 400:
+                    refused = await _error(response)
+                else:
+                    async for line in _lines(response.content):
+                        event = json.loads(line)
+                        if isinstance(event, dict):
+                            yield event
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
+            raise ApiError(0, type(exc).__name__, str(exc) or "watch connection failed") from exc
+        if refused is not None:
+            if refused.status == 401:
+                await self._credentials_changed()  # the caller's next watch uses the renewed ones
+            raise refused
 
     async def create(self, path: str, body: dict[str, Any]) -> bool:
         """Create ``body`` in the collection ``path``; False when it already exists (409)."""
@@ -257,6 +302,19 @@ class KubeApi:
                 return False
             raise
         return True
+
+
+async def _lines(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+    """The stream's non-empty lines, however long (aiohttp's own line reader caps their size)."""
+    pending = b""
+    async for chunk in content.iter_any():
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            if line.strip():
+                yield line
+    if pending.strip():
+        yield pending
 
 
 async def _error(response: aiohttp.ClientResponse) -> ApiError:

@@ -115,9 +115,9 @@ class ListingApi:
         self.collections = collections
         self.paths: list[str] = []
 
-    async def list_items(self, path: str) -> list[dict[str, Any]]:
+    async def list_collection(self, path: str) -> tuple[list[dict[str, Any]], str | None]:
         self.paths.append(path)
-        return self.collections.get(path, [])
+        return self.collections.get(path, []), str(len(self.paths))
 
 
 async def test_the_start_up_snapshot_lists_each_collection_once_per_namespace() -> None:
@@ -134,6 +134,10 @@ async def test_the_start_up_snapshot_lists_each_collection_once_per_namespace() 
     assert api.paths.count("/api/v1/nodes") == 1  # nodes are cluster-scoped
     assert len(api.paths) == 6 * 2 + 1  # six namespaced collections, and the nodes
     assert ("ns", "m") in cache["deployments"] and ("ns", "m") in cache["server_pods"]
+    # Where a watch of the models picks up: each namespace's list of them, at its version.
+    models = f"/apis/{names.API_VERSION}/namespaces/a/{names.PLURAL}"
+    assert cache.models_listed[models] == str(api.paths.index(models) + 1)
+    assert len(cache.models_listed) == 2
 
 
 def test_a_model_only_listed_at_start_up_is_not_confirmed_until_kopf_reports_it() -> None:
