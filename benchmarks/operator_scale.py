@@ -121,7 +121,14 @@ PEERING_CRD = {
 
 
 async def measure(
-    models: int, nodes: int, changes: int, burst: int, seed: int, *, failover: bool = False
+    models: int,
+    nodes: int,
+    changes: int,
+    burst: int,
+    seed: int,
+    *,
+    failover: bool = False,
+    peering_lifetime: int | None = None,
 ) -> dict[str, Any]:
     rng = random.Random(seed)
     config = OperatorSettings.from_env(OPERATOR_ENV).fleet
@@ -213,6 +220,8 @@ async def measure(
                 {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": "qfleet"}},
             )
             env["QFLEET_PEERING"] = "qfleet"
+            if peering_lifetime is not None:
+                env["QFLEET_PEERING_LIFETIME"] = str(peering_lifetime)
         before = sum(emulator.request_counts.values())
         started = time.perf_counter()
         emulator_cpu = time.process_time()
@@ -297,6 +306,7 @@ async def fail_over(
     memory = status_kib(standby.pid, "VmHWM")
     return {
         "failover_s": round(total, 2),
+        "peering_lifetime_s": OperatorSettings.from_env(env).peering_lifetime,
         "failover_standby_peak_rss_mib": round(memory.get("VmHWM", 0) / 1024, 1),
     }
 
@@ -356,8 +366,8 @@ def render(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
                 f"(SIGKILL), every model's cameras changed meanwhile: {r['failover_s']:.1f} s from the kill "
                 f"until the standby had rescaled every Deployment (standby peak RSS "
                 f"{r['failover_standby_peak_rss_mib']:.0f} MiB). kopf's peering lets a standby take over only "
-                f"when the dead leader's keep-alive has expired (60 s, kopf's default lifetime); the rest is "
-                f"the standby's start-up.",
+                f"when the dead leader's keep-alive has expired (a lifetime of {r['peering_lifetime_s']} s, "
+                f"QFLEET_PEERING_LIFETIME, renewed 5-10 s before it ends); the rest is the standby's start-up.",
             ]
     lines.append("")
     return "\n".join(lines)
@@ -375,6 +385,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--failover", action="store_true", help="then a standby replica takes over from the killed leader"
     )
+    parser.add_argument(
+        "--peering-lifetime",
+        type=int,
+        default=None,
+        help="with --failover: QFLEET_PEERING_LIFETIME of both replicas (default: the operator's)",
+    )
     parser.add_argument("--results", type=Path, default=RESULTS, help="Markdown file to update")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args(argv)
@@ -382,7 +398,15 @@ def main(argv: list[str] | None = None) -> int:
     load_before = ", ".join(f"{value:.1f}" for value in os.getloadavg())
     for models in args.models:
         result = asyncio.run(
-            measure(models, args.nodes, args.changes, args.burst, args.seed, failover=args.failover)
+            measure(
+                models,
+                args.nodes,
+                args.changes,
+                args.burst,
+                args.seed,
+                failover=args.failover,
+                peering_lifetime=args.peering_lifetime,
+            )
         )
         print(json.dumps(result), flush=True)
         results.append(result)

@@ -154,6 +154,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: ko
         # of one Deployment need distinct priorities, or every one of them pauses.
         settings.peering.priority = random.SystemRandom().randint(1, 2**31 - 1)
         settings.peering.mandatory = True
+        # How long a standby waits for a dead leader's keep-alive to lapse (kopf's default: 60 s).
+        settings.peering.lifetime = options.peering_lifetime
     settings.peering.clusterwide = bool(memo.get("clusterwide", False))
     # Re-open watches now and then, so a silently dropped connection does not go unnoticed.
     settings.watching.server_timeout = 300

@@ -14,6 +14,8 @@
 ``QFLEET_RUN_AS_USER``                uid/gid of the pods (65532, the images' user; ``auto``: none, the platform assigns it)
 ``QFLEET_RESYNC_SECONDS``             how often every model is reconciled regardless of events (300)
 ``QFLEET_PEERING``                    kopf peering name for leader election (none: standalone)
+``QFLEET_PEERING_LIFETIME``           seconds a replica's peering keep-alive stays valid: how long a
+                                      standby waits after the leader died (15; kopf's own is 60)
 ``QFLEET_METRICS_PORT``               port of /metrics (the --metrics-port option wins)
 ``QFLEET_LOG_FORMAT``                 text or json: the operator's logs and those of its Jobs and servers
 ``QFLEET_POD_DEFAULTS``               JSON object: pod knobs of every Job and replica (tolerations,
@@ -39,6 +41,9 @@ from qfleet.fleet.config import FleetConfig
 from qfleet.fleet.pods import KNOB_KEYS, KnobError, PodKnobs, parse_pod_knobs
 
 PREFIX = "QFLEET_"
+#: kopf renews a keep-alive 5-10 s before its lifetime ends (at least every second): below this,
+#: a renewal that is a little late lets a healthy leader look dead.
+MIN_PEERING_LIFETIME = 10
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,11 @@ class OperatorSettings:
     fleet: FleetConfig = field(default_factory=FleetConfig)
     resync_seconds: float = 300.0
     peering: str | None = None
+    #: Seconds a peering keep-alive stays valid (kopf renews it 5-10 s before it lapses). A
+    #: standby takes over only once the dead leader's has lapsed: kopf's 60 s doubled a failover
+    #: at 1000 models (issue 16). Shorter means more keep-alive writes, and less tolerance of
+    #: clock skew between the replicas' nodes (the peers compare each other's timestamps).
+    peering_lifetime: int = 15
     metrics_port: int | None = None
     #: Most quantization Jobs running at once across every model (0: no limit): each one holds
     #: a whole replica's CPU for the benchmark, so a burst of new models cannot crowd out serving.
@@ -85,6 +95,9 @@ class OperatorSettings:
             fleet=fleet,
             resync_seconds=reader.number("RESYNC_SECONDS", 300.0, minimum=1.0),
             peering=reader.text("PEERING", "") or None,
+            peering_lifetime=reader.integer(
+                "PEERING_LIFETIME", cls.peering_lifetime, minimum=MIN_PEERING_LIFETIME
+            ),
             metrics_port=reader.integer("METRICS_PORT", 0, minimum=0) if port else None,
             max_running_jobs=reader.integer("MAX_RUNNING_JOBS", cls.max_running_jobs, minimum=0),
             concurrent_reconciles=reader.integer(

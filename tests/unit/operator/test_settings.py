@@ -17,6 +17,7 @@ def test_defaults() -> None:
     assert settings.fleet == FleetConfig()
     assert settings.peering is None and settings.metrics_port is None and settings.resync_seconds == 300
     assert settings.max_running_jobs == 4
+    assert settings.peering_lifetime == 15  # a standby waits 15 s at most, not kopf's 60
     assert settings.fleet.pod_defaults == PodKnobs()
     assert settings.fleet.progress_deadline_seconds == 600
 
@@ -34,6 +35,7 @@ def test_environment_overrides() -> None:
             "QFLEET_RUN_AS_USER": "1000",
             "QFLEET_RESYNC_SECONDS": "30",
             "QFLEET_PEERING": "qfleet",
+            "QFLEET_PEERING_LIFETIME": "30",
             "QFLEET_METRICS_PORT": "9090",
             "QFLEET_LOG_FORMAT": "json",
             "QFLEET_MAX_RUNNING_JOBS": "0",
@@ -48,9 +50,14 @@ def test_environment_overrides() -> None:
     assert (fleet.benchmark_seconds, fleet.job_backoff_limit, fleet.job_ttl_seconds) == (1.5, 0, 600)
     assert fleet.job_service_account == "quantizer" and fleet.run_as_user == 1000
     assert (settings.resync_seconds, settings.peering, settings.metrics_port) == (30, "qfleet", 9090)
-    assert fleet.log_format == "json"
+    assert fleet.log_format == "json" and settings.peering_lifetime == 30
     assert settings.max_running_jobs == 0  # no limit
     assert fleet.progress_deadline_seconds == 120
+
+
+def test_a_peering_lifetime_below_kopf_renewal_margin_is_refused() -> None:
+    with pytest.raises(InputError, match="QFLEET_PEERING_LIFETIME=5 must be >= 10"):
+        OperatorSettings.from_env({"QFLEET_PEERING_LIFETIME": "5"})
 
 
 def test_pod_defaults_from_json() -> None:
