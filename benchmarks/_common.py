@@ -120,18 +120,26 @@ class CpuMeter:
         self.phases: dict[str, dict[str, float]] = {}
 
     def _own_cpu_s(self) -> float:
-        total = self_cpu_seconds() + children_cpu_seconds()
-        return total + (process_cpu_seconds(self.server_pid) if self.server_pid else 0.0)
+        return self_cpu_seconds() + children_cpu_seconds() + self._server_cpu_s()
+
+    def _server_cpu_s(self) -> float:
+        return process_cpu_seconds(self.server_pid) if self.server_pid else 0.0
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
-        """Record the others' cores and the 1-minute load average of the block as phase ``name``."""
-        started, busy, own = time.monotonic(), busy_cpu_seconds(), self._own_cpu_s()
+        """Record the cores others, this script (the clients) and the server used during the block,
+        and the 1-minute load average at its end, as phase ``name`` (the script's cores include its
+        finished children's: a ``qfleet benchmark`` run)."""
+        started, busy = time.monotonic(), busy_cpu_seconds()
+        own, server = self._own_cpu_s(), self._server_cpu_s()
         yield
         elapsed = max(time.monotonic() - started, 1e-9)
-        others = (busy_cpu_seconds() - busy) - (self._own_cpu_s() - own)
+        own_used, server_used = self._own_cpu_s() - own, self._server_cpu_s() - server
+        others = (busy_cpu_seconds() - busy) - own_used
         self.phases[name] = {
             "others_cores": round(max(others, 0.0) / elapsed, 2),
+            "script_cores": round((own_used - server_used) / elapsed, 3),
+            "server_cores": round(server_used / elapsed, 3),
             "load_average_1m": round(os.getloadavg()[0], 2),
         }
 

@@ -41,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -258,6 +259,10 @@ class _Run:
         return [*args, "--grpc-port", str(grpc_port)]
 
 
+#: The phases, in the order they run (``--phases`` picks some).
+PHASES = ("sweep", "protocols", "cameras", "plan")
+
+
 def run(
     *,
     model_xml: Path,
@@ -271,6 +276,9 @@ def run(
     threads: int | None,
     quiet_cores: float,
     wait_quiet_s: float,
+    phases: tuple[str, ...] = PHASES,
+    offered: tuple[float, ...] = OFFERED_FACTORS,
+    capacity: float | None = None,
 ) -> dict[str, Any]:
     bench = _Run(
         model_xml, seconds=seconds, threads=threads, quiet_cores=quiet_cores, wait_quiet_s=wait_quiet_s
@@ -286,8 +294,59 @@ def run(
         "max_batch": max_batch,
         "batch_timeout_ms": batch_timeout_ms,
         "quiet_cores": quiet_cores,
+        "phases_run": list(phases),
         "phases": bench.meter.phases,
     }
+    if "sweep" in phases:
+        _sweep_phase(bench, result, sweep)
+    cams_batched: list[dict[str, Any]] = []
+    if {"protocols", "cameras", "plan"} & set(phases):
+        grpc_port = free_port()
+        with server_process(model_xml, *bench.server_args(max_batch, batch_timeout_ms, grpc_port)) as (
+            url,
+            server,
+        ):
+            bench.meter.server_pid = server.pid
+            if "protocols" in phases:
+                capacity = _protocols_phase(
+                    bench, result, url, f"127.0.0.1:{grpc_port}", rounds=rounds, concurrency=concurrency
+                )
+            elif "plan" in phases and capacity is None:
+                # Without the protocol rounds, one benchmark at batch B gives the planned capacity.
+                capacity = _direct_summary(result, [bench.direct("direct_1", max_batch)], max_batch)
+            if "cameras" in phases:
+                cams_batched = [
+                    bench.rest(f"cameras_batched_{i + 1}", url, concurrency=cameras, faces=1)
+                    for i in range(rounds)
+                ]
+            if "plan" in phases:
+                assert capacity is not None
+                result["capacity"] = round(capacity, 2)
+                result["capacity_from"] = "measured" if "direct" in result else "--capacity"
+                _plan_phase(bench, result, url, capacity=capacity, cameras=cameras, offered=offered)
+    if "cameras" in phases:
+        with server_process(model_xml, *bench.server_args(1, batch_timeout_ms, free_port())) as (url, server):
+            bench.meter.server_pid = server.pid
+            cams_plain = [
+                bench.rest(f"cameras_unbatched_{i + 1}", url, concurrency=cameras, faces=1)
+                for i in range(rounds)
+            ]
+        best = result.get("best_batch", {}).get("fps")
+        for name, runs in (("cameras_batched", cams_batched), ("cameras_unbatched", cams_plain)):
+            fps = _median(runs, "faces_per_s")
+            result[name] = {
+                **runs[-1],
+                "faces_per_s_runs": [run["faces_per_s"] for run in runs],
+                "faces_per_s": round(fps, 2),
+                "errors": sum(run["errors"] for run in runs),
+                "over_best_batch": round(fps / best, 4) if best else None,
+            }
+    result["load_average_1m_at_end"] = load_average()
+    return result
+
+
+def _sweep_phase(bench: _Run, result: dict[str, Any], sweep: tuple[int, ...]) -> None:
+    """0. ``qfleet benchmark`` at each batch of the sweep; the best is the best-batch FPS."""
     sweep_runs = {batch: bench.direct(f"sweep_b{batch}", batch) for batch in sweep}
     result["sweep"] = {
         str(batch): {"fps": round(run["fps"], 2), "latency_ms_median": round(run["latency_ms_median"], 2)}
@@ -296,75 +355,140 @@ def run(
     best_batch = max(sweep_runs, key=lambda batch: sweep_runs[batch]["fps"])
     result["best_batch"] = {"batch": best_batch, "fps": round(sweep_runs[best_batch]["fps"], 2)}
 
-    grpc_port = free_port()
-    with server_process(model_xml, *bench.server_args(max_batch, batch_timeout_ms, grpc_port)) as (
-        url,
-        server,
-    ):
-        bench.meter.server_pid = server.pid
-        model = read_model_name(url)
-        grpc_target = f"127.0.0.1:{grpc_port}"
-        # 1. Protocol overhead at batch B: B-face requests, each one inference.
-        direct: list[dict[str, Any]] = []
-        rest: list[dict[str, Any]] = []
-        grpc: list[dict[str, Any]] = []
-        for index in range(rounds):
-            direct.append(bench.direct(f"direct_{index + 1}", max_batch))
-            rest.append(bench.rest(f"rest_{index + 1}", url, concurrency=concurrency, faces=max_batch))
-            grpc.append(bench.grpc(f"grpc_{index + 1}", grpc_target, model, concurrency=concurrency,
-                                   faces=max_batch))  # fmt: skip
-        direct.append(bench.direct(f"direct_{rounds + 1}", max_batch))
-        capacity = _median(direct, "fps")
-        result["direct"] = {
-            "batch": max_batch,
-            "fps_runs": [round(run["fps"], 2) for run in direct],
-            "fps": round(capacity, 2),
-            "streams": direct[0]["streams"],
-            "infer_requests": direct[0]["infer_requests"],
-            "latency_ms_median": round(_median(direct, "latency_ms_median"), 2),
-        }
-        for name, runs in (("rest", rest), ("grpc", grpc)):
-            fps = _median(runs, "faces_per_s")
-            result[name] = {
-                **runs[-1],
-                "faces_per_s_runs": [run["faces_per_s"] for run in runs],
-                "faces_per_s": round(fps, 2),
-                "errors": sum(run["errors"] for run in runs),
-                "over_direct": round(fps / capacity, 4),
-            }
-        # 2. Cameras, 1-face requests, with batching.
-        cams_batched = [
-            bench.rest(f"cameras_batched_{i + 1}", url, concurrency=cameras, faces=1) for i in range(rounds)
-        ]
-        # 3. The plan with batching on.
-        result["unloaded"] = bench.measure("unloaded", lambda: asyncio.run(closed_loop(
-            url, concurrency=1, faces_per_request=1, seconds=max(seconds / 2, 5.0), warmup_s=1.0)))  # fmt: skip
-        for factor in OFFERED_FACTORS:
-            spec = LoadSpec(url=url, cameras=cameras, camera_fps=factor * capacity / cameras, faces_per_frame=1,
-                            seconds=seconds * 1.5, binary=True, timeout_s=120.0)  # fmt: skip
-            report = bench.measure(f"offered_{factor:g}x", functools.partial(loadtest, spec))
-            p95 = report["latency_ms"]["p95"]
-            unloaded_p50 = result["unloaded"]["latency_ms"]["p50"]
-            report["p95_over_unloaded_p50"] = round(p95 / unloaded_p50, 2) if p95 and unloaded_p50 else None
-            report["achieved_over_capacity"] = round(report["achieved_fps"] / capacity, 4)
-            result[f"offered_{factor:g}x"] = report
-    with server_process(model_xml, *bench.server_args(1, batch_timeout_ms, free_port())) as (url, server):
-        bench.meter.server_pid = server.pid
-        cams_plain = [
-            bench.rest(f"cameras_unbatched_{i + 1}", url, concurrency=cameras, faces=1) for i in range(rounds)
-        ]
-    best = result["best_batch"]["fps"]
-    for name, runs in (("cameras_batched", cams_batched), ("cameras_unbatched", cams_plain)):
+
+def _direct_summary(result: dict[str, Any], direct: list[dict[str, Any]], max_batch: int) -> float:
+    """Record the ``qfleet benchmark`` runs at batch B; their median FPS is the capacity planned with."""
+    capacity = _median(direct, "fps")
+    result["direct"] = {
+        "batch": max_batch,
+        "fps_runs": [round(run["fps"], 2) for run in direct],
+        "fps": round(capacity, 2),
+        "streams": direct[0]["streams"],
+        "infer_requests": direct[0]["infer_requests"],
+        "latency_ms_median": round(_median(direct, "latency_ms_median"), 2),
+    }
+    return capacity
+
+
+def _protocols_phase(
+    bench: _Run, result: dict[str, Any], url: str, grpc_target: str, *, rounds: int, concurrency: int
+) -> float:
+    """1. B-face requests (each one inference) over REST and gRPC, alternating with the benchmark."""
+    max_batch = result["max_batch"]
+    model = read_model_name(url)
+    direct: list[dict[str, Any]] = []
+    rest: list[dict[str, Any]] = []
+    grpc: list[dict[str, Any]] = []
+    for index in range(rounds):
+        direct.append(bench.direct(f"direct_{index + 1}", max_batch))
+        rest.append(bench.rest(f"rest_{index + 1}", url, concurrency=concurrency, faces=max_batch))
+        grpc.append(bench.grpc(f"grpc_{index + 1}", grpc_target, model, concurrency=concurrency,
+                               faces=max_batch))  # fmt: skip
+    direct.append(bench.direct(f"direct_{rounds + 1}", max_batch))
+    capacity = _direct_summary(result, direct, max_batch)
+    for name, runs in (("rest", rest), ("grpc", grpc)):
         fps = _median(runs, "faces_per_s")
         result[name] = {
             **runs[-1],
             "faces_per_s_runs": [run["faces_per_s"] for run in runs],
             "faces_per_s": round(fps, 2),
             "errors": sum(run["errors"] for run in runs),
-            "over_best_batch": round(fps / best, 4),
+            "over_direct": round(fps / capacity, 4),
         }
-    result["load_average_1m_at_end"] = load_average()
-    return result
+    return capacity
+
+
+def _plan_phase(
+    bench: _Run,
+    result: dict[str, Any],
+    url: str,
+    *,
+    capacity: float,
+    cameras: int,
+    offered: tuple[float, ...],
+) -> None:
+    """3. The unloaded latency, then open-loop camera load at multiples of ``capacity``; each offer
+    also records how full the server's batches were and what it refused (from its /metrics)."""
+    seconds = bench.seconds
+    result["unloaded"] = bench.measure("unloaded", lambda: asyncio.run(closed_loop(
+        url, concurrency=1, faces_per_request=1, seconds=max(seconds / 2, 5.0), warmup_s=1.0)))  # fmt: skip
+    unloaded_p50 = result["unloaded"]["latency_ms"]["p50"]
+    for factor in offered:
+        spec = LoadSpec(url=url, cameras=cameras, camera_fps=factor * capacity / cameras, faces_per_frame=1,
+                        seconds=seconds * 1.5, binary=True, timeout_s=120.0)  # fmt: skip
+        report = bench.measure(
+            f"offered_{factor:g}x", functools.partial(_offer, url, spec, max_batch=result["max_batch"])
+        )
+        p95 = report["latency_ms"]["p95"]
+        report["p95_over_unloaded_p50"] = round(p95 / unloaded_p50, 2) if p95 and unloaded_p50 else None
+        report["achieved_over_capacity"] = round(report["achieved_fps"] / capacity, 4)
+        result[f"offered_{factor:g}x"] = report
+
+
+def _offer(url: str, spec: LoadSpec, *, max_batch: int) -> dict[str, Any]:
+    """One open-loop load test, with the server's batches and answers during it."""
+    before = server_counts(url)
+    report = loadtest(spec)
+    report["server"] = server_counts(url).since(before).summary(max_batch)
+    return report
+
+
+@dataclass(frozen=True)
+class ServerCounts:
+    """The server's inference batches (by size bucket) and infer answers (by status code) so far."""
+
+    batches_le: dict[float, float]
+    batches: float
+    faces: float
+    answers: dict[str, float]
+
+    def since(self, earlier: ServerCounts) -> ServerCounts:
+        return ServerCounts(
+            batches_le={le: n - earlier.batches_le.get(le, 0.0) for le, n in self.batches_le.items()},
+            batches=self.batches - earlier.batches,
+            faces=self.faces - earlier.faces,
+            answers={code: n - earlier.answers.get(code, 0.0) for code, n in self.answers.items()},
+        )
+
+    def summary(self, max_batch: int) -> dict[str, Any]:
+        # Full batches: all but those in the bucket just below max_batch (the server's buckets
+        # step by one face up to 4; a histogram without that bucket cannot tell).
+        below_full = self.batches_le.get(float(max_batch - 1)) if max_batch > 1 else 0.0
+        return {
+            "inferences": int(self.batches),
+            "faces_per_inference": self._share(self.faces),
+            "full_batch_share": None if below_full is None else self._share(self.batches - below_full),
+            "single_face_share": self._share(self.batches_le.get(1.0, 0.0)),
+            "answers_by_code": {code: int(n) for code, n in sorted(self.answers.items()) if n},
+        }
+
+    def _share(self, count: float) -> float | None:
+        return round(count / self.batches, 3) if self.batches else None
+
+
+def server_counts(url: str) -> ServerCounts:
+    """Read the batch-size histogram and the infer answers from the server's /metrics."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"{url}/metrics") as response:
+        text = response.read().decode()
+    batches_le: dict[float, float] = {}
+    batches = faces = 0.0
+    answers: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "qfleet_server_inference_batch_faces_bucket":
+                batches_le[float(sample.labels["le"])] = sample.value
+            elif sample.name == "qfleet_server_inference_batch_faces_count":
+                batches = sample.value
+            elif sample.name == "qfleet_server_inference_batch_faces_sum":
+                faces = sample.value
+            elif sample.name == "qfleet_server_requests_total" and "infer" in sample.labels["endpoint"]:
+                code = sample.labels["code"]
+                answers[code] = answers.get(code, 0.0) + sample.value
+    return ServerCounts(batches_le, batches, faces, answers)
 
 
 def read_model_name(url: str) -> str:
@@ -434,15 +558,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"| unloaded: one face at a time, `--max-batch {b}` | {result['unloaded']['faces_per_s']:.1f} | "
         f"{_ms(result['unloaded']['latency_ms'])} | {result['unloaded']['errors']} | {_others(phases, 'unloaded')} |",
     ]
-    for factor in (f"{factor:g}" for factor in OFFERED_FACTORS):
-        report = result[f"offered_{factor}x"]
-        lines.append(
-            f"| open loop {factor}x of {direct['fps']:.1f}: {report['cameras']} cameras x {report['camera_fps']:.2f} "
-            f"fps x 1 face, {report['seconds']:g} s | offered {report['offered_fps']:.1f}, achieved "
-            f"{report['achieved_fps']:.1f} ({report['achieved_over_capacity']:.0%}) | {_ms(report['latency_ms'])} "
-            f"(p95 = {report['p95_over_unloaded_p50']}x unloaded p50) | {report['errors']} "
-            f"| {_others(phases, f'offered_{factor}x')} |"
-        )
+    lines += plan_rows(result)
     at_09, at_13 = result["offered_0.9x"], result["offered_1.3x"]
     lines += [
         "",
@@ -460,6 +576,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"({'levels off near capacity' if at_13['achieved_over_capacity'] <= 1.1 else 'above capacity'}), "
         f"{at_13['errors']} errors.",
         "- Latency of the open-loop phases counts from each frame's scheduled send time, so queueing is included.",
+        _clients_cpu(result),
     ]
     busiest = max(phase["others_cores"] for phase in phases.values())
     if busiest > CLEAN_CORES:
@@ -472,6 +589,78 @@ def markdown(result: dict[str, Any]) -> str:
         )
     lines.append("")
     return "\n".join(lines)
+
+
+def _offers(result: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The open-loop phases that ran, as (factor, report), in the order they ran."""
+    return [(key[len("offered_") : -1], value) for key, value in result.items() if key.startswith("offered_")]
+
+
+def plan_rows(result: dict[str, Any]) -> list[str]:
+    """The table rows of the open-loop phases (plan tightness)."""
+    rows = []
+    for factor, report in _offers(result):
+        server = report.get("server") or {}
+        batches = (
+            f"; {server['faces_per_inference']:.2f} faces per inference, {server['full_batch_share']:.0%} full"
+            if server.get("faces_per_inference") and server.get("full_batch_share") is not None
+            else ""
+        )
+        rows.append(
+            f"| open loop {factor}x of {result['capacity']:.1f}: {report['cameras']} cameras x "
+            f"{report['camera_fps']:.2f} fps x 1 face, {report['seconds']:g} s | offered {report['offered_fps']:.1f}, "
+            f"achieved {report['achieved_fps']:.1f} ({report['achieved_over_capacity']:.0%}){batches} | "
+            f"{_ms(report['latency_ms'])} (p95 = {report['p95_over_unloaded_p50']}x unloaded p50) | "
+            f"{report['errors']} | {_others(result['phases'], f'offered_{factor}x')} |"
+        )
+    return rows
+
+
+def plan_markdown(result: dict[str, Any]) -> str:
+    """The plan-tightness table alone (a run of ``--phases plan``)."""
+    lines = [
+        f"Plan tightness: `qfleet serve --max-batch {result['max_batch']} --batch-timeout-ms "
+        f"{result['batch_timeout_ms']:g}` on {result['cpu']}, {result['cores']} cores, {result['measured_at']}; "
+        f"capacity {result['capacity']:.1f} faces/s ({_capacity_from(result)}); 1-minute load average {result['load_average_1m_at_start']:.2f} at the start, "
+        f"{result['load_average_1m_at_end']:.2f} at the end.",
+        "",
+        "| measurement | faces/s | latency ms (p50 / p95 / p99) | errors | others' CPU (load) |",
+        "|---|---:|---|---:|---|",
+        f"| unloaded: one face at a time | {result['unloaded']['faces_per_s']:.1f} | "
+        f"{_ms(result['unloaded']['latency_ms'])} | {result['unloaded']['errors']} | "
+        f"{_others(result['phases'], 'unloaded')} |",
+        *plan_rows(result),
+        "",
+        _clients_cpu(result),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _capacity_from(result: dict[str, Any]) -> str:
+    if result.get("capacity_from") == "--capacity":
+        return "given with --capacity"
+    return f"`qfleet benchmark --batch {result['max_batch']} --dynamic-batch`"
+
+
+def _clients_cpu(result: dict[str, Any]) -> str:
+    """What the load generators (this script) and the server took of the cores, per phase kind."""
+    phases = result["phases"]
+
+    def cores(prefix: str) -> str:
+        chosen = [
+            phase for name, phase in phases.items() if name.startswith(prefix) and "script_cores" in phase
+        ]
+        if not chosen:
+            return "-"
+        return " / ".join(
+            f"{phase['script_cores']:.2f} (server {phase['server_cores']:.2f})" for phase in chosen
+        )
+
+    return (
+        f"- Cores the load generator took (the server's in brackets): open loop {cores('offered_')}; "
+        f"closed-loop cameras {cores('cameras_batched')}."
+    )
 
 
 def batch_markdown(result: dict[str, Any]) -> str:
@@ -531,9 +720,27 @@ def main() -> None:
     parser.add_argument(
         "--wait-quiet", type=float, default=300.0, help="longest wait for a quiet machine per phase (s)"
     )
+    parser.add_argument(
+        "--phases",
+        default=",".join(PHASES),
+        help=f"the phases to run, comma-separated (default all: {','.join(PHASES)}); plan alone measures "
+        "the capacity with one `qfleet benchmark` unless --capacity gives it",
+    )
+    parser.add_argument(
+        "--offered",
+        default=",".join(f"{factor:g}" for factor in OFFERED_FACTORS),
+        help="the plan phase's offers, as multiples of the capacity (default 0.8,0.9,1.3)",
+    )
+    parser.add_argument("--capacity", type=float, help="faces/s the plan phase offers multiples of")
     parser.add_argument("--results", type=Path, help="update the Serving section of this RESULTS.md")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args()
+    phases = tuple(phase.strip() for phase in args.phases.split(",") if phase.strip())
+    unknown = sorted(set(phases) - set(PHASES))
+    if unknown:
+        parser.error(f"--phases: unknown {', '.join(unknown)} (choose from {', '.join(PHASES)})")
+    if args.results and set(phases) != set(PHASES):
+        parser.error("--results needs every phase (the sections compare them)")
     model_xml = args.model or build_int8_model(args.work)
     result = run(
         model_xml=model_xml,
@@ -547,8 +754,16 @@ def main() -> None:
         threads=args.threads,
         quiet_cores=args.quiet_cores,
         wait_quiet_s=args.wait_quiet,
+        phases=phases,
+        offered=tuple(float(factor) for factor in args.offered.split(",")),
+        capacity=args.capacity,
     )
-    section = markdown(result)
+    if set(phases) == set(PHASES):
+        section = markdown(result)
+    elif "plan" in phases:
+        section = plan_markdown(result)
+    else:
+        section = json.dumps(result, indent=2)
     if args.results:
         replace_section(args.results, SECTION_TITLE, section)
         replace_section(args.results, BATCH_SECTION_TITLE, batch_markdown(result))

@@ -31,7 +31,9 @@ LATENCY_BUCKETS: tuple[float, ...] = (
     10.0,
     30.0,
 )
-BATCH_BUCKETS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128)
+#: One face apart up to 4 (the batch most models are served at), so that a dashboard tells full
+#: batches from partial ones; coarser above.
+BATCH_BUCKETS: tuple[float, ...] = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128)
 
 #: Window of the rolling faces/s gauge: long enough to smooth bursts of camera frames, short
 #: enough that an autoscaler reading it sees load changes within a scrape or two.
