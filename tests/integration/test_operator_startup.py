@@ -106,6 +106,14 @@ async def test_a_camera_change_during_start_up_overtakes_the_resume_of_the_fleet
             await cluster.wait_for("the change applied", lambda: replicas() == want, timeout=120)
             waiting = MODELS - planned()
             assert waiting > 0, "the change waited until the whole fleet was resumed"
+            # The operator's own watch saw the change first (kopf was still listing): its
+            # reconcile posts the change's event as kopf's handlers would, and does not crash.
+            await cluster.wait_for(
+                "the Scaled event",
+                lambda: any(e.get("reason") == "Scaled" for e in cluster.events(NAMESPACE, changed)),
+                timeout=60,
+            )
+            assert "reconcile crashed" not in cluster.operator_log()
             await cluster.wait_for("every model planned", lambda: planned() == MODELS, timeout=240)
             assert replicas() == want  # the resume of the changed model did not undo the change
         except BaseException:

@@ -28,6 +28,8 @@ Errors, on purpose:
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import logging
 import os
 import random
@@ -46,6 +48,8 @@ from qfleet.operator.metrics import Metrics
 from qfleet.operator.settings import OperatorSettings
 from qfleet.operator.slots import BACKGROUND, URGENT
 from qfleet.operator.spec_watch import Generations, SpecWatch
+
+log = logging.getLogger("qfleet.operator")
 
 MODEL = (names.GROUP, names.VERSION, names.PLURAL)
 MODEL_NAME = {names.ANNOTATION_MODEL_NAME: kopf.PRESENT}
@@ -171,7 +175,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: ko
     cache = ClusterCache()
     await _snapshot(cache, api, memo, logger)
     api.written = cache.written
-    reconciler = Reconciler(api, options, metrics, post_event=_post_event, cache=cache)
+    events = KopfEvents()
+    reconciler = Reconciler(api, options, metrics, post_event=events, cache=cache)
+    memo.events = events
     memo.cache = cache
     memo.reconciler = reconciler
     memo.reruns = {}
@@ -197,8 +203,39 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
         await reconciler.close()
 
 
-def _post_event(model: Any, event: Event) -> None:
-    kopf.event(model, type=event.type, reason=event.reason, message=event.message[:EVENT_MESSAGE_LIMIT])
+class KopfEvents:
+    """Posts the reconciler's Kubernetes events through kopf, from any task.
+
+    kopf finds its event queue in context variables that it sets only inside its own workers; a
+    reconcile started by one of the operator's own tasks (the spec watch, the resync) runs
+    outside them, where ``kopf.event`` raises LookupError -- after the status was written, so
+    the reconcile crashed and its events were lost. The poster keeps a copy of a worker's
+    context, taken in the first handler kopf calls, and posts within it.
+    """
+
+    def __init__(self) -> None:
+        self.context: contextvars.Context | None = None
+
+    def remember_context(self) -> None:
+        """Called from kopf's handlers: the first one lends its context (one queue for all)."""
+        if self.context is None:
+            self.context = contextvars.copy_context()
+
+    def __call__(self, model: Any, event: Event) -> None:
+        post = functools.partial(
+            kopf.event,
+            model,
+            type=event.type,
+            reason=event.reason,
+            message=event.message[:EVENT_MESSAGE_LIMIT],
+        )
+        try:
+            if self.context is not None:
+                self.context.run(post)
+            else:
+                post()
+        except LookupError:  # before kopf called any handler: no queue to post to yet
+            log.warning("event %s not posted: kopf's event queue is not known yet", event.reason)
 
 
 async def _snapshot(cache: ClusterCache, api: KubeApi, memo: kopf.Memo, logger: kopf.Logger) -> None:
@@ -278,6 +315,7 @@ async def reconcile_model(name: str, namespace: str | None, memo: Any, **_: Any)
 async def model_event(
     type: str, body: kopf.Body, name: str, namespace: str | None, memo: Any, **_: Any
 ) -> None:
+    memo.events.remember_context()
     cache: ClusterCache = memo.cache
     cache.observe("models", type, body)
     reconciler: Reconciler = memo.reconciler
@@ -299,6 +337,7 @@ async def model_event(
 
 
 def _child_changed(memo: Any, index: str, type: str | None, body: kopf.Body) -> None:
+    memo.events.remember_context()
     cache: ClusterCache = memo.cache
     key = cache.observe(index, type, body)
     if key is not None:  # the start-up LIST saw it as it is: nothing new for the planner
@@ -338,6 +377,7 @@ async def pdb_event(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> N
 
 @kopf.on.event("v1", "nodes")
 async def node_event(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
+    memo.events.remember_context()
     cache: ClusterCache = memo.cache
     if cache.observe("nodes", type, body) == NODES_KEY:
         reconciler: Reconciler = memo.reconciler
