@@ -15,9 +15,14 @@ One run, one INT8 model, on this machine:
    server with batching (``--max-batch B``) and without (``--max-batch 1``). Goal: with batching
    >= 90% of the best-batch FPS.
 3. The plan holds with batching on: the unloaded latency of one face, then ``qfleet loadtest``
-   (open loop) of ``--cameras`` cameras x 1 face offering 0.8x, 0.9x and 1.3x the batch-B FPS
-   (what the operator plans with): at 0.9x no errors, at 1.3x achieved faces/s levels off near
-   capacity.
+   (open loop) of ``--cameras`` cameras x 1 face offering 0.8x, 0.9x and 1.3x the FPS the
+   operator plans a replica with for one-face requests (``qfleet.fleet.replicas.batching_fps``:
+   the batch-1 FPS; planned with the batch-B FPS, 0.9x drew refusals): at 0.9x no errors, at
+   1.3x achieved faces/s levels off near capacity. Each offer records how full the server's
+   batches were and what it answered (its /metrics), and the cores the load generator took.
+
+``--phases`` runs some of them (``--phases plan``: the plan phase alone, measuring the batch-1
+and batch-B FPS first unless ``--capacity`` gives the planned FPS).
 
 The clients run on the same machine and take some of its CPU: what the server delivers is
 measured with that cost included, as a pod's neighbours would not have it.
@@ -58,6 +63,7 @@ from _common import (
     server_process,
     utc_stamp,
 )
+from qfleet.fleet.replicas import batching_fps
 from qfleet.isa import detect_host_tier
 from qfleet.model.metadata import read_metadata
 from qfleet.serving.loadtest import LoadSpec, loadtest, percentiles_ms
@@ -312,7 +318,7 @@ def run(
                     bench, result, url, f"127.0.0.1:{grpc_port}", rounds=rounds, concurrency=concurrency
                 )
             elif "plan" in phases and capacity is None:
-                # Without the protocol rounds, one benchmark at batch B gives the planned capacity.
+                # Without the protocol rounds, one benchmark at batch B.
                 capacity = _direct_summary(result, [bench.direct("direct_1", max_batch)], max_batch)
             if "cameras" in phases:
                 cams_batched = [
@@ -321,8 +327,10 @@ def run(
                 ]
             if "plan" in phases:
                 assert capacity is not None
+                if "direct" in result:
+                    capacity = _planned_fps(bench, result, batch_fps=capacity)
                 result["capacity"] = round(capacity, 2)
-                result["capacity_from"] = "measured" if "direct" in result else "--capacity"
+                result["capacity_from"] = "planned" if "direct" in result else "--capacity"
                 _plan_phase(bench, result, url, capacity=capacity, cameras=cameras, offered=offered)
     if "cameras" in phases:
         with server_process(model_xml, *bench.server_args(1, batch_timeout_ms, free_port())) as (url, server):
@@ -354,6 +362,22 @@ def _sweep_phase(bench: _Run, result: dict[str, Any], sweep: tuple[int, ...]) ->
     }
     best_batch = max(sweep_runs, key=lambda batch: sweep_runs[batch]["fps"])
     result["best_batch"] = {"batch": best_batch, "fps": round(sweep_runs[best_batch]["fps"], 2)}
+
+
+def _planned_fps(bench: _Run, result: dict[str, Any], *, batch_fps: float) -> float:
+    """What the operator plans a replica with for these cameras' one-face requests: between the
+    batch-1 FPS (the sweep's, else measured now) and the batch-B FPS (see ``batching_fps``)."""
+    batch1 = (result.get("sweep") or {}).get("1", {}).get("fps")
+    if batch1 is None:
+        batch1 = bench.direct("direct_b1", 1)["fps"]
+    result["planned"] = {
+        "batch1_fps": round(batch1, 2),
+        "batch_fps": round(batch_fps, 2),
+        "faces_per_request": 1,
+    }
+    return batching_fps(
+        batch1_fps=batch1, batch_fps=batch_fps, batch=result["max_batch"], faces_per_request=1
+    )
 
 
 def _direct_summary(result: dict[str, Any], direct: list[dict[str, Any]], max_batch: int) -> float:
@@ -569,7 +593,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"{batched['over_best_batch']:.1%} of the best-batch FPS (batch {best['batch']}, {best['fps']:.1f}; goal "
         f">= 90%: {_goal(batched['over_best_batch'], 0.90)}); without batching {plain['over_best_batch']:.1%} "
         f"(batching gives x{batched['faces_per_s'] / plain['faces_per_s']:.2f}).",
-        f"- Plan tightness with batching, against the batch-{b} FPS the operator plans with: 0.9x: "
+        f"- Plan tightness with batching, against the {result['capacity']:.1f} faces/s the operator plans one-face requests with: 0.9x: "
         f"{at_09['errors']} errors, achieved {at_09['achieved_over_capacity']:.0%} of capacity "
         f"({'holds' if at_09['errors'] == 0 else '**does not hold**'}); 1.3x: achieved "
         f"{at_13['achieved_over_capacity']:.0%} of capacity while {at_13['offered_fps']:.1f} faces/s were offered "
@@ -640,7 +664,11 @@ def plan_markdown(result: dict[str, Any]) -> str:
 def _capacity_from(result: dict[str, Any]) -> str:
     if result.get("capacity_from") == "--capacity":
         return "given with --capacity"
-    return f"`qfleet benchmark --batch {result['max_batch']} --dynamic-batch`"
+    planned = result["planned"]
+    return (
+        f"what the operator plans one-face requests with: batch-1 {planned['batch1_fps']:.1f}, "
+        f"`--batch {result['max_batch']} --dynamic-batch` {planned['batch_fps']:.1f}"
+    )
 
 
 def _clients_cpu(result: dict[str, Any]) -> str:

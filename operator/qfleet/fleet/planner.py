@@ -11,8 +11,9 @@ for the current pipeline key -> run a Job; Job finished -> record its result; a 
 makes the new INT8 model the served one, a failed gate keeps what was served (or serves the
 FP32 model with ``onGateFailure: fp32``, or the BF16 model with ``onGateFailure: bf16`` when the
 result has one that passed the same gate, else it keeps and says why); replicas follow the
-camera demand, planned with the FPS of the precision served (INT8's at the serving batch,
-``spec.serving.batching.maxBatch``, when the Job measured it there; the pods then batch as much).
+camera demand, planned with the FPS of the precision served (with ``spec.serving.batching.maxBatch``
+> 1 INT8's between its batch-1 FPS and the FPS the Job measured at that batch, by the faces one
+frame brings, see :func:`qfleet.fleet.replicas.batching_fps`; the pods then batch as much).
 
 ``onGateFailure: bf16`` with a target tier that has no native bf16 never gets here: the spec is
 invalid as a whole (see :func:`qfleet.fleet.spec.parse_spec`).
@@ -42,7 +43,7 @@ from qfleet.fleet.manifests import (
     threads_for,
 )
 from qfleet.fleet.nodes import Inventory
-from qfleet.fleet.replicas import Demand
+from qfleet.fleet.replicas import Demand, batching_fps
 from qfleet.fleet.results import job_outcome, result_record
 from qfleet.fleet.rollout import (
     TierPods,
@@ -506,8 +507,15 @@ class _Planner:
             artifact, fps, accuracy = result.artifact, result.int8_fps, result.int8_accuracy
         batch = 1
         if precision == "int8" and result.int8_batch_fps is not None and result.int8_batch:
-            # Measured at the batch the servers run (only INT8 is): the capacity they deliver.
-            fps, batch = result.int8_batch_fps, result.int8_batch
+            # Measured at the batch the servers run (only INT8 is); what they deliver depends on
+            # how many faces each request brings to a batch.
+            batch = result.int8_batch
+            fps = batching_fps(
+                batch1_fps=result.int8_fps,
+                batch_fps=result.int8_batch_fps,
+                batch=batch,
+                faces_per_request=self.spec.faces_per_frame,
+            )
         return ServedModel(
             pipeline_key=result.pipeline_key,
             precision=precision,

@@ -35,6 +35,23 @@ class Demand:
         return self.cameras * self.camera_fps * self.faces_per_frame
 
 
+def batching_fps(*, batch1_fps: float, batch_fps: float, batch: int, faces_per_request: float) -> float:
+    """Faces/s per replica to plan with when replicas merge requests into batches of ``batch``.
+
+    ``batch_fps`` is measured with full batches handed straight to OpenVINO. A replica is only
+    sure of batches as full as one request: faces of several requests merge while a queue
+    stands, and one-face requests cost the server per request what the benchmark never pays.
+    Planned at the batch-4 FPS, 64 one-face cameras at 0.9x of it drew refusals, and the server
+    levelled off at 78-87% of it, about its batch-1 FPS (``benchmarks/serving.py``, 2 cores). So
+    the plan goes from the batch-1 FPS at one face per request (a frame's faces travel in one
+    request) to ``batch_fps`` at ``batch`` faces or more, in proportion.
+    """
+    if batch <= 1 or faces_per_request >= batch:
+        return batch_fps
+    share = (max(faces_per_request, 1.0) - 1.0) / (batch - 1)
+    return batch1_fps + (batch_fps - batch1_fps) * share
+
+
 @dataclass(frozen=True)
 class ReplicaPlan:
     demand_fps: float

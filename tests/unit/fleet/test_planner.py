@@ -544,9 +544,35 @@ def test_older_results_in_the_status_still_plan() -> None:
     assert again.status["phase"] == c.READY and again.events == []
 
 
-def test_a_batching_model_is_planned_with_the_fps_measured_at_its_batch() -> None:
+def batching_model_served(faces_per_frame: int) -> dict[str, Any]:
+    """A model with maxBatch 4 whose Job measured INT8 at 579 FPS (batch 1) and 1100 (batch 4), served."""
     body = model(serving={"minReplicas": 1, "maxReplicas": 10, "batching": {"maxBatch": 4, "timeoutMs": 3}},
-                 demand={"cameras": 640, "cameraFps": 6, "facesPerFrame": 1})  # fmt: skip
+                 demand={"cameras": 640 // faces_per_frame, "cameraFps": 6, "facesPerFrame": faces_per_frame})  # fmt: skip
+    start = plan(body, Observed(inventory=VNNI), CONFIG, now=T0)
+    (job,) = start.create_jobs
+    done_job, pod = finished(job, result_of(job, batch_fps=1100.0))
+    result = plan(
+        with_status(body, start), Observed(jobs=[done_job], pods=[pod], inventory=VNNI), CONFIG, now=T1
+    )
+    served: dict[str, Any] = result.status["variants"][0]["served"]
+    return served
+
+
+def test_one_face_requests_are_planned_with_the_batch_1_fps() -> None:
+    # Faces of one-face requests merge only while a queue stands: the replicas are sure of batch 1.
+    served = batching_model_served(faces_per_frame=1)
+    assert served["fpsPerReplica"] == 579.0 and served["batch"] == 4
+
+
+def test_requests_of_fewer_faces_than_the_batch_are_planned_in_between() -> None:
+    served = batching_model_served(faces_per_frame=2)
+    assert served["fpsPerReplica"] == pytest.approx(579.0 + (1100.0 - 579.0) / 3)
+
+
+def test_a_batching_model_is_planned_with_the_fps_measured_at_its_batch() -> None:
+    # A frame's faces travel in one request: 4 faces fill a batch of 4 on their own.
+    body = model(serving={"minReplicas": 1, "maxReplicas": 10, "batching": {"maxBatch": 4, "timeoutMs": 3}},
+                 demand={"cameras": 160, "cameraFps": 6, "facesPerFrame": 4})  # fmt: skip
     start = plan(body, Observed(inventory=VNNI), CONFIG, now=T0)
     (job,) = start.create_jobs
     args = job["spec"]["template"]["spec"]["containers"][0]["args"]

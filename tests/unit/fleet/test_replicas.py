@@ -6,7 +6,7 @@ import math
 import pytest
 
 from qfleet.cli import main
-from qfleet.fleet.replicas import Demand, needed_replicas, plan_replicas
+from qfleet.fleet.replicas import Demand, batching_fps, needed_replicas, plan_replicas
 
 
 def test_users_case_int8() -> None:
@@ -68,3 +68,18 @@ def test_cli_json_and_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([*argv, "--utilization", "0"]) == 2
     captured = capsys.readouterr()
     assert "utilization must be in (0, 1]" in captured.err and "Traceback" not in captured.err
+
+
+@pytest.mark.parametrize(
+    ("faces_per_request", "expected"),
+    [(1, 100.0), (0.5, 100.0), (2, 110.0), (3, 120.0), (4, 130.0), (7, 130.0)],
+)
+def test_batching_fps_goes_from_batch_1_to_the_batch_by_faces_per_request(
+    faces_per_request: float, expected: float
+) -> None:
+    fps = batching_fps(batch1_fps=100.0, batch_fps=130.0, batch=4, faces_per_request=faces_per_request)
+    assert fps == pytest.approx(expected)
+
+
+def test_batching_fps_at_batch_1_is_the_measured_fps() -> None:
+    assert batching_fps(batch1_fps=100.0, batch_fps=100.0, batch=1, faces_per_request=1) == 100.0
