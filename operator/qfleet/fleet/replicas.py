@@ -42,7 +42,7 @@ def batching_fps(*, batch1_fps: float, batch_fps: float, batch: int, faces_per_r
     sure of batches as full as one request: faces of several requests merge while a queue
     stands, and one-face requests cost the server per request what the benchmark never pays.
     Planned at the batch-4 FPS, 64 one-face cameras at 0.9x of it drew refusals, and the server
-    levelled off at 78-87% of it, about its batch-1 FPS (``benchmarks/serving.py``, 2 cores). So
+    levelled off at 78-91% of it, about its batch-1 FPS (``benchmarks/serving.py``, 2 cores). So
     the plan goes from the batch-1 FPS at one face per request (a frame's faces travel in one
     request) to ``batch_fps`` at ``batch`` faces or more, in proportion.
     """
