@@ -16,6 +16,7 @@ are dropped at the first resync (:meth:`ClusterCache.drop_unconfirmed`).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -115,6 +116,19 @@ class Index(Mapping[Any, list[Any]]):
     def objects(self) -> int:
         return len(self._key_of)
 
+    def prune(self, listed: set[Hashable], version: int | None) -> set[Any]:
+        """After a fresh LIST of every object (``listed``, at resourceVersion ``version``): forget
+        the objects it did not hold, unless cached from an event newer than it (created since).
+        Returns the keys that lost an object."""
+        gone = [
+            ident
+            for ident in self._key_of
+            if ident not in listed and (version is None or self._version.get(ident, -1) <= version)
+        ]
+        keys = {self.remove(ident) for ident in gone}
+        keys.discard(None)
+        return keys
+
 
 def summary(body: Mapping[str, Any]) -> dict[str, Any]:
     """What the planner reads of a child: its metadata and status (a Job's spec is not needed)."""
@@ -159,6 +173,17 @@ def model_generation(body: Mapping[str, Any]) -> int:
     """What is kept of a model: its generation (the reconcile reads the model itself)."""
     generation = (body.get("metadata") or {}).get("generation")
     return generation if isinstance(generation, int) else 0
+
+
+def _changed_since_reconciled(models: Sequence[Mapping[str, Any]]) -> Iterator[tuple[str, str]]:
+    """The models whose ``metadata.generation`` is past the ``status.observedGeneration`` that
+    the operator wrote (a model without one, from before it was written, counts as handled)."""
+    for body in models:
+        meta = body.get("metadata") or {}
+        generation = meta.get("generation")
+        observed = (body.get("status") or {}).get("observedGeneration")
+        if isinstance(generation, int) and isinstance(observed, int) and generation > observed:
+            yield str(meta.get("namespace")), str(meta.get("name"))
 
 
 @dataclass(frozen=True)
@@ -222,6 +247,9 @@ class ClusterCache:
         #: Per collection of models the start-up LIST read (its path), that list's
         #: resourceVersion: where a watch of the models' changes picks up (see spec_watch).
         self.models_listed: dict[str, str] = {}
+        #: Models whose spec the last LIST found newer than the status says was reconciled.
+        self.models_changed_since_reconciled: set[tuple[str, str]] = set()
+        self._listed_at: float | None = None
 
     def __getitem__(self, index: str) -> Index:
         return self.indices[index]
@@ -250,11 +278,18 @@ class ClusterCache:
         )
         return key if changed else None
 
-    async def snapshot(self, api: KubeApi, namespaces: Sequence[str] | None) -> int:
-        """LIST every kind once (``namespaces`` None: cluster-wide); returns the objects cached."""
+    async def snapshot(self, api: KubeApi, namespaces: Sequence[str] | None, *, refresh: bool = False) -> int:
+        """LIST every kind once (``namespaces`` None: cluster-wide); returns the objects cached.
+
+        ``refresh``: the caches may be old (a standby's, whose kopf watches were paused), so
+        what a LIST no longer holds is forgotten too (see :meth:`Index.prune`).
+        """
         by_collection: dict[tuple[str, str], list[Kind]] = {}
         for kind in KINDS:  # the two pod kinds share one LIST
             by_collection.setdefault((kind.group_version, kind.plural), []).append(kind)
+        listed: dict[str, set[Hashable]] = {kind.index: set() for kind in KINDS}
+        oldest_version: int | None = None
+        changed: set[tuple[str, str]] = set()
         for kinds in by_collection.values():
             scopes: Sequence[str | None] = [None]
             if kinds[0].namespaced and namespaces is not None:
@@ -265,9 +300,30 @@ class ClusterCache:
                 for body in items:
                     for kind in kinds:
                         self.observe(kind.index, None, body, confirmed=False)
-                if kinds[0].index == "models" and version is not None:
-                    self.models_listed[path] = version
+                        meta = body.get("metadata") or {}
+                        listed[kind.index].add((meta.get("namespace"), meta.get("name")))
+                if kinds[0].index == "models":
+                    changed.update(_changed_since_reconciled(items))
+                    if version is not None:
+                        self.models_listed[path] = version
+                if version is not None and version.isdigit():
+                    oldest_version = min(int(version), oldest_version or int(version))
+        if refresh:
+            # Every LIST's version at least the first one's: an object cached from an event
+            # newer than that may have been created after its LIST (and is kept).
+            for kind in KINDS:
+                self.indices[kind.index].prune(listed[kind.index], oldest_version)
+        self.models_changed_since_reconciled = changed
+        self._listed_at = time.monotonic()
         return sum(index.objects() for index in self.indices.values())
+
+    def listed_seconds_ago(self) -> float:
+        """Seconds since the last :meth:`snapshot` (infinite before the first)."""
+        return float("inf") if self._listed_at is None else time.monotonic() - self._listed_at
+
+    def listed_models(self) -> list[tuple[str, str]]:
+        """The models known from the last LIST (and the events since)."""
+        return [key for key in self.indices["models"] if isinstance(key, tuple)]
 
     def written(self, body: Mapping[str, Any]) -> None:
         """The server's answer to one of the operator's own writes: cached at once, so the watch

@@ -111,13 +111,14 @@ def test_what_only_the_start_up_list_saw_is_dropped_at_the_first_resync() -> Non
 
 
 class ListingApi:
-    def __init__(self, collections: dict[str, list[dict[str, Any]]]) -> None:
+    def __init__(self, collections: dict[str, list[dict[str, Any]]], *, version: int | None = None) -> None:
         self.collections = collections
         self.paths: list[str] = []
+        self.version = version  #: of every LIST (None: the LIST's number)
 
     async def list_collection(self, path: str) -> tuple[list[dict[str, Any]], str | None]:
         self.paths.append(path)
-        return self.collections.get(path, []), str(len(self.paths))
+        return self.collections.get(path, []), str(self.version or len(self.paths))
 
 
 async def test_the_start_up_snapshot_lists_each_collection_once_per_namespace() -> None:
@@ -168,3 +169,44 @@ def test_the_answer_to_an_own_write_never_puts_back_an_older_object() -> None:
     assert cached["status"]["readyReplicas"] == 0
     assert cache.observe("deployments", "DELETED", written) == ("ns", "m")
     assert cache.observe("deployments", "ADDED", ready) == ("ns", "m")
+
+
+def versioned(body: dict[str, Any], version: int) -> dict[str, Any]:
+    body["metadata"]["resourceVersion"] = str(version)
+    return body
+
+
+async def test_a_refreshing_list_forgets_what_is_gone_but_keeps_what_came_after_it() -> None:
+    """A standby's caches are as old as its pause: the LIST on taking over replaces them, except
+    an object that a watch event cached at a version past the LIST (created after it)."""
+    deployments = "/apis/apps/v1/namespaces/ns/deployments"
+    cache = ClusterCache()
+    cache.observe("deployments", None, versioned(child("Deployment", "gone-avx2", "gone"), 5))
+    cache.observe("deployments", "ADDED", versioned(child("Deployment", "new-avx2", "new"), 99))
+    kept = versioned(child("Deployment", "kept-avx2", "kept", readyReplicas=0), 6)
+    cache.observe("deployments", None, kept)
+    listed = versioned(child("Deployment", "kept-avx2", "kept", readyReplicas=2), 7)
+    api = ListingApi({deployments: [listed]}, version=50)
+    await cache.snapshot(api, ["ns"], refresh=True)  # type: ignore[arg-type]
+    assert sorted(cache["deployments"]) == [("ns", "kept"), ("ns", "new")]
+    (cached,) = cache["deployments"][("ns", "kept")]
+    assert cached["status"]["readyReplicas"] == 2
+    # A plain (start-up) snapshot forgets nothing.
+    cache.observe("deployments", None, versioned(child("Deployment", "gone-avx2", "gone"), 5))
+    await cache.snapshot(api, ["ns"])  # type: ignore[arg-type]
+    assert ("ns", "gone") in cache["deployments"]
+
+
+async def test_the_list_tells_which_models_changed_since_the_operator_reconciled_them() -> None:
+    def model(name: str, generation: int, observed: int | None) -> dict[str, Any]:
+        status = {} if observed is None else {"observedGeneration": observed}
+        return {"metadata": {"name": name, "namespace": "ns", "generation": generation}, "status": status}
+
+    models = f"/apis/{names.API_VERSION}/namespaces/ns/{names.PLURAL}"
+    api = ListingApi({models: [model("changed", 3, 2), model("handled", 3, 3), model("old", 3, None)]})
+    cache = ClusterCache()
+    assert cache.listed_seconds_ago() == float("inf")
+    await cache.snapshot(api, ["ns"])  # type: ignore[arg-type]
+    assert cache.models_changed_since_reconciled == {("ns", "changed")}
+    assert sorted(cache.listed_models()) == [("ns", "changed"), ("ns", "handled"), ("ns", "old")]
+    assert cache.listed_seconds_ago() < 60
