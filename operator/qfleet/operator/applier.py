@@ -144,6 +144,10 @@ class Reconciler:
         #: Unfinished quantization Jobs per model ("namespace/job"), from the Jobs cache.
         self._running_jobs: dict[ModelKey, frozenset[str]] = {}
         self._jobs_scanned = False
+        #: Per model, the resourceVersion (where it is a number, as etcd's are) of the model its
+        #: last finished reconcile planned, and why that spec was invalid (None: valid): kopf's
+        #: update handler for a change the spec watch has reconciled needs no second reconcile.
+        self._planned: dict[ModelKey, tuple[int, str | None]] = {}
 
     # -- triggers ------------------------------------------------------------------------------
 
@@ -188,6 +192,7 @@ class Reconciler:
             del self._locks[key]
         self._failures.pop(key, None)
         self._started.pop(key, None)
+        self._planned.pop(key, None)
         timer = self._wakeups.pop(key, None)
         if timer is not None:
             timer.cancel()
@@ -248,6 +253,16 @@ class Reconciler:
         if before is not None and signature != before:
             self._inventory_signature = signature
             self.trigger_all()
+
+    def planned_version(self, namespace: str, name: str, version: Any) -> tuple[bool, str | None]:
+        """Whether a finished reconcile already planned the model as of resourceVersion
+        ``version`` or later, and if so, why that spec was invalid (None: it was valid). A
+        version that is not a number is never taken as planned."""
+        done = self._planned.get((namespace, name))
+        version = str(version or "")
+        if done is None or not version.isdigit() or done[0] < int(version):
+            return False, None
+        return True, done[1]
 
     # -- one reconcile -------------------------------------------------------------------------
 
@@ -377,6 +392,9 @@ class Reconciler:
         result = plan(model, self.observed(namespace, name), self.settings.fleet, now=self.clock())
         self._keep_queued(key, result)
         await self._apply(model, result, logger)
+        version = str((model.get("metadata") or {}).get("resourceVersion") or "")
+        if version.isdigit():
+            self._planned[key] = (int(version), result.invalid_spec or None)
         return result
 
     async def _apply(self, model: Mapping[str, Any], result: Plan, logger: _ModelLogger) -> None:

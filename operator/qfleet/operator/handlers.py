@@ -398,8 +398,16 @@ async def resume_model(name: str, namespace: str | None, memo: Any, **_: Any) ->
 
 @kopf.on.create(*MODEL)
 @kopf.on.update(*MODEL)
-async def reconcile_model(name: str, namespace: str | None, memo: Any, **_: Any) -> None:
+async def reconcile_model(name: str, namespace: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
     reconciler: Reconciler = memo.reconciler
+    # The operator's spec watch or its resume of the fleet after a takeover has often reconciled
+    # this change already (kopf delivers it later): then only its verdict on the spec matters.
+    version = body.get("metadata", {}).get("resourceVersion")
+    done, invalid = reconciler.planned_version(str(namespace), name, version)
+    if done:
+        if invalid:
+            raise kopf.PermanentError(f"invalid spec: {invalid}")
+        return
     try:
         plan = await reconciler.reconcile(str(namespace), name)
     except ApiError as exc:

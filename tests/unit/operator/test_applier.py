@@ -277,3 +277,24 @@ async def test_a_grace_period_wakes_the_model_once_at_the_earliest_time() -> Non
 async def _until(check: Any) -> None:
     while not check():
         await asyncio.sleep(0.01)
+
+
+async def test_a_reconcile_remembers_the_model_version_it_planned_for_kopf_update_handler() -> None:
+    api = FakeApi()
+    path = "/apis/qfleet.dev/v1alpha1/namespaces/ns/quantizedmodels/m"
+    api.objects[path]["metadata"]["resourceVersion"] = "41"
+    reconciler, _ = make(api, nodes=[node("n1")])
+    assert reconciler.planned_version("ns", "m", "41") == (False, None)  # nothing planned yet
+    await reconciler.reconcile("ns", "m")  # as the spec watch's trigger runs it
+    assert reconciler.planned_version("ns", "m", "41") == (True, None)  # kopf's copy: done
+    assert reconciler.planned_version("ns", "m", "40") == (True, None)  # an older copy too
+    assert reconciler.planned_version("ns", "m", "42") == (False, None)  # a later change: not yet
+    assert reconciler.planned_version("ns", "m", "opaque") == (False, None)  # not comparable
+    api.objects[path]["spec"]["targets"] = "avx2"  # not a list: invalid
+    api.objects[path]["metadata"]["resourceVersion"] = "43"
+    await reconciler.reconcile("ns", "m")
+    done, invalid = reconciler.planned_version("ns", "m", "43")
+    assert done and invalid  # kopf's handler raises PermanentError with the same reason
+    reconciler.forget("ns", "m")
+    assert reconciler.planned_version("ns", "m", "43") == (False, None)
+    await reconciler.close()
