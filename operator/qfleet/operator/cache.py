@@ -291,23 +291,18 @@ class ClusterCache:
         oldest_version: int | None = None
         changed: set[tuple[str, str]] = set()
         for kinds in by_collection.values():
-            scopes: Sequence[str | None] = [None]
-            if kinds[0].namespaced and namespaces is not None:
-                scopes = namespaces
+            scopes: Sequence[str | None] = (
+                namespaces if kinds[0].namespaced and namespaces is not None else [None]
+            )
             for namespace in scopes:
                 path = kinds[0].path(namespace)
                 items, version = await api.list_collection(path)
-                for body in items:
-                    for kind in kinds:
-                        self.observe(kind.index, None, body, confirmed=False)
-                        meta = body.get("metadata") or {}
-                        listed[kind.index].add((meta.get("namespace"), meta.get("name")))
+                self._observe_listed(kinds, items, listed)
                 if kinds[0].index == "models":
                     changed.update(_changed_since_reconciled(items))
                     if version is not None:
                         self.models_listed[path] = version
-                if version is not None and version.isdigit():
-                    oldest_version = min(int(version), oldest_version or int(version))
+                oldest_version = _older_version(oldest_version, version)
         if refresh:
             # Every LIST's version at least the first one's: an object cached from an event
             # newer than that may have been created after its LIST (and is kept).
@@ -316,6 +311,16 @@ class ClusterCache:
         self.models_changed_since_reconciled = changed
         self._listed_at = time.monotonic()
         return sum(index.objects() for index in self.indices.values())
+
+    def _observe_listed(
+        self, kinds: Sequence[Kind], items: Sequence[Mapping[str, Any]], listed: dict[str, set[Hashable]]
+    ) -> None:
+        """Cache what one LIST returned (unconfirmed until kopf's watch sees it) and note its keys."""
+        for body in items:
+            meta = body.get("metadata") or {}
+            for kind in kinds:
+                self.observe(kind.index, None, body, confirmed=False)
+                listed[kind.index].add((meta.get("namespace"), meta.get("name")))
 
     def listed_seconds_ago(self) -> float:
         """Seconds since the last :meth:`snapshot` (infinite before the first)."""
@@ -337,3 +342,10 @@ class ClusterCache:
         for index in self.indices.values():
             keys |= index.drop_unconfirmed()
         return keys
+
+
+def _older_version(oldest: int | None, version: str | None) -> int | None:
+    """The older of two resourceVersions (a LIST's may be missing or not a number)."""
+    if version is None or not version.isdigit():
+        return oldest
+    return int(version) if oldest is None else min(oldest, int(version))
