@@ -24,6 +24,7 @@ import asyncio
 import json
 import os
 import random
+import signal
 import statistics
 import sys
 import tempfile
@@ -220,6 +221,7 @@ async def measure(
                 {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": "qfleet"}},
             )
             env["QFLEET_PEERING"] = "qfleet"
+            env["POD_ID"] = "replica-0"  # kopf's peering identity, as the chart sets it
             if peering_lifetime is not None:
                 env["QFLEET_PEERING_LIFETIME"] = str(peering_lifetime)
         before = sum(emulator.request_counts.values())
@@ -252,9 +254,7 @@ async def measure(
                 await cluster.request("GET", cluster.model_path(NAMESPACE, name))
                 api.append(time.perf_counter() - begin)
             assert len(cluster.objects(NODES)) == nodes
-            takeover: dict[str, Any] = {}
-            if failover:
-                takeover = await fail_over(cluster, env, process, fleet, planned, replicas)
+            takeovers = await fail_overs(cluster, env, process, fleet, planned) if failover else []
         finally:
             await cluster.stop_operator(process)
             for extra in list(cluster._operators):
@@ -283,46 +283,85 @@ async def measure(
         "requests_by_kind": by_kind,
         "peak_rss_mib": round(memory.get("VmHWM", 0) / 1024, 1),
         "rss_mib": round(memory.get("VmRSS", 0) / 1024, 1),
-        **takeover,
-    }
-
-
-async def fail_over(
-    cluster: Cluster, env: dict[str, str], leader: Any, fleet: dict[str, Any], planned: Any, replicas: Any
-) -> dict[str, Any]:
-    """A standby joins, the leader is killed (SIGKILL): how long until the standby has taken over
-    and planned every Deployment anew? Every camera count is changed while no one leads, so each
-    Deployment must be rescaled by the standby (that is what "reconciled" means here)."""
-    standby = await cluster.start_operator("--namespace", NAMESPACE, "--quiet", env=env, log_name="standby")
-    await standing_by(cluster)
-    await cluster.stop_operator(leader, kill=True)
-    killed = time.perf_counter()
-    resumed = asyncio.create_task(logged(cluster.root / "standby.log", RESUMED_LINE))
-    requests_before = emulator_requests(cluster)
-    for name, (tier, fps, cameras) in list(fleet.items()):
-        new = 1024 if cameras != 1024 else 32
-        fleet[name] = (tier, fps, new)
-        await cluster.patch(cluster.model_path(NAMESPACE, name), {"spec": {"demand": {"cameras": new}}})
-    during: list[float] = []
-    total = await planned(killed, during)
-    requests = {
-        kind: count - requests_before.get(kind, 0)
-        for kind, count in emulator_requests(cluster).items()
-        if count > requests_before.get(kind, 0)
-    }
-    memory = status_kib(standby.pid, "VmHWM")
-    takeover_s = await resumed - killed
-    return {
-        "failover_s": round(total, 2),
-        # From the kill until kopf's peering resumed the standby (the dead leader's keep-alive
-        # lapsed), and from then on: the standby's own work.
-        "failover_detect_s": round(takeover_s, 2),
-        "failover_after_takeover_s": round(total - takeover_s, 2),
+        "failovers": takeovers,
         "peering_lifetime_s": OperatorSettings.from_env(env).peering_lifetime,
-        "failover_standby_peak_rss_mib": round(memory.get("VmHWM", 0) / 1024, 1),
-        # Both replicas' requests from the kill on (the benchmark's own 1000 PATCHes included).
-        "failover_requests_by_kind": dict(sorted(requests.items(), key=lambda item: -item[1])[:12]),
     }
+
+
+#: How the leader goes, in the order the benchmark takes them (each standby leads the next one):
+#: "term": SIGTERM, as for a rolling upgrade, a drain or a deleted pod (kopf removes its
+#: keep-alive on the way out); "restart": SIGKILL, and the kubelet restarts the container in the
+#: same pod (same POD_ID, so its new, lower priority replaces its keep-alive); "kill": SIGKILL
+#: and no restart, as when its node is lost (the standby waits for the keep-alive to lapse).
+FAILOVERS = ("term", "restart", "kill")
+
+
+async def fail_overs(
+    cluster: Cluster, env: dict[str, str], leader: Any, fleet: dict[str, Any], planned: Any
+) -> list[dict[str, Any]]:
+    """Each way in :data:`FAILOVERS` in turn: a standby takes over from the leader, while every
+    model's cameras are changed (so each Deployment must be rescaled by the standby: that is what
+    "reconciled" means here). Times from the signal until every Deployment is rescaled."""
+    rows = []
+    leader_id = env["POD_ID"]
+    spare: tuple[Any, str, str] | None = None  # a standby already running: the crashed leader, restarted
+    dead_priority = None  # the crashed leader's, until its restarted process replaces it
+    for number, how in enumerate(FAILOVERS, start=1):
+        if spare is None:
+            standby_id = standby_log = f"replica-{number}"
+            standby = await cluster.start_operator(
+                "--namespace", NAMESPACE, "--quiet", env={**env, "POD_ID": standby_id}, log_name=standby_log
+            )
+        else:
+            standby, standby_id, standby_log = spare
+            spare = None
+        await standing_by(cluster, [leader_id, standby_id], not_priority=dead_priority)
+        resumed = asyncio.create_task(logged(cluster.root / f"{standby_log}.log", RESUMED_LINE))
+        requests_before = emulator_requests(cluster)
+        signalled = time.perf_counter()
+        if how == "term":
+            leader.send_signal(signal.SIGTERM)
+        else:
+            await cluster.stop_operator(leader, kill=True)
+        if how == "restart":
+            dead_priority = (await keep_alives(cluster))[leader_id].get("priority")
+            restarted = await cluster.start_operator(
+                "--namespace",
+                NAMESPACE,
+                "--quiet",
+                env=env | {"POD_ID": leader_id},
+                log_name=f"{leader_id}-again",
+            )
+            spare = (restarted, leader_id, f"{leader_id}-again")
+        for name, (tier, fps, cameras) in list(fleet.items()):
+            new = 1024 if cameras != 1024 else 32
+            fleet[name] = (tier, fps, new)
+            await cluster.patch(cluster.model_path(NAMESPACE, name), {"spec": {"demand": {"cameras": new}}})
+        total = await planned(signalled, [])
+        requests = {
+            kind: count - requests_before.get(kind, 0)
+            for kind, count in emulator_requests(cluster).items()
+            if count > requests_before.get(kind, 0)
+        }
+        detected = await resumed - signalled
+        memory = status_kib(standby.pid, "VmHWM")
+        if how == "term":
+            await cluster.stop_operator(leader)  # exited by now: reaps it
+        rows.append(
+            {
+                "how": how,
+                "total_s": round(total, 2),
+                # From the signal until kopf's peering resumed the standby, and from then on: the
+                # standby's own work.
+                "detect_s": round(detected, 2),
+                "after_takeover_s": round(total - detected, 2),
+                "standby_peak_rss_mib": round(memory.get("VmHWM", 0) / 1024, 1),
+                # Every replica's requests from the signal on (the benchmark's own PATCHes included).
+                "requests_by_kind": dict(sorted(requests.items(), key=lambda item: -item[1])[:12]),
+            }
+        )
+        leader, leader_id = standby, standby_id
+    return rows
 
 
 def emulator_requests(cluster: Cluster) -> dict[str, int]:
@@ -345,14 +384,27 @@ async def logged(path: Path, line: bytes, *, every: float = 0.1) -> float:
             await asyncio.sleep(every)
 
 
-async def standing_by(cluster: Cluster, *, peers: int = 2, timeout: float = 120.0) -> None:
-    """Until ``peers`` replicas keep their keep-alives in the peering object: the standby has
-    joined (it starts paused, and stays so below the older leader's priority)."""
-    path = f"/apis/kopf.dev/v1/namespaces/{NAMESPACE}/kopfpeerings/qfleet"
+PEERING_PATH = f"/apis/kopf.dev/v1/namespaces/{NAMESPACE}/kopfpeerings/qfleet"
+
+
+async def keep_alives(cluster: Cluster) -> dict[str, Any]:
+    """The peering object's keep-alives: each replica's POD_ID -> its priority, lifetime, time."""
+    return (await cluster.request("GET", PEERING_PATH)).get("status") or {}
+
+
+async def standing_by(
+    cluster: Cluster, replicas: list[str], *, not_priority: Any = None, timeout: float = 120.0
+) -> None:
+    """Until each of ``replicas`` (their POD_IDs) keeps a keep-alive in the peering object, none
+    with priority ``not_priority`` (a dead process's: a restarted replica has replaced it).
+    The standby has joined then (it starts paused, and stays so below the older leader)."""
     begin = time.perf_counter()
-    while len((await cluster.request("GET", path)).get("status") or {}) < peers:
+    while True:
+        alive = await keep_alives(cluster)
+        if all(replica in alive and alive[replica].get("priority") != not_priority for replica in replicas):
+            return
         if time.perf_counter() - begin > timeout:
-            raise RuntimeError(f"the standby did not join the peering within {timeout:.0f} s")
+            raise RuntimeError(f"{replicas} did not all join the peering within {timeout:.0f} s")
         await asyncio.sleep(0.2)
 
 
@@ -404,18 +456,28 @@ def render(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
                 f"At {r['models']} models, {len(r['lost_changes'])} change(s) had not reached their replicas "
                 f"after 60 s ({', '.join(r['lost_changes'][:5])}): counted, not timed.",
             ]
-        if "failover_s" in r:
-            lines += [
-                "",
-                f"Failover at {r['models']} models: a standby replica (kopf peering), the leader killed "
-                f"(SIGKILL), every model's cameras changed meanwhile: {r['failover_s']:.1f} s from the kill "
-                f"until the standby had rescaled every Deployment (standby peak RSS "
-                f"{r['failover_standby_peak_rss_mib']:.0f} MiB): {r['failover_detect_s']:.1f} s until kopf's "
-                f"peering resumed the standby, {r['failover_after_takeover_s']:.1f} s of its own work after "
-                f"that (the cold start above: {r['startup_s']:.1f} s). kopf's peering lets a standby take over "
-                f"only when the dead leader's keep-alive has expired (a lifetime of {r['peering_lifetime_s']} s, "
-                f"QFLEET_PEERING_LIFETIME, renewed 5-10 s before it ends).",
-            ]
+    failovers = [r for r in results if r.get("failovers")]
+    if failovers:
+        lines += [
+            "",
+            "Failover: a standby replica (kopf peering, `POD_ID` as the chart sets it) takes over while every "
+            "model's cameras are changed; from the signal until the standby has rescaled every Deployment. "
+            f"Keep-alive lifetime {failovers[0]['peering_lifetime_s']} s (`QFLEET_PEERING_LIFETIME`, renewed "
+            "5-10 s before it lapses). term: SIGTERM (an upgrade, a drain, a deleted pod); restart: SIGKILL and "
+            "the container restarted in its pod; kill: SIGKILL, no restart (its node lost).",
+            "",
+            "| models | leader | total | until the standby resumed | its own work | cold start | "
+            "standby peak RSS | requests per model |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in failovers:
+            for row in r["failovers"]:
+                requests = sum(row["requests_by_kind"].values()) / r["models"]
+                lines.append(
+                    f"| {r['models']} | {row['how']} | **{row['total_s']:.1f} s** | {row['detect_s']:.1f} s | "
+                    f"{row['after_takeover_s']:.1f} s | {r['startup_s']:.1f} s | "
+                    f"{row['standby_peak_rss_mib']:.0f} MiB | {requests:.1f} |"
+                )
     lines.append("")
     return "\n".join(lines)
 
@@ -430,7 +492,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--burst", type=int, default=50, help="camera changes at once (default 50)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(
-        "--failover", action="store_true", help="then a standby replica takes over from the killed leader"
+        "--failover",
+        action="store_true",
+        help="then a standby replica takes over from the leader, three times: SIGTERM, SIGKILL and restarted, "
+        "SIGKILL (see FAILOVERS)",
     )
     parser.add_argument(
         "--peering-lifetime",

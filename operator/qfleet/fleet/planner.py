@@ -137,6 +137,9 @@ class Plan:
     #: The Service, and the PodDisruptionBudgets, to create or patch (whole desired objects).
     services: list[dict[str, Any]] = field(default_factory=list)
     pdbs: list[dict[str, Any]] = field(default_factory=list)
+    #: (kind, name) of those the caches hold already: patched straight away, not first created
+    #: (a create that answers 409 Conflict costs a request per rescale for nothing).
+    existing: set[tuple[str, str]] = field(default_factory=set)
     delete_pdbs: list[str] = field(default_factory=list)
     #: Plan again after this many seconds even without an event (a grace period ends).
     requeue_after: float | None = None
@@ -697,6 +700,8 @@ class _Planner:
         if template_hash(services.get(self.owner.name) or {}) != template_hash(service):
             self.result.services.append(service)
         budgets = {str((obj.get("metadata") or {}).get("name")): obj for obj in self.observed.pdbs}
+        self.result.existing.update(("Service", name) for name in services)
+        self.result.existing.update(("PodDisruptionBudget", name) for name in budgets)
         wanted: set[str] = set()
         for variant in variants:
             if variant.deployment is None or variant.replicas is None:

@@ -347,14 +347,30 @@ class Reconciler:
         self._wake_waiting()
 
     async def reconcile(
-        self, namespace: str, name: str, *, priority: int = URGENT, _trigger: int | None = None
+        self,
+        namespace: str,
+        name: str,
+        *,
+        priority: int = URGENT,
+        unless_planned: Any = None,
+        _trigger: int | None = None,
     ) -> Plan | None:
         """Plan and apply one reconcile of a model; None when the model is gone (or, for a
-        trigger, when a reconcile that started after it made it needless)."""
+        trigger, when a reconcile that started after it made it needless; or when a reconcile
+        that finished while this one waited planned the model's resourceVersion
+        ``unless_planned``: see :meth:`planned_version`)."""
         key = (namespace, name)
+
+        def planned_already() -> bool:
+            return unless_planned is not None and self.planned_version(namespace, name, unless_planned)[0]
+
+        if planned_already():
+            return None
         async with self.slots.hold(priority):
             lock = self._locks.setdefault(key, asyncio.Lock())
             async with lock:
+                if planned_already():
+                    return None
                 if _trigger is not None:
                     if self._pending.get(key, (0, None))[1] == _trigger:
                         # From here on, a new trigger needs a new run: this one may read too early.
@@ -391,13 +407,17 @@ class Reconciler:
             return None
         result = plan(model, self.observed(namespace, name), self.settings.fleet, now=self.clock())
         self._keep_queued(key, result)
-        await self._apply(model, result, logger)
-        version = str((model.get("metadata") or {}).get("resourceVersion") or "")
+        written = await self._apply(model, result, logger)
+        version = str(((written or model).get("metadata") or {}).get("resourceVersion") or "")
         if version.isdigit():
             self._planned[key] = (int(version), result.invalid_spec or None)
         return result
 
-    async def _apply(self, model: Mapping[str, Any], result: Plan, logger: _ModelLogger) -> None:
+    async def _apply(
+        self, model: Mapping[str, Any], result: Plan, logger: _ModelLogger
+    ) -> Mapping[str, Any] | None:
+        """Apply ``result``; the model as its status write left it, when that changed nothing
+        else of it (see :meth:`_apply_status`)."""
         metadata = model.get("metadata") or {}
         namespace = str(metadata["namespace"])
         await self._apply_jobs(model, result, namespace, logger)
@@ -409,10 +429,11 @@ class Reconciler:
             self.wake_later((namespace, name), result.requeue_after)
         for tier, record in result.new_results.items():
             self.metrics.new_result(tier, record)
-        await self._apply_status(model, result, logger)
+        written = await self._apply_status(model, result, logger)
         for event in result.events:
             self.post_event(model, event)
         self.metrics.model_status(namespace, str(metadata["name"]), result.model_status)
+        return written
 
     async def _apply_jobs(
         self,
@@ -478,42 +499,72 @@ class Reconciler:
         self.trigger(*key)
 
     async def _apply_serving_objects(self, result: Plan, namespace: str, logger: _ModelLogger) -> None:
-        """The model's Service and its PodDisruptionBudgets: create, else patch what qfleet sets."""
+        """The model's Service and its PodDisruptionBudgets: create, else patch what qfleet sets.
+        One the caches hold is patched first (created when the patch finds it gone)."""
         for collection, objects in (
             (namespaced("v1", "services", namespace), result.services),
             (namespaced("policy/v1", "poddisruptionbudgets", namespace), result.pdbs),
         ):
             for body in objects:
-                name = body["metadata"]["name"]
-                if await self.api.create(collection, body):
-                    logger.info("created %s %s", body["kind"], name)
-                    continue
-                patch = {
-                    "metadata": {
-                        "labels": body["metadata"]["labels"],
-                        "annotations": body["metadata"]["annotations"],
-                    },
-                    "spec": body["spec"],
-                }
-                await self.api.merge_patch(f"{collection}/{name}", patch)
-                logger.info("updated %s %s", body["kind"], name)
+                known = (body["kind"], body["metadata"]["name"]) in result.existing
+                await self._write_serving_object(collection, body, known=known, logger=logger)
         budgets = namespaced("policy/v1", "poddisruptionbudgets", namespace)
         for name in result.delete_pdbs:
             if await self.api.delete(f"{budgets}/{name}"):
                 logger.info("deleted PodDisruptionBudget %s of a removed target", name)
 
-    async def _apply_status(self, model: Mapping[str, Any], result: Plan, logger: _ModelLogger) -> None:
-        """Patch the status when it changed (fields no longer written are removed)."""
+    async def _write_serving_object(
+        self, collection: str, body: dict[str, Any], *, known: bool, logger: _ModelLogger
+    ) -> None:
+        """Patch the object when the caches hold it (create it when the patch finds it gone),
+        else create it (patch it when the create finds it there)."""
+        path = f"{collection}/{body['metadata']['name']}"
+        what = f"{body['kind']} {body['metadata']['name']}"
+        if known and await self.api.merge_patch(path, _owned_fields(body)) is not None:
+            logger.info("updated %s", what)
+        elif await self.api.create(collection, body):
+            logger.info("created %s", what)
+        elif not known:  # created meanwhile (by a replica that led before this one)
+            await self.api.merge_patch(path, _owned_fields(body))
+            logger.info("updated %s", what)
+
+    async def _apply_status(
+        self, model: Mapping[str, Any], result: Plan, logger: _ModelLogger
+    ) -> Mapping[str, Any] | None:
+        """Patch the status when it changed (fields no longer written are removed). Returns the
+        model the patch answered when only its status moved since ``model`` was read: what this
+        reconcile planned is then that newer resourceVersion too. (kopf hands its handlers the
+        newest body it has seen, often this very write: compared with the version read, the
+        change the reconcile had planned looked new, and was reconciled a second time.)"""
         metadata = model.get("metadata") or {}
         old_status = model.get("status") or {}
         new_status = result.status
         if new_status == old_status:
-            return
+            return None
         patch = {key: None for key in old_status if key not in new_status}
         patch.update(new_status)
         path = namespaced(
             names.API_VERSION, names.PLURAL, str(metadata["namespace"]), str(metadata["name"]), "status"
         )
-        await self.api.merge_patch(path, {"status": patch})
+        written = await self.api.merge_patch(path, {"status": patch})
         if new_status.get("phase") != old_status.get("phase"):
             logger.info("phase %s -> %s", old_status.get("phase") or "New", new_status.get("phase"))
+        if written is None or _planned_fields(written) != _planned_fields(model):
+            return None
+        return written
+
+
+def _planned_fields(model: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What of a model, besides its status, a plan depends on: its spec (counted by the
+    generation), labels and annotations."""
+    metadata = model.get("metadata") or {}
+    return metadata.get("generation"), metadata.get("labels"), metadata.get("annotations")
+
+
+def _owned_fields(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of a Service or PodDisruptionBudget that qfleet sets: its merge patch."""
+    metadata = body["metadata"]
+    return {
+        "metadata": {"labels": metadata["labels"], "annotations": metadata["annotations"]},
+        "spec": body["spec"],
+    }

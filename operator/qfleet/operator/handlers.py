@@ -402,14 +402,10 @@ async def reconcile_model(name: str, namespace: str | None, body: kopf.Body, mem
     reconciler: Reconciler = memo.reconciler
     # The operator's spec watch or its resume of the fleet after a takeover has often reconciled
     # this change already (kopf delivers it later): then only its verdict on the spec matters.
+    # (A reconcile that runs while this handler waits for the model's lock counts too.)
     version = body.get("metadata", {}).get("resourceVersion")
-    done, invalid = reconciler.planned_version(str(namespace), name, version)
-    if done:
-        if invalid:
-            raise kopf.PermanentError(f"invalid spec: {invalid}")
-        return
     try:
-        plan = await reconciler.reconcile(str(namespace), name)
+        plan = await reconciler.reconcile(str(namespace), name, unless_planned=version)
     except ApiError as exc:
         if retryable(exc) or exc.status == 404:
             delay = retry_delay(reconciler.note_failure((str(namespace), name)))
@@ -423,8 +419,13 @@ async def reconcile_model(name: str, namespace: str | None, body: kopf.Body, mem
         if exc.status == 403:
             raise kopf.TemporaryError(f"API refused ({exc}); check the operator's RBAC", delay=60) from exc
         raise kopf.PermanentError(f"API rejected a request: {exc}") from exc
-    if plan is not None and plan.invalid_spec:
-        raise kopf.PermanentError(f"invalid spec: {plan.invalid_spec}")
+    invalid = (
+        plan.invalid_spec
+        if plan is not None
+        else reconciler.planned_version(str(namespace), name, version)[1]
+    )
+    if invalid:
+        raise kopf.PermanentError(f"invalid spec: {invalid}")
 
 
 @kopf.on.event(*MODEL)

@@ -298,3 +298,79 @@ async def test_a_reconcile_remembers_the_model_version_it_planned_for_kopf_updat
     reconciler.forget("ns", "m")
     assert reconciler.planned_version("ns", "m", "43") == (False, None)
     await reconciler.close()
+
+
+async def test_a_service_the_caches_hold_is_patched_without_a_create_first() -> None:
+    api = FakeApi()
+    reconciler, _ = make(api, nodes=[node("n1")])
+    await reconciler.reconcile("ns", "m")
+    service_path = "/api/v1/namespaces/ns/services/m"
+    service = copy.deepcopy(api.objects[service_path])
+    service["metadata"]["annotations"] = {}  # an older template (its hash is gone): patched
+    assert reconciler.caches is not None
+    reconciler.caches = Caches(**{**vars(reconciler.caches), "services": {("ns", "m"): [service]}})
+    before = len(api.calls)
+    await reconciler.reconcile("ns", "m")
+    assert [call for call in api.calls[before:] if "/services" in call[1]] == [("PATCH", service_path)]
+    # Gone meanwhile (the caches lag): the patch finds nothing, and it is created.
+    del api.objects[service_path]
+    before = len(api.calls)
+    await reconciler.reconcile("ns", "m")
+    assert [call for call in api.calls[before:] if "/services" in call[1]] == [
+        ("PATCH", service_path),
+        ("POST", "/api/v1/namespaces/ns/services"),
+    ]
+    assert service_path in api.objects
+    await reconciler.close()
+
+
+class VersionedApi(FakeApi):
+    """Every write of the model moves its resourceVersion on, as the API server's do."""
+
+    async def merge_patch(self, path: str, patch: dict[str, Any]) -> dict[str, Any] | None:
+        target = await super().merge_patch(path, patch)
+        if target is not None and "metadata" in target:
+            target["metadata"]["resourceVersion"] = str(int(target["metadata"]["resourceVersion"]) + 1)
+        return copy.deepcopy(target)
+
+
+async def test_the_status_write_of_a_reconcile_counts_as_planned_unless_the_spec_moved() -> None:
+    api = VersionedApi()
+    path = "/apis/qfleet.dev/v1alpha1/namespaces/ns/quantizedmodels/m"
+    api.objects[path]["metadata"]["resourceVersion"] = "41"
+    reconciler, _ = make(api, nodes=[node("n1")])
+    await reconciler.reconcile("ns", "m")  # reads 41, its status write makes it 42
+    assert api.objects[path]["metadata"]["resourceVersion"] == "42"
+    # kopf hands its update handler the newest body: the one the status write made.
+    assert reconciler.planned_version("ns", "m", "42") == (True, None)
+    assert reconciler.planned_version("ns", "m", "43") == (False, None)
+
+    class SpecMovedApi(VersionedApi):
+        async def merge_patch(self, path: str, patch: dict[str, Any]) -> dict[str, Any] | None:
+            if path.endswith("/status"):  # someone changed the spec between the read and the write
+                self.objects[path.removesuffix("/status")]["metadata"]["generation"] += 1
+            return await super().merge_patch(path, patch)
+
+    api = SpecMovedApi()
+    api.objects[path]["metadata"]["resourceVersion"] = "41"
+    other, _ = make(api, nodes=[node("n1")])
+    await other.reconcile("ns", "m")
+    assert other.planned_version("ns", "m", "41") == (True, None)
+    assert other.planned_version("ns", "m", "42") == (False, None)  # a spec it did not plan
+    await reconciler.close()
+    await other.close()
+
+
+async def test_a_reconcile_asked_unless_planned_is_skipped_when_one_that_ran_meanwhile_planned_it() -> None:
+    api = FakeApi()
+    path = "/apis/qfleet.dev/v1alpha1/namespaces/ns/quantizedmodels/m"
+    api.objects[path]["metadata"]["resourceVersion"] = "41"
+    reconciler, _ = make(api, nodes=[node("n1")])
+    first = asyncio.create_task(reconciler.reconcile("ns", "m"))  # the takeover's, say
+    await _until(lambda: api.calls)  # it holds the model's lock, reading the model
+    second = await reconciler.reconcile("ns", "m", unless_planned="41")  # kopf's handler, meanwhile
+    assert (await first) is not None and second is None
+    assert [method for method, _ in api.calls].count("GET") == 1
+    assert await reconciler.reconcile("ns", "m", unless_planned="40") is None  # no slot, no lock
+    assert await reconciler.reconcile("ns", "m", unless_planned="42") is not None  # a newer change
+    await reconciler.close()
