@@ -305,16 +305,22 @@ class KubeApi:
 
 
 async def _lines(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
-    """The stream's non-empty lines, however long (aiohttp's own line reader caps their size)."""
-    pending = b""
+    """The stream's non-empty lines, however long (aiohttp's own line reader caps their size).
+    A line that spans many chunks is joined once, when its end arrives (adding chunk to chunk
+    would copy it again for each one: quadratic in its length)."""
+    parts: list[bytes] = []
     async for chunk in content.iter_any():
-        pending += chunk
-        *lines, pending = pending.split(b"\n")
-        for line in lines:
+        if b"\n" not in chunk:
+            parts.append(chunk)
+            continue
+        first, *lines, rest = chunk.split(b"\n")
+        for line in (b"".join([*parts, first]), *lines):
             if line.strip():
                 yield line
-    if pending.strip():
-        yield pending
+        parts = [rest]
+    tail = b"".join(parts)
+    if tail.strip():
+        yield tail
 
 
 async def _error(response: aiohttp.ClientResponse) -> ApiError:

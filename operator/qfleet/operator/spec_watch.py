@@ -30,7 +30,12 @@ RETRY_CAP_SECONDS = 30.0
 
 
 class Generations:
-    """The newest ``metadata.generation`` seen per model: which events are spec changes."""
+    """The newest ``metadata.generation`` seen per model: which events are spec changes.
+
+    Not the cache's models index, though that holds the generation too: the cache counts a
+    model as known once kopf has reported it (a standby's periodic resync reconciles only
+    those), and this watch runs on a standby as well, where kopf reports nothing.
+    """
 
     def __init__(self) -> None:
         self._known: dict[Hashable, int] = {}

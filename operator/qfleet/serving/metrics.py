@@ -14,6 +14,19 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+#: The gRPC status codes of ``qfleet_server_grpc_requests_total`` that count as server errors in
+#: the chart's error-rate alert and dashboard panel (whose regular expressions a test compares with
+#: this): the ones REST answers with a 5xx -- overload (RESOURCE_EXHAUSTED), draining
+#: (UNAVAILABLE), a fault (INTERNAL, UNKNOWN) -- and those gRPC's runtime may report on its own.
+GRPC_SERVER_ERROR_CODES: tuple[str, ...] = (
+    "RESOURCE_EXHAUSTED",
+    "UNAVAILABLE",
+    "INTERNAL",
+    "UNKNOWN",
+    "DEADLINE_EXCEEDED",
+    "DATA_LOSS",
+)
+
 #: Latency buckets (seconds) from a one-face request on a small model to an overloaded queue.
 LATENCY_BUCKETS: tuple[float, ...] = (
     0.001,

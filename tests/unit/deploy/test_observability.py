@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from qfleet.fleet.status import GateRecord, ResultRecord, parse_status
 from qfleet.operator.metrics import Metrics
-from qfleet.serving.metrics import ServerMetrics
+from qfleet.serving.metrics import GRPC_SERVER_ERROR_CODES, ServerMetrics
 from tests.support.k8s_tools import ALL_FEATURES, CHART, find, render, run_tool, tool, write_values
 from tests.support.paths import PACKAGE, REPO
 
@@ -325,6 +325,15 @@ def test_prometheus_rule() -> None:
         assert "$labels.namespace" in found[name]["annotations"]["summary"], name
         assert "$labels.model" in found[name]["annotations"]["summary"], name
     assert 'up{job="qfleet-metrics"}' in found["QfleetOperatorDown"]["expr"]
+
+
+def test_the_alert_and_the_dashboard_count_the_same_grpc_codes_as_server_errors() -> None:
+    codes = re.compile(r'qfleet_server_grpc_requests_total\{method="ModelInfer", code=~"([^"]+)"\}')
+    alert = rules()["QfleetServerErrorsHigh"]["expr"]
+    panels = [target["expr"] for panel in dashboard()["panels"] for target in panel.get("targets", [])]
+    found = [*codes.findall(alert), *(match for expr in panels for match in codes.findall(expr))]
+    assert len(found) == 2  # the alert's and the error panel's
+    assert set(found) == {"|".join(GRPC_SERVER_ERROR_CODES)}
 
 
 def test_prometheus_rule_settings() -> None:
