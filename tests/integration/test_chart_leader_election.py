@@ -10,6 +10,7 @@ reconciled. This runs two replicas of the real operator with the environment the
 from __future__ import annotations
 
 import asyncio
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from tests.support.cluster import JOBS
 from tests.support.k8s_tools import find, render
 from tests.support.operator_fixtures import NAMESPACE, model_body, model_cluster
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = pytest.mark.timeout(300)
 
 
 def replica_env(objects: list[dict[str, Any]], pod_name: str) -> dict[str, str]:
@@ -72,3 +73,65 @@ async def _poll(check: Any, *, timeout: float) -> None:
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out after {timeout} s")
         await asyncio.sleep(0.2)
+
+
+async def test_a_stopped_or_restarted_leader_hands_over_before_its_keep_alive_lapses(
+    tmp_path: Path, datasets: Path
+) -> None:
+    """SIGTERM: kopf withdraws the leader's keep-alive on its way out. SIGKILL and a restart in
+    the same pod: the new process (same pod name, kopf's identity) replaces the dead one's
+    keep-alive with its own younger priority. Either way the standby resumes at once; with a
+    lifetime of 10 minutes, nothing else could have let it resume within the test's timeout."""
+    objects = render({"leaderElection": {"enabled": True, "replicas": 2, "lifetimeSeconds": 600}})
+    async with model_cluster(tmp_path, datasets) as cluster:
+        for crd in find(objects, "CustomResourceDefinition"):
+            cluster.emulator.install_crd(crd)
+        (peering,) = find(objects, "ClusterKopfPeering")
+        await cluster.create(f"/apis/{peering['apiVersion']}/clusterkopfpeerings", peering)
+        peering_path = f"/apis/{peering['apiVersion']}/clusterkopfpeerings/{peering['metadata']['name']}"
+
+        async def keep_alives() -> dict[str, Any]:
+            return dict((await cluster.request("GET", peering_path)).get("status") or {})
+
+        async def start(replica: str, log_name: str | None = None) -> Any:
+            process = await cluster.start_operator(
+                "--all-namespaces", env=replica_env(objects, replica), log_name=log_name or replica
+            )
+            await _poll(lambda: _has(keep_alives, replica), timeout=60)
+            return process
+
+        def resumed(log_name: str) -> bool:
+            return "Resuming operations" in cluster.operator_log(log_name)
+
+        leader = await start("qfleet-7d9f-a")  # the older replica leads
+        await _poll(_async(lambda: resumed("qfleet-7d9f-a")), timeout=60)
+        standby = await start("qfleet-7d9f-b")
+        assert not resumed("qfleet-7d9f-b")
+
+        leader.send_signal(signal.SIGTERM)  # an upgrade, a drain, a deleted pod
+        await _poll(_async(lambda: resumed("qfleet-7d9f-b")), timeout=90)
+        await cluster.stop_operator(leader)
+        assert "qfleet-7d9f-a" not in await keep_alives()
+
+        # Now b leads; c stands by. b crashes and the kubelet restarts it in the same pod.
+        await start("qfleet-7d9f-c")
+        dead = (await keep_alives())["qfleet-7d9f-b"]["priority"]
+        assert not resumed("qfleet-7d9f-c")
+        await cluster.stop_operator(standby, kill=True)
+        await cluster.start_operator(
+            "--all-namespaces", env=replica_env(objects, "qfleet-7d9f-b"), log_name="qfleet-7d9f-b-again"
+        )
+        await _poll(_async(lambda: resumed("qfleet-7d9f-c")), timeout=90)
+        assert (await keep_alives())["qfleet-7d9f-b"]["priority"] != dead  # the restarted process's
+        assert not resumed("qfleet-7d9f-b-again")  # younger than c: it stands by
+
+
+async def _has(keep_alives: Any, replica: str) -> bool:
+    return replica in await keep_alives()
+
+
+def _async(check: Any) -> Any:
+    async def checked() -> bool:
+        return bool(check())
+
+    return checked
