@@ -700,8 +700,7 @@ class _Planner:
         if template_hash(services.get(self.owner.name) or {}) != template_hash(service):
             self.result.services.append(service)
         budgets = {str((obj.get("metadata") or {}).get("name")): obj for obj in self.observed.pdbs}
-        self.result.existing.update(("Service", name) for name in services)
-        self.result.existing.update(("PodDisruptionBudget", name) for name in budgets)
+        self.result.existing.update(_named("Service", services), _named("PodDisruptionBudget", budgets))
         wanted: set[str] = set()
         for variant in variants:
             if variant.deployment is None or variant.replicas is None:
@@ -1174,3 +1173,8 @@ def _summary(variants: Sequence[VariantStatus]) -> Summary:
         for v in variants
     ]
     return Summary(fps="/".join(fps), drop="/".join(drops))
+
+
+def _named(kind: str, objects: Mapping[str, Any]) -> set[tuple[str, str]]:
+    """(kind, name) of each of ``objects`` (by name)."""
+    return {(kind, name) for name in objects}

@@ -122,6 +122,12 @@ class Reconciler:
         self.cache = cache
         self.caches: Caches | None = Caches.of(cache) if cache is not None else None
         self.slots = PrioritySlots(settings.concurrent_reconciles)
+        #: Set once the caches hold a LIST of the cluster (at once without caches): a reconcile
+        #: waits for it, so that a replica taking over never plans from half-filled caches (no
+        #: nodes yet, say) while kopf's first events already ask for reconciles.
+        self.caches_ready = asyncio.Event()
+        if cache is None:
+            self.caches_ready.set()
         self._locks: dict[ModelKey, asyncio.Lock] = {}
         #: Per model, the trigger that is queued: its priority and its number.
         self._pending: dict[ModelKey, tuple[int, int]] = {}
@@ -366,6 +372,8 @@ class Reconciler:
 
         if planned_already():
             return None
+        if not self.caches_ready.is_set():
+            await self.caches_ready.wait()
         async with self.slots.hold(priority):
             lock = self._locks.setdefault(key, asyncio.Lock())
             async with lock:

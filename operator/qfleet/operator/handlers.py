@@ -66,8 +66,8 @@ EVENT_MESSAGE_LIMIT = 1000
 KOPF_FAILURE_GRACE_SECONDS = 10.0
 #: Exit status when kopf's core failed (any non-zero status makes Kubernetes restart the pod).
 KOPF_FAILURE_EXIT_CODE = 70
-#: A start-up LIST younger than this is fresh enough to resume the fleet from, when kopf's peering
-#: resumes the replica right after it started (no leader to wait for): kopf watched nothing meanwhile.
+#: A LIST younger than this is fresh enough to resume the fleet from: a standalone replica's
+#: start-up LIST, made just before kopf watched anything.
 FRESH_LIST_SECONDS = 5.0
 #: The logger of kopf's peering (its pauses and resumptions).
 KOPF_PEERING_LOGGER = "kopf._core.engines.peering"
@@ -203,7 +203,6 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: ko
         logger.info("metrics on :%d/metrics", port)
     api = KubeApi(load_credentials(), reload=load_credentials)  # rotating service-account tokens
     cache = ClusterCache()
-    memo.lists_the_fleet = await _snapshot(cache, api, memo, logger)
     api.written = cache.written
     events = KopfEvents()
     reconciler = Reconciler(api, options, metrics, post_event=events, cache=cache)
@@ -213,17 +212,29 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: ko
     memo.reruns = {}
     memo.resync = asyncio.create_task(reconciler.resync_forever())
     memo.takeovers = set()
+    memo.spec_watches = []
+    memo.lists_the_fleet = await _list_at_start_up(
+        cache, api, memo, logger, standalone=options.peering is None
+    )
+    if not memo.lists_the_fleet:  # the watches fill the caches: nothing to wait for
+        reconciler.caches_ready.set()
+
+    def caches_listed() -> None:
+        reconciler.caches_ready.set()
+        if not memo.spec_watches:  # from the first LIST on
+            memo.spec_watches = _watch_specs(cache, api, reconciler, active=lambda: peering.leading)
 
     def resume_fleet() -> None:
         if memo.lists_the_fleet:
-            resuming = _resume_fleet(cache, api, reconciler, memo, logger, leading=lambda: peering.leading)
+            resuming = _resume_fleet(
+                cache, api, reconciler, memo, logger, leading=lambda: peering.leading, on_listed=caches_listed
+            )
             task = asyncio.create_task(resuming)
             memo.takeovers.add(task)
             task.add_done_callback(memo.takeovers.discard)
 
     # kopf logs its resumptions from its own tasks, in this event loop: the callback runs there.
     peering = _follow_peering(options.peering, on_resumed=resume_fleet)
-    memo.spec_watches = _watch_specs(cache, api, reconciler, active=lambda: peering.leading)
     if peering.leading:  # standalone: this replica leads from the start
         resume_fleet()
     fleet = options.fleet
@@ -300,9 +311,16 @@ def _listed_namespaces(memo: kopf.Memo) -> list[str] | None:
     return None if memo.get("clusterwide", False) else list(memo.get("namespaces") or ())
 
 
-async def _snapshot(cache: ClusterCache, api: KubeApi, memo: kopf.Memo, logger: kopf.Logger) -> bool:
-    """Fill the caches with one LIST per kind before kopf watches anything (see the cache module);
-    True when the operator itself knows the fleet, and so resumes it (see :func:`_resume_fleet`).
+async def _list_at_start_up(
+    cache: ClusterCache, api: KubeApi, memo: kopf.Memo, logger: kopf.Logger, *, standalone: bool
+) -> bool:
+    """True when the operator itself knows the fleet, and so resumes it (see :func:`_resume_fleet`).
+
+    A standalone replica fills the caches with one LIST per kind here, before kopf watches
+    anything (see the cache module). A replica with peering lists when it starts leading: as a
+    standby it would list for nothing (its caches age while it waits, and are listed afresh on
+    taking over), and kopf writes its first keep-alive only after this start-up handler -- the
+    LIST of a large fleet would delay the moment a restarted leader hands over to its standby.
 
     A scope given as kopf's glob patterns is not listed (which namespaces match is kopf's to
     find out): the caches then fill from the events alone, as fast as kopf delivers them, and
@@ -314,6 +332,8 @@ async def _snapshot(cache: ClusterCache, api: KubeApi, memo: kopf.Memo, logger: 
     ):
         logger.info("namespaces given as patterns: the caches fill from the watch events only")
         return False
+    if not standalone:
+        return True
     try:
         count = await cache.snapshot(api, namespaces)
     except ApiError as exc:  # the watches fill the caches anyway; the first reconciles may act early
@@ -321,6 +341,28 @@ async def _snapshot(cache: ClusterCache, api: KubeApi, memo: kopf.Memo, logger: 
         return False
     logger.info("start-up: %d objects listed", count)
     return True
+
+
+async def _list_afresh(
+    cache: ClusterCache, api: KubeApi, memo: kopf.Memo, logger: kopf.Logger, leading: Callable[[], bool]
+) -> bool:
+    """List the cluster on taking over, again and again while the API fails (no reconcile runs
+    before the caches are listed once); False when this replica stopped leading meanwhile."""
+    failures = 0
+    while leading():
+        try:
+            count = await cache.snapshot(api, _listed_namespaces(memo), refresh=True)
+        except ApiError as exc:
+            failures += 1
+            delay = retry_delay(failures)
+            logger.warning(
+                "could not list the cluster's objects on taking over (%s); again in %.1f s", exc, delay
+            )
+            await asyncio.sleep(delay)
+            continue
+        logger.info("taking over: %d objects listed", count)
+        return True
+    return False
 
 
 async def _resume_fleet(
@@ -331,26 +373,27 @@ async def _resume_fleet(
     logger: kopf.Logger,
     *,
     leading: Callable[[], bool] = lambda: True,
+    on_listed: Callable[[], None] = lambda: None,
 ) -> None:
     """This replica starts leading (the start-up, or kopf's peering resumed it after a leader
     died): reconcile every model, a few at a time in priority order, from the operator's own
     LIST -- not one by one as kopf lists them again.
 
-    A standby's caches are as old as its pause (kopf's watches stop while paused): they are
-    listed afresh first. kopf then lists every model and child again too; the reconciles that
-    its handlers ask for find the work done. Its listing took 9.6 s at 1000 models, and
-    a model whose spec changed while no one led went through three of kopf's handler cycles
-    (a resume handler's progress, then the update handler, then kopf's diff base, one PATCH of
-    the model each): a failover at 1000 models took 35 s, 27 s after the takeover (issue 16).
+    A standalone replica listed at start-up; one with peering lists now, and again each time it
+    takes over (its caches are as old as its pause: kopf's watches stop while paused).
+    ``on_listed`` runs once the caches are listed. kopf then lists every model and child again
+    too; the reconciles that its handlers ask for find the work done. Its listing took 9.6 s at
+    1000 models, and a model whose spec changed while no one led went through three of kopf's
+    handler cycles (a resume handler's progress, then the update handler, then kopf's diff base,
+    one PATCH of the model each): a failover at 1000 models took 35 s, 27 s after the takeover
+    (issue 16).
     """
-    if cache.listed_seconds_ago() > FRESH_LIST_SECONDS:
-        try:
-            count = await cache.snapshot(api, _listed_namespaces(memo), refresh=True)
-        except ApiError as exc:  # kopf's listing will resume each model instead
-            logger.warning("could not list the cluster's objects on taking over (%s)", exc)
-            return
-        logger.info("taking over: %d objects listed", count)
-    if not leading():  # paused again while it listed: the new leader resumes the fleet
+    if cache.listed_seconds_ago() > FRESH_LIST_SECONDS and not await _list_afresh(
+        cache, api, memo, logger, leading
+    ):
+        return  # paused again while it listed: the new leader resumes the fleet
+    on_listed()
+    if not leading():
         return
     changed = cache.models_changed_since_reconciled
     for key in cache.listed_models():

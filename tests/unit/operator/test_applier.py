@@ -374,3 +374,18 @@ async def test_a_reconcile_asked_unless_planned_is_skipped_when_one_that_ran_mea
     assert await reconciler.reconcile("ns", "m", unless_planned="40") is None  # no slot, no lock
     assert await reconciler.reconcile("ns", "m", unless_planned="42") is not None  # a newer change
     await reconciler.close()
+
+
+async def test_no_reconcile_runs_before_the_caches_are_listed() -> None:
+    api = FakeApi()
+    reconciler, _ = make(api, nodes=[node("n1")])
+    reconciler.caches_ready.clear()  # a replica taking over, its LIST still in flight
+    waiting = asyncio.create_task(reconciler.reconcile("ns", "m"))
+    reconciler.trigger("ns", "m", delay=0)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert api.calls == [] and not waiting.done()
+    reconciler.caches_ready.set()
+    assert await waiting is not None
+    await _until(lambda: not reconciler._pending)
+    await reconciler.close()

@@ -7,11 +7,13 @@ import logging
 from typing import Any
 
 import kopf
+import pytest
 
 from qfleet.fleet import names
 from qfleet.operator import handlers
 from qfleet.operator.cache import ClusterCache
 from qfleet.operator.handlers import FollowKopfPeering, kopf_resumes_the_fleet, peering_priority
+from qfleet.operator.kube import ApiError
 from qfleet.operator.slots import BACKGROUND, URGENT
 
 MODELS = f"/apis/{names.API_VERSION}/namespaces/ns/{names.PLURAL}"
@@ -42,11 +44,48 @@ class Triggers:
         self.calls[(namespace, name)] = priority
 
 
-async def take_over(cache: ClusterCache, api: ListingApi) -> Triggers:
-    triggers = Triggers()
+async def take_over(
+    cache: ClusterCache, api: ListingApi, on_listed: Any = lambda: None, triggers: Triggers | None = None
+) -> Triggers:
+    triggers = triggers or Triggers()
     memo = kopf.Memo(namespaces=["ns"])
-    await handlers._resume_fleet(cache, api, triggers, memo, logging.getLogger("test"))  # type: ignore[arg-type]
+    await handlers._resume_fleet(
+        cache,
+        api,  # type: ignore[arg-type]
+        triggers,  # type: ignore[arg-type]
+        memo,
+        logging.getLogger("test"),
+        on_listed=on_listed,
+    )
     return triggers
+
+
+class FailingListApi(ListingApi):
+    """Refuses the first ``failures`` LISTs (the API server restarting, say)."""
+
+    def __init__(self, models: list[dict[str, Any]], failures: int) -> None:
+        super().__init__(models)
+        self.failures = failures
+
+    async def list_collection(self, path: str) -> tuple[list[dict[str, Any]], str | None]:
+        if self.failures:
+            self.failures -= 1
+            raise ApiError(503, "ServiceUnavailable", "etcd is restarting")
+        return await super().list_collection(path)
+
+
+async def test_a_replica_with_peering_lists_when_it_takes_over_and_until_the_api_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(handlers, "retry_delay", lambda failures: 0.0)
+    cache = ClusterCache()  # nothing listed at start-up: it stood by
+    api = FailingListApi([model("m", 2, 1)], failures=2)
+    triggers = Triggers()
+    seen: list[int] = []  # the triggers asked for when the caches were listed
+    await take_over(cache, api, on_listed=lambda: seen.append(len(triggers.calls)), triggers=triggers)
+    assert seen == [0]  # the caches are ready before any reconcile is asked for
+    assert triggers.calls == {("ns", "m"): URGENT}
+    assert api.failures == 0
 
 
 async def test_a_standby_lists_afresh_and_reconciles_every_model_unhandled_changes_first() -> None:
