@@ -320,6 +320,7 @@ async def fail_overs(
         requests_before = emulator_requests(cluster)
         standby_cpu, emulator_cpu = cpu_seconds(standby.pid), time.process_time()
         signalled = time.perf_counter()
+        exited = asyncio.create_task(ended(leader))
         if how == "term":
             leader.send_signal(signal.SIGTERM)
         else:
@@ -361,6 +362,8 @@ async def fail_overs(
                 "after_takeover_s": round(total - detected, 2),
                 # Until the benchmark had changed every model (one PATCH after another).
                 "changed_s": round(changed, 2),
+                # Until the old leader's process had ended (SIGTERM: kopf's shutdown).
+                "leader_exited_s": round(await exited - signalled, 2),
                 "standby_peak_rss_mib": round(memory.get("VmHWM", 0) / 1024, 1),
                 # CPU time per model meanwhile, as for the start-up: the standby's, the emulator's.
                 "standby_cpu_ms_per_model": round(standby_cpu / len(fleet) * 1000, 2),
@@ -371,6 +374,12 @@ async def fail_overs(
         )
         leader, leader_id = standby, standby_id
     return rows
+
+
+async def ended(process: Any) -> float:
+    """The time (perf_counter) at which ``process`` ended."""
+    await process.wait()
+    return time.perf_counter()
 
 
 def emulator_requests(cluster: Cluster) -> dict[str, int]:

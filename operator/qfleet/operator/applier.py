@@ -128,6 +128,8 @@ class Reconciler:
         self.caches_ready = asyncio.Event()
         if cache is None:
             self.caches_ready.set()
+        #: The operator began to stop (see :meth:`stop`).
+        self.stopped = False
         self._locks: dict[ModelKey, asyncio.Lock] = {}
         #: Per model, the trigger that is queued: its priority and its number.
         self._pending: dict[ModelKey, tuple[int, int]] = {}
@@ -162,7 +164,7 @@ class Reconciler:
         urgent one queues a run of its own, and the other finds nothing left to do)."""
         key = (namespace, name)
         queued = self._pending.get(key)
-        if queued is not None and queued[0] <= priority:
+        if self.stopped or (queued is not None and queued[0] <= priority):
             return
         self._sequence += 1
         self._pending[key] = (priority, self._sequence)
@@ -215,6 +217,17 @@ class Reconciler:
             if self.cache is not None and NODES_KEY in self.cache.drop_unconfirmed():
                 self.nodes_changed()
             self.trigger_all(priority=BACKGROUND)
+
+    def stop(self) -> None:
+        """The operator begins to stop (and a standby may lead already): no reconcile starts from
+        now on, and the queued ones and those in flight are cancelled (each write is whole, and
+        the next leader reconciles every model)."""
+        self.stopped = True
+        for timer in self._wakeups.values():
+            timer.cancel()
+        self._wakeups.clear()
+        for task in list(self._tasks):
+            task.cancel()
 
     async def close(self) -> None:
         for timer in self._wakeups.values():
@@ -370,14 +383,14 @@ class Reconciler:
         def planned_already() -> bool:
             return unless_planned is not None and self.planned_version(namespace, name, unless_planned)[0]
 
-        if planned_already():
+        if self.stopped or planned_already():
             return None
         if not self.caches_ready.is_set():
             await self.caches_ready.wait()
         async with self.slots.hold(priority):
             lock = self._locks.setdefault(key, asyncio.Lock())
             async with lock:
-                if planned_already():
+                if self.stopped or planned_already():
                     return None
                 if _trigger is not None:
                     if self._pending.get(key, (0, None))[1] == _trigger:

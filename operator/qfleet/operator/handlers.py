@@ -71,6 +71,8 @@ KOPF_FAILURE_EXIT_CODE = 70
 FRESH_LIST_SECONDS = 5.0
 #: The logger of kopf's peering (its pauses and resumptions).
 KOPF_PEERING_LOGGER = "kopf._core.engines.peering"
+#: The logger of kopf's reactor (it says when the operator begins to stop).
+KOPF_RUNNING_LOGGER = "kopf._core.reactor.running"
 
 
 class ExitWhenKopfFails(logging.Handler):
@@ -107,29 +109,46 @@ class ExitWhenKopfFails(logging.Handler):
 
 
 class FollowKopfPeering(logging.Handler):
-    """Whether kopf's peering lets this replica work, read from kopf's peering log.
+    """Whether kopf lets this replica work, read from kopf's log.
 
     kopf has no API that says whether it paused the operator in favour of a peer, and the
-    operator's own watch of the models' specs (:mod:`~qfleet.operator.spec_watch`) must stay
-    idle while it is. kopf logs each pause and each resumption; with mandatory peering it starts
-    paused and logs the resumption once no peer outranks it.
+    operator's own work -- its watch of the models' specs (:mod:`~qfleet.operator.spec_watch`),
+    its queued reconciles -- must stay idle while it is. kopf logs each pause and each
+    resumption; with mandatory peering it starts paused and logs the resumption once no peer
+    outranks it. It also logs when it begins to stop (SIGTERM): it withdraws its keep-alive at
+    once, so the standby leads within a second, while kopf's own shutdown takes seconds more
+    (6 s at 1000 models) before the cleanup handler runs. The operator stops working then too,
+    rather than work beside the new leader.
     """
 
     PAUSED = ("Pausing operations", "Pausing all operators")
     RESUMED = ("Resuming operations",)
+    STOPPING = "Operator is stopping"  #: after the signal or stop flag kopf received
 
-    def __init__(self, *, leading: bool, on_resumed: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        *,
+        leading: bool,
+        on_resumed: Callable[[], None] = lambda: None,
+        on_stopping: Callable[[], None] = lambda: None,
+    ) -> None:
         super().__init__(level=logging.INFO)
         self.leading = leading
+        self.stopping = False
         self.on_resumed = on_resumed
+        self.on_stopping = on_stopping
 
     def emit(self, record: logging.LogRecord) -> None:
         message = record.getMessage()
         if message.startswith(self.PAUSED):
             self.leading = False
-        elif message.startswith(self.RESUMED):
+        elif message.startswith(self.RESUMED) and not self.stopping:
             self.leading = True
             self.on_resumed()
+        elif self.STOPPING in message:
+            self.leading = False
+            self.stopping = True
+            self.on_stopping()
 
 
 #: Priorities fall by this much per millisecond of start time (the rest is a random tie-break).
@@ -154,14 +173,19 @@ def peering_priority(started: float) -> int:
     return (PRIORITY_CEILING - milliseconds) * PRIORITY_TIE_BREAKS + tie_break
 
 
-def _follow_peering(peering: str | None, on_resumed: Callable[[], None] = lambda: None) -> FollowKopfPeering:
-    logger = logging.getLogger(KOPF_PEERING_LOGGER)
-    for handler in [item for item in logger.handlers if isinstance(item, FollowKopfPeering)]:
-        logger.removeHandler(handler)  # a previous start in the same process
-    follower = FollowKopfPeering(leading=peering is None, on_resumed=on_resumed)
-    logger.addHandler(follower)
-    if peering is not None and logger.getEffectiveLevel() > logging.INFO:
-        logger.setLevel(logging.INFO)  # kopf logs its pauses at INFO (and they are worth a line)
+def _follow_peering(
+    peering: str | None,
+    on_resumed: Callable[[], None] = lambda: None,
+    on_stopping: Callable[[], None] = lambda: None,
+) -> FollowKopfPeering:
+    follower = FollowKopfPeering(leading=peering is None, on_resumed=on_resumed, on_stopping=on_stopping)
+    for name in (KOPF_PEERING_LOGGER, KOPF_RUNNING_LOGGER):
+        logger = logging.getLogger(name)
+        for handler in [item for item in logger.handlers if isinstance(item, FollowKopfPeering)]:
+            logger.removeHandler(handler)  # a previous start in the same process
+        logger.addHandler(follower)
+        if logger.getEffectiveLevel() > logging.INFO:
+            logger.setLevel(logging.INFO)  # kopf logs pauses and its stop at INFO (worth a line each)
     return follower
 
 
@@ -234,7 +258,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: ko
             task.add_done_callback(memo.takeovers.discard)
 
     # kopf logs its resumptions from its own tasks, in this event loop: the callback runs there.
-    peering = _follow_peering(options.peering, on_resumed=resume_fleet)
+    peering = _follow_peering(options.peering, on_resumed=resume_fleet, on_stopping=reconciler.stop)
     if peering.leading:  # standalone: this replica leads from the start
         resume_fleet()
     fleet = options.fleet
@@ -462,6 +486,10 @@ async def reconcile_model(name: str, namespace: str | None, body: kopf.Body, mem
         if exc.status == 403:
             raise kopf.TemporaryError(f"API refused ({exc}); check the operator's RBAC", delay=60) from exc
         raise kopf.PermanentError(f"API rejected a request: {exc}") from exc
+    if reconciler.stopped:  # not reconciled: kopf must not count the change as handled
+        raise kopf.TemporaryError(
+            "the operator is stopping; the next leader reconciles this change", delay=60
+        )
     invalid = (
         plan.invalid_spec
         if plan is not None

@@ -389,3 +389,19 @@ async def test_no_reconcile_runs_before_the_caches_are_listed() -> None:
     assert await waiting is not None
     await _until(lambda: not reconciler._pending)
     await reconciler.close()
+
+
+async def test_a_stopped_reconciler_starts_nothing_and_cancels_what_is_queued() -> None:
+    api = FakeApi()
+    reconciler, _ = make(api, nodes=[node("n1")])
+    reconciler.trigger("ns", "m", delay=5)
+    reconciler.wake_later(("ns", "m"), 5)
+    queued = list(reconciler._tasks)
+    reconciler.stop()
+    ended = await asyncio.gather(*queued, return_exceptions=True)
+    assert all(isinstance(result, asyncio.CancelledError) for result in ended) and not reconciler._wakeups
+    reconciler.trigger("ns", "m", delay=0)
+    assert all(task.done() for task in reconciler._tasks)  # no new one
+    assert await reconciler.reconcile("ns", "m") is None
+    assert api.calls == []
+    await reconciler.close()

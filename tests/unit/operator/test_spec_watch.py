@@ -138,7 +138,7 @@ async def test_a_deleted_model_is_forgotten_and_other_errors_end_the_stream() ->
 def test_the_operator_follows_kopf_peering_pauses_from_its_log() -> None:
     import logging
 
-    from qfleet.operator.handlers import KOPF_PEERING_LOGGER, _follow_peering
+    from qfleet.operator.handlers import KOPF_PEERING_LOGGER, KOPF_RUNNING_LOGGER, _follow_peering
 
     peering = logging.getLogger(KOPF_PEERING_LOGGER)
     follower = _follow_peering("qfleet")
@@ -153,6 +153,7 @@ def test_the_operator_follows_kopf_peering_pauses_from_its_log() -> None:
         assert _follow_peering(None).leading is True  # standalone: always
         assert sum(isinstance(item, type(follower)) for item in peering.handlers) == 1
     finally:
-        for handler in list(peering.handlers):
-            peering.removeHandler(handler)
-        peering.setLevel(logging.NOTSET)
+        for logger in (peering, logging.getLogger(KOPF_RUNNING_LOGGER)):
+            for handler in list(logger.handlers):
+                logger.removeHandler(handler)
+            logger.setLevel(logging.NOTSET)

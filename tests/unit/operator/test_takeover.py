@@ -153,3 +153,18 @@ def test_events_of_reconciles_before_kopf_called_any_handler_wait_for_its_queue(
     assert posted == ["QuantizationStarted", "Scaled"]  # over the limit: dropped, and logged
     events({"metadata": {"name": "m"}}, Event("Normal", "Ready", "..."))
     assert posted[-1] == "Ready"
+
+
+def test_when_kopf_begins_to_stop_the_replica_stops_working_at_once() -> None:
+    """kopf withdraws its keep-alive as soon as it begins to stop, and the standby leads; its
+    shutdown takes seconds more: the operator's own work stops at the first of them."""
+    stopped: list[bool] = []
+    follower = FollowKopfPeering(leading=True, on_stopping=lambda: stopped.append(True))
+
+    def log(message: str) -> None:
+        follower.emit(logging.LogRecord("kopf", logging.INFO, "", 0, message, None, None))
+
+    log("Signal SIGTERM is received. Operator is stopping.")
+    assert not follower.leading and follower.stopping and stopped == [True]
+    log("Resuming operations after the pause.")  # never again, once stopping
+    assert not follower.leading
