@@ -67,9 +67,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import attrs
 import kmock
 import yaml
 from kmock._internal import dicts as kmock_dicts
+from kmock._internal import k8s_dicts, k8s_views
 
 from qfleet.fleet.nodes import parse_cpu
 from qfleet.isa import TIER_NAMES, TIERS, cpuinfo_flags, kernel_cap_env, tier, tier_from_flags
@@ -191,11 +193,99 @@ FAULT_REASONS = {
 }
 
 
+ObjectKey = tuple[kmock.resource, str | None, str]
+
+
+class StoredObject(k8s_dicts.Object):
+    """One stored object that keeps only its current version, as etcd after compaction.
+
+    The emulator's own object keeps every past version forever and deep-copies the whole object
+    before each patch. With 10,000 models and their pods, patched all the time, that history was
+    most of the emulator's memory and the copies much of its CPU. Nothing reads the past versions:
+    a watch from a ``resourceVersion`` streams the current state of what changed since (see
+    :meth:`Emulator._serve_watch`). The patch itself is copy-on-write (``merge_patch_dict``
+    makes new dicts only along the changed paths; a JSON patch copies the document), so the
+    previous version, which a watch event may still be streaming, is never changed in place --
+    provided nobody mutates a stored dict in place: readers get top-level copies (``raw``,
+    :meth:`Emulator.live`) or the stored dict itself (:meth:`peek`, ``live(copy=False)``), and
+    must copy before changing anything in it.
+    """
+
+    def create(self, changes: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
+        super().create(changes, **kwargs)
+        self._compact()
+
+    def patch(self, changes: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
+        if self.deleted:
+            super().patch(changes, **kwargs)
+        else:
+            self.history.append(kmock_dicts.patch_dict(self.last.raw, changes or {}, **kwargs))
+        self._compact()
+
+    def delete(self) -> None:
+        super().delete()
+        self._compact()
+
+    def _compact(self) -> None:
+        # The current version; after a deletion, the last state too (the DELETE answers with it).
+        keep = 2 if self.deleted else 1
+        if len(self.history) > keep:
+            del self.history[:-keep]
+
+    def peek(self) -> dict[str, Any] | None:
+        """The current version itself, not copied (read only), or None when deleted: one look at
+        the newest version, where ``deleted`` and ``raw`` walk the history (several times, with
+        the generic ``reversed``) and ``raw`` copies it."""
+        history = self.history
+        version = history[-1] if len(history) else None
+        return None if version is None else version._ObjectVersion__value  # type: ignore[attr-defined,no-any-return]
+
+
+@attrs.frozen(eq=False, order=False)
+class IndexedObjects(k8s_views.ObjectsArray):
+    """The emulator's store, also indexed by resource.
+
+    The emulator finds a LIST's or a watch's objects by testing every stored object, of every
+    resource; a controller pass read every pod by scanning every model, Job, Deployment and Event
+    too. The index makes reading one resource cost that resource's objects only.
+    """
+
+    _by_resource: dict[kmock.resource, dict[ObjectKey, StoredObject]] = attrs.field(factory=dict, init=False)
+
+    def resources(self) -> list[kmock.resource]:
+        """Every resource that has (or had) stored objects."""
+        return list(self._by_resource)
+
+    def of(self, resource: kmock.resource) -> Mapping[ObjectKey, StoredObject]:
+        """Every stored object of ``resource`` (deleted ones included), by key."""
+        return self._by_resource.get(resource, {})
+
+    def __setitem__(self, key: Any, value: Any, /) -> None:
+        if len(key) != 3:  # a version or a slice of the history: the object stays the same
+            super().__setitem__(key, value)
+            return
+        full_key: ObjectKey = (k8s_views._parse_resource(key[0]), key[1], key[2])
+        stored = StoredObject(value)
+        self._objects[full_key] = stored
+        self._by_resource.setdefault(full_key[0], {})[full_key] = stored
+
+    def __delitem__(self, key: Any, /) -> None:
+        super().__delitem__(key)
+        if len(key) == 3:
+            resource = k8s_views._parse_resource(key[0])
+            self._by_resource.get(resource, {}).pop((resource, key[1], key[2]), None)
+
+    def clear(self) -> None:
+        super().clear()
+        self._by_resource.clear()
+
+
 class Emulator(kmock.KubernetesEmulator):
     """The emulator plus the metadata stamping and scale mapping of a real API server."""
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
+        self._objects: IndexedObjects = IndexedObjects()
         self._revision = 0
         self._scale_paths: dict[Any, tuple[str, str]] = {}
         #: (resource, namespace, name) of every creation request, 409s included.
@@ -301,15 +391,29 @@ class Emulator(kmock.KubernetesEmulator):
             await asyncio.sleep(float(raw_request.query.get("timeoutSeconds") or 60))
             await response.write_eof()
             return response
-        items = [
-            obj.raw
-            for (resource, _, _), obj in list(self.objects.items())
-            if resource == NAMESPACES and not obj.deleted
-        ]
+        items = self.live(NAMESPACES)
         return aiohttp.web.json_response(
             {"apiVersion": "v1", "kind": "NamespaceList", "metadata": {"resourceVersion": str(self._revision)},
              "items": items}
         )  # fmt: skip
+
+    def live(
+        self, resource: kmock.resource, namespace: str | None = None, *, copy: bool = True
+    ) -> list[dict[str, Any]]:
+        """The current objects of ``resource`` (all namespaces, or one), straight from the store:
+        top-level copies whose nested values are the stored ones (``copy=False``: the stored
+        objects themselves) -- read them, never change them in place (see :class:`StoredObject`)."""
+        found = []
+        for (_, ns, _), obj in list(self._objects.of(resource).items()):
+            if namespace is None or ns == namespace:
+                current = obj.peek()
+                if current is not None:
+                    found.append(dict(current) if copy else current)
+        return found
+
+    def live_everything(self) -> list[dict[str, Any]]:
+        """The current objects of every resource, not copied (read only)."""
+        return [obj for resource in self._objects.resources() for obj in self.live(resource, copy=False)]
 
     def _next_version(self) -> str:
         self._revision += 1
@@ -331,23 +435,54 @@ class Emulator(kmock.KubernetesEmulator):
         finally:
             self._in_flight.pop(request, None)
             self._forget_requests()
+            self._drop_deleted(request)
+
+    def _drop_deleted(self, request: kmock.Request) -> None:
+        """Forget an object the request deleted, once it has been answered.
+
+        The emulator keeps a deleted object (and its history) forever; under churn, thousands of
+        deleted pods, Jobs and Deployments stayed in memory and in every scan. The API server
+        forgets them too: a GET then answers 404 and a watch from an older version learns nothing
+        of them (as a watch from a compacted version would)."""
+        if request.resource is None or request.name is None:
+            return
+        if request.action not in (kmock.action.DELETE, kmock.action.UPDATE):  # UPDATE: finalizers removed
+            return
+        key = (request.resource, request.namespace, request.name)
+        if key in self._objects and self._objects[key].deleted:
+            del self._objects[key]
 
     def _KubernetesEmulator__get_objs(self, request: kmock.Request, strict: bool) -> list[Any]:
-        """The emulator's object lookup, by key when the request names one object.
+        """The emulator's object lookup: by key when the request names one object, else among
+        the objects of the request's resource only.
 
         (The emulator scans every stored object for every request; with thousands of objects
         that, not the client under test, would dominate every measurement.)
         """
-        if strict and request.name is not None and request.resource is not None:
+        if request.resource is None:
+            return super()._KubernetesEmulator__get_objs(request, strict)  # type: ignore[misc]
+        if strict and request.name is not None:
             key = (request.resource, request.namespace, request.name)
             return [self.objects[key]] if key in self.objects else []
-        return super()._KubernetesEmulator__get_objs(request, strict)  # type: ignore[misc]
+        check = self._KubernetesEmulator__check  # type: ignore[attr-defined]
+        return [
+            obj
+            for (resource, namespace, name), obj in list(self._objects.of(request.resource).items())
+            if check(request, resource, namespace, name, strict=strict)
+        ]
+
+    def _get_resources(self) -> list[kmock.resource]:
+        """The declared resources and those of stored objects, without a scan of every object (the
+        emulator's LIST looked the resource up this way before each answer)."""
+        declared = super(kmock.KubernetesEmulator, self)._get_resources()
+        return list({*declared, *self._objects.resources()})
 
     async def _serve_list(self, request: kmock.Request) -> Any:
         """A list carries the revision it was read at, as an API server's does (the emulator's
         says ``...``): a watch from it streams only what changed since, instead of every object
         again as ADDED -- which made kopf handle a whole fleet twice at every start-up. The
         revision is read before the objects: a write in between is streamed again, not lost."""
+        self._routed(request)
         revision = self._revision
         answer = await super()._serve_list(request)
         answer["metadata"]["resourceVersion"] = str(revision)
@@ -360,6 +495,7 @@ class Emulator(kmock.KubernetesEmulator):
         LIST and at each re-watch; with thousands of objects the client, kopf here, would then
         handle the whole collection again every few minutes. Deletions in the gap are not kept.)
         """
+        self._routed(request)
         since = str(request.params.get("resourceVersion") or "")
         if not since.isdigit() or since == "0":
             async for event in super()._serve_watch(request):
@@ -382,13 +518,40 @@ class Emulator(kmock.KubernetesEmulator):
             if check(request, request.resource, meta.get("namespace"), meta.get("name"), strict=False):
                 yield event
 
+    async def _serve_fetch(self, request: kmock.Request) -> Any:
+        self._routed(request)
+        return await super()._serve_fetch(request)
+
+    async def _serve_create(self, request: kmock.Request) -> Any:
+        self._routed(request)
+        return await super()._serve_create(request)
+
+    async def _serve_update(self, request: kmock.Request) -> Any:
+        self._routed(request)
+        return await super()._serve_update(request)
+
+    async def _serve_delete(self, request: kmock.Request) -> Any:
+        self._routed(request)
+        return await super()._serve_delete(request)
+
+    def _routed(self, request: kmock.Request) -> None:
+        """The request reached its handler: the routing no longer needs it in the history.
+
+        The emulator routes a request by testing each handler's filters against every request
+        in its history; in a burst of the operator's requests, the ones that came in during the
+        last second (see :meth:`_forget_requests`) made that a scan of hundreds per request.
+        """
+        if request in self._in_flight:
+            self._in_flight[request] = 0.0
+
     def _forget_requests(self, keep: int = 16) -> None:
         """Drop the served requests' history (kept only for assertions we do not use).
 
         The emulator routes each request by searching the whole history for it, so every request
         costs O(requests so far); with thousands of requests it stalls. Requests still being
-        routed stay: those in flight for less than a second (routing takes microseconds; what is
-        in flight for longer, a watch above all, is streaming its answer and routed long ago).
+        routed stay: those in flight for less than a second that did not reach a handler of
+        their own (:meth:`_routed`; routing takes microseconds; what is in flight for longer, a
+        watch above all, is streaming its answer and routed long ago).
         """
         routed_before = time.monotonic() - 1.0
         self._requests[:] = [
@@ -539,6 +702,11 @@ class Cluster:
         self._pod_counter = itertools.count(1)
         self._pod_bound: dict[str, float] = {}  # serving pod uid -> loop time it was bound
         self._rollouts: dict[str, _Rollout] = {}  # Deployment uid -> progress of its rollout
+        #: Deployment uid -> (resourceVersion, template hash): hashing every template twice a pass
+        #: cost more than the rest of the pass at 10,000 Deployments.
+        self._template_hashes: dict[str, tuple[str, str]] = {}
+        #: Deployment uid -> the inputs of the last pass that found it settled (see _quiet_now).
+        self._quiet: dict[str, tuple[str, ...]] = {}
         self._inits: dict[str, InitRun] = {}  # serving pod uid -> its init containers' runs
         #: While cleared, serving pods' init containers wait before they start (tests hold them).
         self.release_inits = asyncio.Event()
@@ -580,12 +748,15 @@ class Cluster:
         return await self.request("PATCH", path, body, content_type)
 
     def objects(self, resource: kmock.resource, namespace: str | None = None) -> list[dict[str, Any]]:
-        """Current objects of a resource (reads straight from the emulator's store)."""
-        found = []
-        for (res, ns, _name), obj in list(self.emulator.objects.items()):
-            if res == resource and (namespace is None or ns == namespace) and not obj.deleted:
-                found.append(copy.deepcopy(obj.raw))
-        return found
+        """Current objects of a resource (copies, read straight from the emulator's store)."""
+        return [copy.deepcopy(obj) for obj in self.emulator.live(resource, namespace)]
+
+    def _stored(self, resource: kmock.resource, namespace: str | None, name: str) -> dict[str, Any] | None:
+        """One current object, not copied: for the controllers, which only read it (a copy of
+        every object on every pass was most of the emulator's CPU at 10,000 models)."""
+        key = (resource, namespace, name)
+        obj = self.emulator.objects[key] if key in self.emulator.objects else None  # noqa: SIM401 (no .get)
+        return None if obj is None else obj.peek()  # type: ignore[attr-defined,no-any-return]
 
     def get(self, resource: kmock.resource, namespace: str | None, name: str) -> dict[str, Any] | None:
         key = (resource, namespace, name)
@@ -773,7 +944,10 @@ class Cluster:
             await asyncio.sleep(0.1)
 
     async def _control_once(self) -> None:
-        jobs = {(job["metadata"]["namespace"], job["metadata"]["name"]): job for job in self.objects(JOBS)}
+        live = self.emulator.live
+        jobs = {
+            (job["metadata"]["namespace"], job["metadata"]["name"]): job for job in live(JOBS, copy=False)
+        }
         for job in jobs.values():
             uid = job["metadata"]["uid"]
             if (
@@ -786,25 +960,24 @@ class Cluster:
         for uid, task in list(self._job_tasks.items()):
             if uid not in live_uids and not task.done():
                 task.cancel()  # the Job was deleted: its pod goes with it
-        for pod in self.objects(PODS):
+        pods = []
+        for pod in live(PODS, copy=False):
             owner = (pod["metadata"].get("labels") or {}).get("controller-uid")
             if owner and owner not in live_uids:
                 namespace, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
                 await self.request("DELETE", f"/api/v1/namespaces/{namespace}/pods/{name}")
-        await self._control_serving()
+            else:
+                pods.append(pod)
+        await self._control_serving(pods)
         if self.garbage_collector:
             await self._collect_garbage()
 
     async def _collect_garbage(self) -> None:
         """Delete dependents whose controller owner no longer exists (by uid), as Kubernetes'
         garbage collector does with background propagation."""
-        live_uids = {
-            str((obj.raw.get("metadata") or {}).get("uid"))
-            for obj in list(self.emulator.objects.values())
-            if not obj.deleted
-        }
+        live_uids = {str((obj.get("metadata") or {}).get("uid")) for obj in self.emulator.live_everything()}
         for resource, plural in ((JOBS, "jobs"), (DEPLOYMENTS, "deployments")):
-            for obj in self.objects(resource):
+            for obj in self.emulator.live(resource, copy=False):
                 owners = obj["metadata"].get("ownerReferences") or []
                 if owners and all(owner.get("uid") not in live_uids for owner in owners):
                     base = "/apis/batch/v1" if resource == JOBS else "/apis/apps/v1"
@@ -814,24 +987,26 @@ class Cluster:
 
     def _schedule(self, template: Mapping[str, Any]) -> dict[str, Any] | None:
         """The first node that satisfies the pod template's required node affinity (Job pods)."""
-        for node in sorted(self.objects(NODES), key=lambda n: n["metadata"]["name"]):
+        for node in sorted(self.emulator.live(NODES, copy=False), key=lambda n: n["metadata"]["name"]):
             if _affinity_matches(template.get("spec") or {}, node["metadata"].get("labels") or {}):
                 return node
         return None
 
     # -- serving pods: the Deployment controller, the scheduler and the kubelet --------------------
 
-    async def _control_serving(self) -> None:
-        """One pass over the serving pods: the kubelet reports, the Deployment controller adds and
-        removes pods, the scheduler binds the new ones, then each Deployment's status is written
-        and the ready capacity recorded."""
+    async def _control_serving(self, all_pods: list[dict[str, Any]]) -> None:
+        """One pass over the serving pods (of ``all_pods``, every pod): the kubelet reports, the
+        Deployment controller adds and removes pods, the scheduler binds the new ones, then each
+        Deployment's status is written and the ready capacity recorded."""
         loop_time = asyncio.get_running_loop().time()
-        nodes = {node["metadata"]["name"]: node for node in self.objects(NODES)}
-        deployments = self.objects(DEPLOYMENTS)
+        # Read from the store without copies: the controllers never change what they read in
+        # place, except the pods of the Deployments worked on (below), copied first.
+        nodes = {node["metadata"]["name"]: node for node in self.emulator.live(NODES, copy=False)}
+        deployments = self.emulator.live(DEPLOYMENTS, copy=False)
         live = {deployment["metadata"]["uid"]: deployment for deployment in deployments}
         owned: dict[str, list[dict[str, Any]]] = {uid: [] for uid in live}
         others: list[dict[str, Any]] = []
-        for pod in self.objects(PODS):
+        for pod in all_pods:
             owner = _deployment_owner(pod)
             if owner is None:
                 others.append(pod)
@@ -850,11 +1025,21 @@ class Cluster:
                     run.task.cancel()
         for uid in [uid for uid in self._rollouts if uid not in live]:
             del self._rollouts[uid]
+        for table in (self._template_hashes, self._quiet):
+            for uid in [uid for uid in table if uid not in live]:
+                del table[uid]
 
-        for pods in owned.values():
-            for pod in pods:
+        inputs = {uid: _inputs(deployment, owned[uid]) for uid, deployment in live.items()}
+        active = {
+            uid: deployment for uid, deployment in live.items() if not self._quiet_now(uid, inputs[uid])
+        }
+        for uid in active:
+            # Top-level copies: the kubelet and the scheduler replace a pod they updated with the
+            # API's answer in place, for the later steps of this pass.
+            owned[uid] = [dict(pod) for pod in owned[uid]]
+            for pod in owned[uid]:
                 await self._run_serving_pod(pod, loop_time)
-        for uid, deployment in live.items():
+        for uid, deployment in active.items():
             owned[uid] = await self._roll_out(deployment, owned[uid])
         serving = [pod for pods in owned.values() for pod in pods]
         pending = [pod for pod in serving if not (pod.get("spec") or {}).get("nodeName")]
@@ -863,11 +1048,48 @@ class Cluster:
             await self._schedule_serving(
                 sorted(pending, key=self._seq_of), list(nodes.values()), bound, loop_time
             )
-        for uid, deployment in live.items():
-            await self._report_deployment(deployment, owned[uid], loop_time)
+        for uid, deployment in active.items():
+            wrote = await self._report_deployment(deployment, owned[uid], loop_time)
+            unchanged = not wrote and _inputs(deployment, owned[uid]) == inputs[uid]
+            if unchanged and self._settled(deployment, owned[uid]):
+                self._quiet[uid] = inputs[uid]
+            else:
+                self._quiet.pop(uid, None)
         capacity = self._capacity_of(serving)
         if not self.capacity_log or self.capacity_log[-1][1] != capacity:
             self.capacity_log.append((loop_time, capacity))
+
+    def _quiet_now(self, uid: str, inputs: tuple[str, ...]) -> bool:
+        """Whether the Deployment can be left alone this pass: a pass found it settled (see
+        :meth:`_settled`) and wrote nothing, and neither it nor its pods changed since.
+
+        Then the kubelet, the Deployment controller and its status would do the same again --
+        nothing -- and at 10,000 Deployments doing it anyway took more than a second a pass. A
+        settled rollout is complete, so its progress (for ``progressDeadlineSeconds``) is now.
+        """
+        if self._quiet.get(uid) != inputs or self.serving_fault is not None or not self.deployments_ready:
+            return False
+        rollout = self._rollouts.get(uid)
+        if rollout is not None:
+            rollout.progressed = asyncio.get_running_loop().time()
+        return True
+
+    def _settled(self, deployment: Mapping[str, Any], pods: list[dict[str, Any]]) -> bool:
+        """Nothing about the Deployment changes with time alone: its rollout is complete, every
+        pod Running and Ready, none crash-looping or with init containers (whose results the
+        kubelet reads from files on every pass)."""
+        if self.serving_fault is not None or not self.deployments_ready:
+            return False
+        if len(pods) != _desired_replicas(deployment.get("spec") or {}):
+            return False
+        current_hash = self._template_hash(deployment)
+        return all(
+            _pod_labels(pod).get(POD_TEMPLATE_HASH) == current_hash
+            and (pod.get("status") or {}).get("phase") == "Running"
+            and _pod_ready(pod)
+            and not (pod.get("spec") or {}).get("initContainers")
+            for pod in pods
+        )
 
     def _seq_of(self, pod: Mapping[str, Any]) -> tuple[int, str]:
         metadata = pod["metadata"]
@@ -885,7 +1107,7 @@ class Cluster:
         spec = deployment.get("spec") or {}
         replicas = _desired_replicas(spec)
         template = spec.get("template") or {}
-        current_hash = template_hash(template)
+        current_hash = self._template_hash(deployment)
         new = [pod for pod in pods if _pod_labels(pod).get(POD_TEMPLATE_HASH) == current_hash]
         old = [pod for pod in pods if _pod_labels(pod).get(POD_TEMPLATE_HASH) != current_hash]
         recreate = (spec.get("strategy") or {}).get("type") == "Recreate"
@@ -919,6 +1141,16 @@ class Cluster:
         for _ in range(max(0, missing)):
             new.append(await self._create_serving_pod(deployment, template, current_hash))
         return [*new, *old]
+
+    def _template_hash(self, deployment: Mapping[str, Any]) -> str:
+        """The Deployment's :func:`template_hash`, computed again only when it was written."""
+        metadata = deployment["metadata"]
+        version = str(metadata.get("resourceVersion"))
+        cached = self._template_hashes.get(metadata["uid"])
+        if cached is None or cached[0] != version:
+            cached = (version, template_hash((deployment.get("spec") or {}).get("template") or {}))
+            self._template_hashes[metadata["uid"]] = cached
+        return cached[1]
 
     def _scale_down_order(self, pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Unscheduled, then pending, then unready pods, then the newest (as the ReplicaSet does)."""
@@ -990,7 +1222,7 @@ class Cluster:
                 _, chosen = min(fitting, key=lambda item: (-item[0], item[1]))
                 used[chosen] += request
                 self._pod_bound[pod["metadata"]["uid"]] = loop_time
-                pod.setdefault("spec", {})["nodeName"] = chosen
+                pod["spec"] = {**(pod.get("spec") or {}), "nodeName": chosen}  # not in place: stored
                 status = self._serving_status(pod, ready=False, crashing=False, restarts=0)
                 updated = await self.patch(path, {"spec": {"nodeName": chosen}, "status": status})
                 pod.clear()
@@ -1197,11 +1429,12 @@ class Cluster:
 
     async def _report_deployment(
         self, deployment: Mapping[str, Any], pods: list[dict[str, Any]], loop_time: float
-    ) -> None:
-        """The Deployment's status subresource, written only when something in it changed."""
+    ) -> bool:
+        """The Deployment's status subresource, written only when something in it changed (then
+        True)."""
         metadata, spec = deployment["metadata"], deployment.get("spec") or {}
         replicas = _desired_replicas(spec)
-        current_hash = template_hash(spec.get("template") or {})
+        current_hash = self._template_hash(deployment)
         new = [pod for pod in pods if _pod_labels(pod).get(POD_TEMPLATE_HASH) == current_hash]
         ready = sum(1 for pod in pods if _pod_ready(pod))
         new_ready = sum(1 for pod in new if _pod_ready(pod))
@@ -1259,7 +1492,7 @@ class Cluster:
             for kind, cond in before.items()
         }
         if all(status.get(key) == value for key, value in counts.items()) and shown == wanted:
-            return
+            return False
         stamp = now()
         conditions = []
         for kind, (value, reason, message) in wanted.items():
@@ -1273,6 +1506,7 @@ class Cluster:
             })  # fmt: skip
         path = f"/apis/apps/v1/namespaces/{metadata['namespace']}/deployments/{metadata['name']}/status"
         await self.patch(path, {"status": {**counts, "conditions": conditions}})
+        return True
 
     # -- serving capacity ----------------------------------------------------------------------------
 
@@ -1289,7 +1523,8 @@ class Cluster:
                 continue
             key = (str(metadata.get("namespace")), str(model))
             if key not in utilization:
-                demand = ((self.model(*key) or {}).get("spec") or {}).get("demand") or {}
+                model = self._stored(self.model_resource, *key) or {}
+                demand = (model.get("spec") or {}).get("demand") or {}
                 utilization[key] = float(demand.get("targetUtilization", 0.8))
             try:
                 fps = float(annotations.get(FPS_ANNOTATION) or 0.0)
@@ -1347,7 +1582,7 @@ class Cluster:
             while not attempts.done():
                 await asyncio.wait({attempts}, timeout=0.1)
                 # activeDeadlineSeconds counts from the Job's start and may be changed meanwhile.
-                current = self.get(JOBS, namespace, name) or job
+                current = self._stored(JOBS, namespace, name) or job
                 deadline = (current.get("spec") or {}).get("activeDeadlineSeconds")
                 if attempts.done() or deadline is None or loop.time() - started <= float(deadline):
                     continue
@@ -1356,7 +1591,7 @@ class Cluster:
                     await attempts
                 run.deadline_exceeded = True
                 # The Job controller terminates (deletes) the active pods, then fails the Job.
-                for pod in self.objects(PODS, namespace):
+                for pod in self.emulator.live(PODS, namespace):
                     labels = pod["metadata"].get("labels") or {}
                     if labels.get("controller-uid") == metadata["uid"] and (
                         (pod.get("status") or {}).get("phase") in ("Pending", "Running")
@@ -1820,6 +2055,15 @@ def _condition(obj: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
 
 def _pod_ready(pod: Mapping[str, Any]) -> bool:
     return _condition(pod, "Ready").get("status") == "True"
+
+
+def _inputs(deployment: Mapping[str, Any], pods: list[dict[str, Any]]) -> tuple[str, ...]:
+    """What a Deployment's pass reads, in short: its and its pods' resourceVersions (unique to each
+    write, so equal tuples mean the same objects, unchanged)."""
+    return (
+        str(deployment["metadata"].get("resourceVersion")),
+        *(str(pod["metadata"].get("resourceVersion")) for pod in pods),
+    )
 
 
 def _deployment_owner(pod: Mapping[str, Any]) -> str | None:

@@ -1,0 +1,83 @@
+"""The test cluster's API emulator at scale: its store keeps only current objects (no past
+versions, no deleted objects), indexed by resource, and still answers as an API server does."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.cluster import EVENTS, PODS, Cluster, running_cluster
+
+NAMESPACE = "store"
+PODS_PATH = f"/api/v1/namespaces/{NAMESPACE}/pods"
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+    async with running_cluster(tmp_path) as cluster:
+        await cluster.add_namespace(NAMESPACE)
+        yield cluster
+
+
+def pod(name: str, **labels: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels}, "spec": {}}
+
+
+async def test_a_patched_object_keeps_only_its_current_version(cluster: Cluster) -> None:
+    created = await cluster.create(PODS_PATH, pod("p", app="a"))
+    for index in range(5):
+        await cluster.patch(f"{PODS_PATH}/p", {"metadata": {"labels": {"step": str(index)}}})
+    stored = cluster.emulator.objects[PODS, NAMESPACE, "p"]
+    assert len(stored.history) == 1
+    assert stored["metadata"]["labels"] == {"app": "a", "step": "4"}
+    assert int(stored["metadata"]["resourceVersion"]) > int(created["metadata"]["resourceVersion"])
+
+
+async def test_a_patch_leaves_what_was_read_before_unchanged(cluster: Cluster) -> None:
+    """Patches are copy-on-write: an object read (or streamed) earlier keeps its content."""
+    await cluster.create(PODS_PATH, pod("p", app="a"))
+    (before,) = cluster.emulator.live(PODS, NAMESPACE)
+    snapshot = json.dumps(before, sort_keys=True)
+    await cluster.patch(f"{PODS_PATH}/p", {"metadata": {"labels": {"app": "b"}}, "spec": {"nodeName": "n"}})
+    await cluster.patch(f"{PODS_PATH}/p", [{"op": "replace", "path": "/metadata/labels/app", "value": "c"}])
+    assert json.dumps(before, sort_keys=True) == snapshot
+    assert cluster.get(PODS, NAMESPACE, "p")["metadata"]["labels"] == {"app": "c"}  # type: ignore[index]
+
+
+async def test_a_deleted_object_is_forgotten_and_its_name_reusable(cluster: Cluster) -> None:
+    first = await cluster.create(PODS_PATH, pod("p"))
+    deleted = await cluster.request("DELETE", f"{PODS_PATH}/p")
+    assert deleted["metadata"]["uid"] == first["metadata"]["uid"]  # the DELETE answers with its last state
+    assert (PODS, NAMESPACE, "p") not in cluster.emulator.objects
+    with pytest.raises(RuntimeError, match="404"):
+        await cluster.request("GET", f"{PODS_PATH}/p")
+    second = await cluster.create(PODS_PATH, pod("p"))
+    assert second["metadata"]["uid"] != first["metadata"]["uid"]
+    assert [item["metadata"]["uid"] for item in cluster.emulator.live(PODS)] == [second["metadata"]["uid"]]
+
+
+async def test_lists_and_watches_read_their_own_resource(cluster: Cluster) -> None:
+    await cluster.create(PODS_PATH, pod("p1"))
+    await cluster.create(PODS_PATH, pod("p2"))
+    await cluster.create(
+        f"/api/v1/namespaces/{NAMESPACE}/events",
+        {"apiVersion": "v1", "kind": "Event", "metadata": {"name": "e"}, "involvedObject": {"name": "p1"}},
+    )
+    await cluster.request("DELETE", f"{PODS_PATH}/p2")
+    listed = await cluster.request("GET", PODS_PATH)
+    assert [item["metadata"]["name"] for item in listed["items"]] == ["p1"]
+    assert [item["metadata"]["name"] for item in cluster.emulator.live(EVENTS, NAMESPACE)] == ["e"]
+
+    # A watch from the LIST's revision streams what changed after it, and only that.
+    revision = listed["metadata"]["resourceVersion"]
+    url = f"{PODS_PATH}?watch=true&resourceVersion={revision}"
+    async with cluster.server.client.get(url) as response:
+        await cluster.patch(f"{PODS_PATH}/p1", {"metadata": {"labels": {"x": "1"}}})
+        line = await asyncio.wait_for(response.content.readline(), 5)
+    event = json.loads(line)
+    assert (event["type"], event["object"]["metadata"]["labels"]) == ("MODIFIED", {"x": "1"})
