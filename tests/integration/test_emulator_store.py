@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.cluster import EVENTS, PODS, Cluster, running_cluster
+from tests.support.cluster import EVENTS, JOBS, PODS, Cluster, running_cluster
 
 NAMESPACE = "store"
 PODS_PATH = f"/api/v1/namespaces/{NAMESPACE}/pods"
@@ -81,3 +81,22 @@ async def test_lists_and_watches_read_their_own_resource(cluster: Cluster) -> No
         line = await asyncio.wait_for(response.content.readline(), 5)
     event = json.loads(line)
     assert (event["type"], event["object"]["metadata"]["labels"]) == ("MODIFIED", {"x": "1"})
+
+
+async def test_the_garbage_collector_deletes_what_a_deleted_owner_owned(cluster: Cluster) -> None:
+    cluster.garbage_collector = True
+    owners = {}
+    for name in ("kept", "gone"):
+        owners[name] = await cluster.create(
+            f"/api/v1/namespaces/{NAMESPACE}/configmaps",
+            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {}},
+        )
+        reference = {"apiVersion": "v1", "kind": "ConfigMap", "name": name,
+                     "uid": owners[name]["metadata"]["uid"], "controller": True}  # fmt: skip
+        job = {"apiVersion": "batch/v1", "kind": "Job", "spec": {"template": {"spec": {"containers": []}}},
+               "metadata": {"name": f"job-{name}", "ownerReferences": [reference]}}  # fmt: skip
+        await cluster.create(f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs", job)
+    await cluster.request("DELETE", f"/api/v1/namespaces/{NAMESPACE}/configmaps/gone")
+    await cluster.wait_for("the orphan Job deleted", lambda: cluster.get(JOBS, NAMESPACE, "job-gone") is None)
+    await asyncio.sleep(0.3)  # a few more passes
+    assert cluster.get(JOBS, NAMESPACE, "job-kept") is not None
