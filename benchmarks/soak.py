@@ -333,9 +333,12 @@ async def soak_operator(
                 await asyncio.sleep(5.0)
 
         sampler = asyncio.create_task(sample_memory())
+        # The checks run in the emulator's process: every 2 s, at 10,000 models every 5 s (a
+        # check reads every model, Job and Deployment).
+        check_every = max(2.0, models / 2000)
         try:
             await cluster.wait_for(
-                "start-up", lambda: not mismatches(cluster, fleet), timeout=900, interval=2.0
+                "start-up", lambda: not mismatches(cluster, fleet), timeout=900, interval=check_every
             )
             startup_s = time.monotonic() - started
             churn_started = time.monotonic()
@@ -362,7 +365,7 @@ async def soak_operator(
             converged = True
             try:
                 await cluster.wait_for("convergence", lambda: not mismatches(cluster, fleet), timeout=600,
-                                       interval=2.0)  # fmt: skip
+                                       interval=check_every)  # fmt: skip
             except AssertionError:
                 converged = False
             converge_s = time.monotonic() - stopped
