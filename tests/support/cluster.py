@@ -726,8 +726,8 @@ class Cluster:
         #: crashes on start (never Ready, ``CrashLoopBackOff`` with a growing restart count).
         self.serving_fault: Callable[[Mapping[str, str]], bool] | None = None
         #: (loop time, {(namespace, model): ready capacity}) whenever the capacity changed, with
-        #: the models whose capacity changed only (0.0: none left): a whole copy per pass grew by
-        #: 40 MiB a minute under churn at 10,000 models.
+        #: the models whose capacity changed only (0.0: none left): a whole copy of every model's
+        #: capacity per pass, under churn, is a dict of 10,000 entries a second at 10,000 models.
         self.capacity_log: list[tuple[float, dict[tuple[str, str], float]]] = []
         self._capacity: dict[tuple[str, str], float] = {}  # the capacity the log adds up to
         self._pod_seq: dict[str, int] = {}  # serving pod uid -> creation order
