@@ -439,7 +439,8 @@ def render(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = [
         SECTION_TITLE,
         "",
-        f"`python benchmarks/operator_scale.py --models {' '.join(str(r['models']) for r in results)}` on "
+        f"`python benchmarks/operator_scale.py --models {' '.join(str(r['models']) for r in results)}"
+        f"{' --failover' if any(r.get('failovers') for r in results) else ''}` on "
         f"{meta['cpu']} ({meta['isa']}), {meta['cores']} cores, {meta['measured_at']}; the KMock API emulator "
         f"(same machine, one Python process, over HTTP) and the real `qfleet operator` process. Models start "
         f"quantized and already handled by kopf (their status holds a passed result, their annotations kopf's "
