@@ -217,6 +217,17 @@ FAULT_REASONS = {
 ObjectKey = tuple[kmock.resource, str | None, str]
 
 
+def _routed_first(serve: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """The emulator's ``serve`` for one action, marking the request routed first (see ``_routed``)."""
+
+    @functools.wraps(serve)
+    async def serve_routed(self: Any, request: kmock.Request) -> Any:
+        self._routed(request)
+        return await serve(self, request)
+
+    return serve_routed
+
+
 class StoredObject(k8s_dicts.Object):
     """One stored object that keeps only its current version, as etcd after compaction.
 
@@ -548,21 +559,10 @@ class Emulator(kmock.KubernetesEmulator):
             if check(request, request.resource, meta.get("namespace"), meta.get("name"), strict=False):
                 yield event
 
-    async def _serve_fetch(self, request: kmock.Request) -> Any:
-        self._routed(request)
-        return await super()._serve_fetch(request)
-
-    async def _serve_create(self, request: kmock.Request) -> Any:
-        self._routed(request)
-        return await super()._serve_create(request)
-
-    async def _serve_update(self, request: kmock.Request) -> Any:
-        self._routed(request)
-        return await super()._serve_update(request)
-
-    async def _serve_delete(self, request: kmock.Request) -> Any:
-        self._routed(request)
-        return await super()._serve_delete(request)
+    _serve_fetch = _routed_first(kmock.KubernetesEmulator._serve_fetch)
+    _serve_create = _routed_first(kmock.KubernetesEmulator._serve_create)
+    _serve_update = _routed_first(kmock.KubernetesEmulator._serve_update)
+    _serve_delete = _routed_first(kmock.KubernetesEmulator._serve_delete)
 
     def _routed(self, request: kmock.Request) -> None:
         """The request reached its handler: the routing no longer needs it in the history.
