@@ -47,6 +47,7 @@ from _common import (  # noqa: E402
     cpu_model,
     model_spec,
     percentile,
+    process_cpu_seconds,
     quantized_status,
     replace_section,
     script_parser,
@@ -63,12 +64,6 @@ from tests.support.cluster import DEPLOYMENTS, NODES, Cluster, Emulator  # noqa:
 
 SECTION_TITLE = "## Operator scale"
 OPERATOR_ENV = {"QFLEET_RESYNC_SECONDS": "3600"}
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of the process ``pid`` so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def isa_tier() -> str:
@@ -159,8 +154,10 @@ async def measure(
             stored = emulator.objects[key] if key in emulator.objects else None  # noqa: SIM401 (no .get)
             return None if stored is None or stored.deleted else int(stored.raw["spec"]["replicas"])
 
-        #: Changes whose rescale never came (see ``change``).
-        lost: list[str] = []
+        #: Changes whose rescale never came (see ``change``), per phase: "cold start", or how
+        #: the leader went in a failover (see ``fail_overs``).
+        lost: dict[str, list[str]] = {}
+        phase = {"now": "cold start"}
 
         async def change(name: str) -> float:
             tier, fps, cameras = fleet[name]
@@ -173,7 +170,7 @@ async def measure(
             while replicas(name) != want:
                 if time.perf_counter() - begin > 60:
                     # Not applied within a minute: counted (and named), not timed.
-                    lost.append(name)
+                    lost.setdefault(phase["now"], []).append(name)
                     return float("nan")
                 await asyncio.sleep(0.002)
             return time.perf_counter() - begin
@@ -233,7 +230,7 @@ async def measure(
             startup = await planned(started, during)
             requests = sum(emulator.request_counts.values()) - before
             by_kind = {" ".join(key): count for key, count in emulator.request_counts.most_common(12)}
-            operator_cpu = cpu_seconds(process.pid)
+            operator_cpu = process_cpu_seconds(process.pid)
             emulator_cpu = time.process_time() - emulator_cpu
             await asyncio.sleep(2.0)  # let the follow-up reconciles (Deployment events) settle
             sequential = [await change(name) for name in rng.sample(sorted(fleet), min(changes, models))]
@@ -254,7 +251,7 @@ async def measure(
                 await cluster.request("GET", cluster.model_path(NAMESPACE, name))
                 api.append(time.perf_counter() - begin)
             assert len(cluster.objects(NODES)) == nodes
-            takeovers = await fail_overs(cluster, env, process, fleet, planned) if failover else []
+            takeovers = await fail_overs(cluster, env, process, fleet, planned, phase) if failover else []
         finally:
             await cluster.stop_operator(process)
             for extra in list(cluster._operators):
@@ -297,7 +294,12 @@ FAILOVERS = ("term", "restart", "kill")
 
 
 async def fail_overs(
-    cluster: Cluster, env: dict[str, str], leader: Any, fleet: dict[str, Any], planned: Any
+    cluster: Cluster,
+    env: dict[str, str],
+    leader: Any,
+    fleet: dict[str, Any],
+    planned: Any,
+    phase: dict[str, str],
 ) -> list[dict[str, Any]]:
     """Each way in :data:`FAILOVERS` in turn: a standby takes over from the leader, while every
     model's cameras are changed (so each Deployment must be rescaled by the standby: that is what
@@ -318,7 +320,8 @@ async def fail_overs(
         await standing_by(cluster, [leader_id, standby_id], not_priority=dead_priority)
         resumed = asyncio.create_task(logged(cluster.root / f"{standby_log}.log", RESUMED_LINE))
         requests_before = emulator_requests(cluster)
-        standby_cpu, emulator_cpu = cpu_seconds(standby.pid), time.process_time()
+        standby_cpu, emulator_cpu = process_cpu_seconds(standby.pid), time.process_time()
+        phase["now"] = how
         signalled = time.perf_counter()
         exited = asyncio.create_task(ended(leader))
         if how == "term":
@@ -340,8 +343,9 @@ async def fail_overs(
             fleet[name] = (tier, fps, new)
             await cluster.patch(cluster.model_path(NAMESPACE, name), {"spec": {"demand": {"cameras": new}}})
         changed = time.perf_counter() - signalled
-        total = await planned(signalled, [])
-        standby_cpu = cpu_seconds(standby.pid) - standby_cpu
+        during: list[float] = []
+        total = await planned(signalled, during)
+        standby_cpu = process_cpu_seconds(standby.pid) - standby_cpu
         emulator_cpu = time.process_time() - emulator_cpu
         requests = {
             kind: count - requests_before.get(kind, 0)
@@ -365,6 +369,9 @@ async def fail_overs(
                 # Until the old leader's process had ended (SIGTERM: kopf's shutdown).
                 "leader_exited_s": round(await exited - signalled, 2),
                 "standby_peak_rss_mib": round(memory.get("VmHWM", 0) / 1024, 1),
+                # One camera change after another while the standby resumes the fleet (timed
+                # ones; those not applied within 60 s are in the result's lost changes).
+                "during": summary(during) if during else None,
                 # CPU time per model meanwhile, as for the start-up: the standby's, the emulator's.
                 "standby_cpu_ms_per_model": round(standby_cpu / len(fleet) * 1000, 2),
                 "emulator_cpu_ms_per_model": round(emulator_cpu / len(fleet) * 1000, 2),
@@ -435,6 +442,13 @@ def summary(latencies: list[float]) -> dict[str, Any]:
     }
 
 
+def meanwhile(row: dict[str, Any], result: dict[str, Any]) -> str:
+    """The changes timed during one failover, and how many were not applied within 60 s."""
+    d, lost = row.get("during"), len((result.get("lost_changes") or {}).get(row["how"], []))
+    timed = f"{d['p50_s']:.2f} / {d['p95_s']:.2f} / {d['max_s']:.1f} s ({d['changes']})" if d else "-"
+    return f"{timed} ({lost})"
+
+
 def render(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = [
         SECTION_TITLE,
@@ -469,11 +483,11 @@ def render(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             f"{r['peak_rss_mib']:.0f} MiB | {r['requests_per_model']:.1f} |"
         )
     for r in results:
-        if r.get("lost_changes"):
+        for when, lost in (r.get("lost_changes") or {}).items():
             lines += [
                 "",
-                f"At {r['models']} models, {len(r['lost_changes'])} change(s) had not reached their replicas "
-                f"after 60 s ({', '.join(r['lost_changes'][:5])}): counted, not timed.",
+                f"At {r['models']} models ({when}), {len(lost)} change(s) had not reached their replicas "
+                f"after 60 s ({', '.join(lost[:5])}): counted, not timed.",
             ]
     failovers = [r for r in results if r.get("failovers")]
     if failovers:
@@ -486,8 +500,9 @@ def render(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             "the container restarted in its pod; kill: SIGKILL, no restart (its node lost).",
             "",
             "| models | leader | total | until the standby resumed | its own work | cold start | "
-            "CPU per model: standby / emulator | standby peak RSS | requests per model |",
-            "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+            "CPU per model: standby / emulator | standby peak RSS | requests per model | "
+            "change meanwhile p50 / p95 / max (not applied in 60 s) |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
         for r in failovers:
             for row in r["failovers"]:
@@ -496,7 +511,7 @@ def render(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
                     f"| {r['models']} | {row['how']} | **{row['total_s']:.1f} s** | {row['detect_s']:.1f} s | "
                     f"{row['after_takeover_s']:.1f} s | {r['startup_s']:.1f} s | "
                     f"{row['standby_cpu_ms_per_model']:.1f} / {row['emulator_cpu_ms_per_model']:.1f} ms | "
-                    f"{row['standby_peak_rss_mib']:.0f} MiB | {requests:.1f} |"
+                    f"{row['standby_peak_rss_mib']:.0f} MiB | {requests:.1f} | {meanwhile(row, r)} |"
                 )
     lines.append("")
     return "\n".join(lines)

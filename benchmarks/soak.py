@@ -16,6 +16,14 @@ operator's RSS is sampled all along.
    ``--out`` (see :class:`SoakCluster`), so that thousands of source changes cost no CPU. The
    pipeline itself is exercised by the operator's integration tests.
 
+   The churn asks for about 2.75 new Jobs per second (source changes and creations). The
+   operator's cap on running Jobs (``QFLEET_MAX_RUNNING_JOBS``, 4 by default) with Jobs of
+   ``--job-seconds`` 2 s lets through at most 2 per second (measured: 1.4-1.7 at 1000 models,
+   4 unfinished all along), so with the default cap the backlog grows as long as the churn
+   lasts and no operator could converge soon after it. The soak measures the operator under
+   churn, not the cap (the integration tests do that), so it runs with a cap of 16
+   (``--max-running-jobs``); each phase's table shows whether the cap was full.
+
 Kubernetes' garbage collector is played by the test cluster (children of a deleted resource
 go with it, through their ownerReferences).
 
@@ -61,15 +69,18 @@ from _common import (  # noqa: E402
     cpu_model,
     model_spec,
     percentile,
+    process_cpu_seconds,
     qfleet_json,
     quantized_status,
     replace_section,
     rss_mib,
     script_parser,
+    self_cpu_seconds,
     server_process,
     utc_stamp,
 )
 from qfleet.fleet import names  # noqa: E402
+from qfleet.fleet.job_queue import job_finished  # noqa: E402
 from qfleet.fleet.planner import current_pipeline_key  # noqa: E402
 from qfleet.fleet.replicas import needed_replicas  # noqa: E402
 from qfleet.fleet.spec import parse_spec  # noqa: E402
@@ -78,6 +89,7 @@ from tests.support.cluster import DEPLOYMENTS, JOBS, NODES, PODS, Cluster, Emula
 
 SECTION_TITLE = "## Soak"
 FPS = dict(TIERS)
+#: The operator's settings for this benchmark (see ``--max-running-jobs``).
 OPERATOR_ENV: dict[str, str] = {}
 CHANGE_KINDS = (("cameras", 0.6), ("source", 0.15), ("create", 0.125), ("delete", 0.125))
 
@@ -283,6 +295,53 @@ def mismatches(cluster: Cluster, fleet: Fleet) -> list[str]:
     return problems
 
 
+@dataclass(frozen=True)
+class Sample:
+    """One look at the run, every 5 s: CPU seconds so far of the operator and of this process (the
+    emulator, its controllers and the checks), the Jobs the cluster holds unfinished, and how
+    many Jobs have finished so far."""
+
+    at: float
+    operator_cpu: float
+    emulator_cpu: float
+    unfinished_jobs: int
+    jobs_completed: int
+
+
+def unfinished_jobs(cluster: Cluster) -> int:
+    return sum(1 for job in stored(cluster, JOBS) if not job_finished(job))
+
+
+def phase_figures(timeline: list[Sample], begin: float, end: float) -> dict[str, Any]:
+    """What the samples within [begin, end] say: the cores the operator and the emulator's process
+    used, Jobs finished per second, and the Jobs unfinished (median, max): a cap of running Jobs
+    that is always full shows as a median at the cap."""
+    inside = [s for s in timeline if begin <= s.at <= end]
+    if len(inside) < 2:
+        return {}
+    first, last = inside[0], inside[-1]
+    wall = max(last.at - first.at, 1e-9)
+    unfinished = [s.unfinished_jobs for s in inside]
+    return {
+        "seconds": round(wall),
+        "operator_cores": round((last.operator_cpu - first.operator_cpu) / wall, 2),
+        "emulator_cores": round((last.emulator_cpu - first.emulator_cpu) / wall, 2),
+        "jobs_per_s": round((last.jobs_completed - first.jobs_completed) / wall, 2),
+        "unfinished_jobs_median": statistics.median(unfinished),
+        "unfinished_jobs_max": max(unfinished),
+    }
+
+
+async def converge(cluster: Cluster, fleet: Fleet, *, timeout: float, interval: float) -> list[str]:
+    """Check until nothing differs from the specs or ``timeout`` passes; what still differs.
+    (Not ``Cluster.wait_for``: its diagnostics on a timeout read every pod per Deployment, which
+    took many minutes at 10,000 models.)"""
+    deadline = time.monotonic() + timeout
+    while (remaining := mismatches(cluster, fleet)) and time.monotonic() < deadline:
+        await asyncio.sleep(interval)
+    return remaining
+
+
 def slope_per_minute(samples: list[tuple[float, float]]) -> float:
     """Least-squares slope of (seconds, MiB) samples, in MiB per minute."""
     if len(samples) < 3:
@@ -304,7 +363,14 @@ def largest_step(samples: list[tuple[float, float]]) -> dict[str, float]:
 
 
 async def soak_operator(
-    *, models: int, nodes: int, minutes: float, rate: float, job_seconds: float, seed: int
+    *,
+    models: int,
+    nodes: int,
+    minutes: float,
+    rate: float,
+    job_seconds: float,
+    seed: int,
+    converge_minutes: float = 10.0,
 ) -> dict[str, Any]:
     rng = random.Random(seed)
     config = OperatorSettings.from_env(OPERATOR_ENV).fleet
@@ -326,20 +392,24 @@ async def soak_operator(
         started = time.monotonic()
         process = await cluster.start_operator("--namespace", NAMESPACE, "--quiet", env=OPERATOR_ENV)
         samples: list[tuple[float, float]] = []
+        timeline: list[Sample] = []
 
-        async def sample_memory() -> None:
+        async def sample() -> None:
             while True:
-                samples.append((time.monotonic() - started, rss_mib(process.pid)))
+                at = time.monotonic() - started
+                samples.append((at, rss_mib(process.pid)))
+                timeline.append(Sample(at, process_cpu_seconds(process.pid), self_cpu_seconds(),
+                                       unfinished_jobs(cluster), cluster.jobs_completed))  # fmt: skip
                 await asyncio.sleep(5.0)
 
-        sampler = asyncio.create_task(sample_memory())
+        sampler = asyncio.create_task(sample())
         # The checks run in the emulator's process: every 2 s, at 10,000 models every 5 s (a
         # check reads every model, Job and Deployment).
         check_every = max(2.0, models / 2000)
         try:
-            await cluster.wait_for(
-                "start-up", lambda: not mismatches(cluster, fleet), timeout=900, interval=check_every
-            )
+            unready = await converge(cluster, fleet, timeout=900, interval=check_every)
+            if unready:
+                raise RuntimeError(f"start-up: {len(unready)} mismatches after 900 s, e.g. {unready[:5]}")
             startup_s = time.monotonic() - started
             churn_started = time.monotonic()
             rss_at_churn = rss_mib(process.pid)
@@ -362,20 +432,17 @@ async def soak_operator(
             churn_s = time.monotonic() - churn_started
             stopped = time.monotonic()
             await asyncio.gather(*tracked, return_exceptions=True)
-            converged = True
-            try:
-                await cluster.wait_for("convergence", lambda: not mismatches(cluster, fleet), timeout=600,
-                                       interval=check_every)  # fmt: skip
-            except AssertionError:
-                converged = False
+            remaining = await converge(cluster, fleet, timeout=converge_minutes * 60, interval=check_every)
             converge_s = time.monotonic() - stopped
-            remaining = mismatches(cluster, fleet)
+            converged = not remaining
             late_children = late_creations(cluster, fleet)
             rss_end = rss_mib(process.pid)
             alive = process.returncode is None
         finally:
             sampler.cancel()
             await cluster.stop()
+    phases = {"start-up": (0.0, startup_s), "churn": (startup_s, startup_s + churn_s),
+              "after churn": (startup_s + churn_s, startup_s + churn_s + converge_s)}  # fmt: skip
     churn_samples = [(t, m) for t, m in samples if t >= churn_started - started]
     second_half = churn_samples[len(churn_samples) // 2 :]
     return {
@@ -405,6 +472,7 @@ async def soak_operator(
             "max": round(max(m for _, m in samples), 1),
             "slope_second_half_mib_per_min": round(slope_per_minute(second_half), 2),
         },
+        "phases": {name: phase_figures(timeline, *bounds) for name, bounds in phases.items()},
         "rss_largest_step": largest_step([(t, m) for t, m in samples if t >= startup_s]),
         "rss_samples": [(round(t), round(m, 1)) for t, m in samples[:: max(1, len(samples) // 40)]],
         "api_requests": sum(emulator.request_counts.values()),
@@ -452,7 +520,9 @@ async def apply_change(
         begin = time.monotonic()
         await cluster.patch(path, {"spec": {"demand": {"cameras": cameras}}})
         want = fleet.replicas(name)
-        if sample and want != old:
+        # Timed only where a Deployment serves already: a new model's replicas wait for its Job.
+        serving = stored_one(cluster, DEPLOYMENTS, names.deployment_name(name, fleet.tier(name)))
+        if sample and want != old and serving is not None:
             tracked.append(asyncio.create_task(track(cluster, fleet, name, want, begin, latencies)))
 
 
@@ -579,6 +649,15 @@ def render(operator: dict[str, Any] | None, server: dict[str, Any] | None, meta:
             f"its deletion (removed by the garbage collector through their ownerReferences): "
             f"{o['late_children_of_deleted']}.",
             "",
+            f"Per phase (operator cap on running Jobs: {meta['max_running_jobs']}; the emulator's process also "
+            f"runs the cluster's controllers and the checks):",
+            "",
+            "| phase | seconds | operator cores | emulator cores | Jobs finished/s | unfinished Jobs median / max |",
+            "|---|---:|---:|---:|---:|---|",
+            *(f"| {name} | {f['seconds']} | {f['operator_cores']} | {f['emulator_cores']} | {f['jobs_per_s']} | "
+              f"{f['unfinished_jobs_median']} / {f['unfinished_jobs_max']} |"
+              for name, f in o["phases"].items() if f),
+            "",
         ]  # fmt: skip
     if server is not None:
         s = server
@@ -607,6 +686,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", type=int, default=1000, help="QuantizedModels (default 1000)")
     parser.add_argument("--nodes", type=int, default=60, help="nodes (default 60)")
     parser.add_argument("--rate", type=float, default=10.0, help="changes per second (default 10)")
+    parser.add_argument("--converge-minutes", type=float, default=10.0,
+                        help="how long the fleet may take to converge after the churn (default 10)")  # fmt: skip
     parser.add_argument(
         "--job-seconds", type=float, default=2.0, help="how long a recorded Job takes (default 2)"
     )
@@ -622,11 +703,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    parser.add_argument("--max-running-jobs", type=int, default=16,
+                        help="the operator's cap on running Jobs (default 16; see the module's doc)")  # fmt: skip
     args = parser.parse_args(argv)
+    OPERATOR_ENV["QFLEET_MAX_RUNNING_JOBS"] = str(args.max_running_jobs)
     operator = server = None
     if args.part in ("operator", "both"):
         operator = asyncio.run(soak_operator(models=args.models, nodes=args.nodes, minutes=args.minutes,
-                                             rate=args.rate, job_seconds=args.job_seconds, seed=args.seed))  # fmt: skip
+                                             rate=args.rate, job_seconds=args.job_seconds, seed=args.seed,
+                                             converge_minutes=args.converge_minutes))  # fmt: skip
         print(json.dumps(operator), flush=True)
     if args.part in ("server", "both"):
         server = soak_server(model=args.model or default_model(), minutes=args.minutes, load=args.load,
@@ -638,6 +723,7 @@ def main(argv: list[str] | None = None) -> int:
         "when": utc_stamp(),
         "load": f"{os.getloadavg()[0]:.1f}",
         "job_seconds": args.job_seconds,
+        "max_running_jobs": OperatorSettings.from_env(OPERATOR_ENV).max_running_jobs,
     }
     section = render(operator, server, meta)
     print(section)
