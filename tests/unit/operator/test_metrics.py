@@ -106,3 +106,19 @@ def test_capacity_ready_replicas_conditions_and_states_follow_the_status() -> No
     exposition = generate_latest(metrics.registry)
     for name in ("qfleet_condition{", "qfleet_target_state{", "qfleet_ready_replicas{"):
         assert name.encode() not in exposition
+
+
+def test_model_gauges_are_exposed_as_gauges_with_their_help_for_every_model() -> None:
+    metrics = Metrics()
+    exposition = generate_latest(metrics.registry).decode()
+    # Declared before any model exists, as a labelled Gauge was.
+    assert "# HELP qfleet_desired_replicas Replicas the operator asks for, per tier" in exposition
+    assert "# TYPE qfleet_desired_replicas gauge" in exposition
+    metrics.model_status("faces", "a", parse_status(STATUS))
+    metrics.model_status("cams", "b", parse_status(STATUS))
+    exposition = generate_latest(metrics.registry).decode()
+    for namespace, model in (("faces", "a"), ("cams", "b")):
+        assert (
+            f'qfleet_desired_replicas{{isa="avx512_vnni",model="{model}",namespace="{namespace}"}} 1.0'
+            in exposition
+        )
