@@ -43,13 +43,15 @@ log = logging.getLogger("qfleet.operator")
 ModelKey = tuple[str, str]
 EventPoster = Callable[[Mapping[str, Any], Event], None]
 
-__all__ = ["NODES_KEY", "Caches", "Reconciler", "retry_delay", "retryable"]
+__all__ = ["NODES_KEY", "REFUSED_RETRY_SECONDS", "Caches", "Reconciler", "retry_delay", "retryable"]
 
 
 #: Retries after an API error back off exponentially, from half a second up to a minute (a busy or
 #: restarting API server is not hammered by every model at a fixed pace).
 RETRY_BASE_SECONDS = 0.5
 RETRY_CAP_SECONDS = 60.0
+#: A request refused for the operator's credentials or RBAC (401, 403) is tried again this late.
+REFUSED_RETRY_SECONDS = 60.0
 
 
 def retry_delay(failures: int, *, jitter: float | None = None) -> float:
@@ -170,6 +172,11 @@ class Reconciler:
         self._pending[key] = (priority, self._sequence)
         self._spawn(self._run_later(key, delay, priority, self._sequence))
 
+    def queued(self, namespace: str, name: str) -> bool:
+        """Whether a reconcile of the model is queued and not started: it reads the model when it
+        starts, so it covers every change made until then."""
+        return (namespace, name) in self._pending
+
     def trigger_all(self, *, delay: float = 0.05, priority: int = NORMAL) -> None:
         for namespace, name in self.known_models():
             self.trigger(namespace, name, delay=delay, priority=priority)
@@ -254,6 +261,9 @@ class Reconciler:
                 delay = retry_delay(self.note_failure(key))
                 logger.warning("API request failed (%s); retrying in %.1f s", exc, delay)
                 self.trigger(*key, delay=delay)
+            elif exc.status in (401, 403):  # someone has to fix the credentials or RBAC
+                logger.error("API refused (%s); retrying in %.0f s", exc, REFUSED_RETRY_SECONDS)
+                self.trigger(*key, delay=REFUSED_RETRY_SECONDS)
             else:
                 logger.error("reconcile failed: %s", exc)
         except Exception:

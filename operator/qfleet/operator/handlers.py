@@ -8,7 +8,9 @@ camera change included -- while the rest of the fleet is still being resumed. Wh
 replica starts leading (start-up, or a failover: kopf's peering resumes it), the operator resumes
 the fleet itself from that LIST -- listed afresh if it was standing by -- with a background
 reconcile of every model (see :func:`_resume_fleet`); a created or changed one is reconciled at
-once, ahead of the queue, and its handler waits for it (so kopf retries it when it fails).
+once, ahead of the queue, and its handler waits for it (so kopf retries it when it fails) --
+unless a reconcile of it is queued already (the spec watch's, the resume's): that one is made
+urgent and covers the change, and the handler returns (the reconciler retries on its own).
 
 Errors, on purpose:
 
@@ -17,7 +19,7 @@ Errors, on purpose:
 - an unavailable API (5xx, 429, connection, timeout) or a 409 Conflict is a
   ``kopf.TemporaryError`` whose delay backs off exponentially (0.5 s to a minute, see
   :func:`~qfleet.operator.applier.retry_delay`); a 403 one with a long delay (someone has to
-  fix RBAC; the resource will not change);
+  fix RBAC; the resource will not change); the reconciler's own queued runs do the same;
 - kopf itself gives up when one of its watchers fails (a watch answered with HTTP 410 Gone, for
   one) and its shutdown can then hang, leaving a process that looks alive and does nothing: the
   operator exits instead (see :class:`ExitWhenKopfFails`), and Kubernetes restarts it;
@@ -467,6 +469,14 @@ async def resume_model(name: str, namespace: str | None, memo: Any, **_: Any) ->
 @kopf.on.update(*MODEL)
 async def reconcile_model(name: str, namespace: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
     reconciler: Reconciler = memo.reconciler
+    if reconciler.queued(str(namespace), name) and not reconciler.stopped:
+        # The spec watch or the resume of the fleet after a takeover has queued a reconcile that
+        # has not started: it reads the model when it starts, so it covers this change, and it
+        # retries on its own when the API fails. Waiting for it here would hold kopf's worker and
+        # this body for as long as the queue is long: after a failover in which every model
+        # changed, that was every model at once (the standby's memory doubled at 10,000 models).
+        reconciler.trigger(str(namespace), name, delay=0, priority=URGENT)
+        return
     # The operator's spec watch or its resume of the fleet after a takeover has often reconciled
     # this change already (kopf delivers it later): then only its verdict on the spec matters.
     # (A reconcile that runs while this handler waits for the model's lock counts too.)

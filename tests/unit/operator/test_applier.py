@@ -405,3 +405,47 @@ async def test_a_stopped_reconciler_starts_nothing_and_cancels_what_is_queued() 
     assert await reconciler.reconcile("ns", "m") is None
     assert api.calls == []
     await reconciler.close()
+
+
+async def test_kopf_update_handler_does_not_wait_for_a_queued_reconcile_but_makes_it_urgent() -> None:
+    """After a takeover every changed model has a queued reconcile (the resume's, the spec
+    watch's): kopf's handler returns at once instead of holding its worker and the model's body
+    until the queue reaches the model; the queued run reads the model afresh when it starts."""
+    from qfleet.operator.handlers import reconcile_model
+    from qfleet.operator.slots import BACKGROUND
+
+    api = FakeApi()
+    reconciler, _ = make(api, nodes=[node("n1")])
+    reconciler.trigger("ns", "m", delay=5, priority=BACKGROUND)  # the fleet's resume, far back
+    memo = type("Memo", (), {"reconciler": reconciler})()
+    await asyncio.wait_for(reconcile_model(name="m", namespace="ns", body=MODEL, memo=memo), 1)  # type: ignore[arg-type]
+
+    def status_written() -> bool:
+        return any(method == "PATCH" and path.endswith("/status") for method, path in api.calls)
+
+    assert not status_written()  # returned before the reconcile was through
+    # ... and the queued reconcile runs now, not after the background one's 5 s.
+    await asyncio.wait_for(_until(status_written), 1)
+    await reconciler.close()
+
+
+async def test_a_reconcile_refused_by_rbac_is_tried_again_later(monkeypatch: Any) -> None:
+    from qfleet.operator import applier
+    from qfleet.operator.kube import ApiError
+
+    monkeypatch.setattr(applier, "REFUSED_RETRY_SECONDS", 0.05)
+    api = FakeApi()
+    refusals = [ApiError(403, "Forbidden", "jobs is forbidden")]
+    original_get = api.get
+
+    async def get(path: str) -> dict[str, Any] | None:
+        if refusals:
+            raise refusals.pop()
+        return await original_get(path)
+
+    api.get = get  # type: ignore[method-assign]
+    reconciler, _ = make(api, nodes=[node("n1")])
+    reconciler.trigger("ns", "m", delay=0)
+    await _until(lambda: any(method == "GET" for method, _ in api.calls))
+    assert not refusals
+    await reconciler.close()
