@@ -275,7 +275,9 @@ def mismatches(cluster: Cluster, fleet: Fleet) -> list[str]:
                 f"{name}: serves key {(variant.get('served') or {}).get('pipelineKey')}, not {key}"
             )
         if status.get("phase") != "Ready":
-            problems.append(f"{name}: phase {status.get('phase')}")
+            # The first target's state and why: enough to tell a queued Job from a failed one.
+            why = " ".join(str(variant.get(field) or "") for field in ("state", "reason", "message")).strip()
+            problems.append(f"{name}: phase {status.get('phase')}" + (f" ({why[:300]})" if why else ""))
         wanted_job = names.job_name(name, tier, key)
         # A resource that never needed a Job (pre-quantized, key unchanged) has none.
         if jobs_by_model.get(name, set()) - {wanted_job}:
