@@ -474,7 +474,7 @@ async def reconcile_model(name: str, namespace: str | None, body: kopf.Body, mem
         # has not started: it reads the model when it starts, so it covers this change, and it
         # retries on its own when the API fails. Waiting for it here would hold kopf's worker and
         # this body for as long as the queue is long: after a failover in which every model
-        # changed, that was every model at once (the standby's memory doubled at 10,000 models).
+        # changed, that was every model at once.
         reconciler.trigger(str(namespace), name, delay=0, priority=URGENT)
         return
     # The operator's spec watch or its resume of the fleet after a takeover has often reconciled
