@@ -22,7 +22,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from qfleet.fleet.status import GateRecord, ResultRecord, parse_status
-from qfleet.operator.metrics import Metrics
+from qfleet.operator.metrics import MODEL_GAUGES, Metrics
 from qfleet.serving.metrics import GRPC_SERVER_ERROR_CODES, ServerMetrics
 from tests.support.k8s_tools import ALL_FEATURES, CHART, find, render, run_tool, tool, write_values
 from tests.support.paths import PACKAGE, REPO
@@ -66,6 +66,8 @@ def defined_metrics() -> set[str]:
                 names.update(f"{name}{suffix}" for suffix in ("_bucket", "_sum", "_count"))
             else:
                 names.add(name)
+    # Each model's gauges are rows of one collector, declared in a table (all gauges).
+    names.update(name for name, _, _ in MODEL_GAUGES.values())
     return names
 
 
