@@ -299,11 +299,12 @@ def mismatches(cluster: Cluster, fleet: Fleet) -> list[str]:
 
 @dataclass(frozen=True)
 class Sample:
-    """One look at the run, every 5 s: CPU seconds so far of the operator and of this process (the
-    emulator, its controllers and the checks), the Jobs the cluster holds unfinished, and how
-    many Jobs have finished so far."""
+    """One look at the run, every 5 s: the operator's RSS, CPU seconds so far of the operator and
+    of this process (the emulator, its controllers and the checks), the Jobs the cluster holds
+    unfinished, and how many Jobs have finished so far."""
 
     at: float
+    rss_mib: float
     operator_cpu: float
     emulator_cpu: float
     unfinished_jobs: int
@@ -393,14 +394,12 @@ async def soak_operator(
         await cluster.start()
         started = time.monotonic()
         process = await cluster.start_operator("--namespace", NAMESPACE, "--quiet", env=OPERATOR_ENV)
-        samples: list[tuple[float, float]] = []
         timeline: list[Sample] = []
 
         async def sample() -> None:
             while True:
-                at = time.monotonic() - started
-                samples.append((at, rss_mib(process.pid)))
-                timeline.append(Sample(at, process_cpu_seconds(process.pid), self_cpu_seconds(),
+                timeline.append(Sample(time.monotonic() - started, rss_mib(process.pid),
+                                       process_cpu_seconds(process.pid), self_cpu_seconds(),
                                        unfinished_jobs(cluster), cluster.jobs_completed))  # fmt: skip
                 await asyncio.sleep(5.0)
 
@@ -445,6 +444,7 @@ async def soak_operator(
             await cluster.stop()
     phases = {"start-up": (0.0, startup_s), "churn": (startup_s, startup_s + churn_s),
               "after churn": (startup_s + churn_s, startup_s + churn_s + converge_s)}  # fmt: skip
+    samples = [(s.at, s.rss_mib) for s in timeline]  # (seconds, MiB)
     churn_samples = [(t, m) for t, m in samples if t >= churn_started - started]
     second_half = churn_samples[len(churn_samples) // 2 :]
     return {
@@ -725,7 +725,7 @@ def main(argv: list[str] | None = None) -> int:
         "when": utc_stamp(),
         "load": f"{os.getloadavg()[0]:.1f}",
         "job_seconds": args.job_seconds,
-        "max_running_jobs": OperatorSettings.from_env(OPERATOR_ENV).max_running_jobs,
+        "max_running_jobs": args.max_running_jobs,
     }
     section = render(operator, server, meta)
     print(section)

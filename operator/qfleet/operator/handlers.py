@@ -46,7 +46,7 @@ import kopf
 
 from qfleet.fleet import names
 from qfleet.fleet.planner import Event
-from qfleet.operator.applier import Reconciler, retry_delay, retryable
+from qfleet.operator.applier import REFUSED_RETRY_SECONDS, Reconciler, retry_delay, retryable
 from qfleet.operator.cache import NODES_KEY, OWNED, QUANTIZER_PODS, SERVER_PODS, ClusterCache
 from qfleet.operator.kube import ApiError, KubeApi, load_credentials
 from qfleet.operator.metrics import Metrics
@@ -491,10 +491,12 @@ async def reconcile_model(name: str, namespace: str | None, body: kopf.Body, mem
             raise kopf.TemporaryError(
                 f"API refused the operator's credentials ({exc}): its token expired or was revoked, "
                 "and reading it again did not help; check the service account and its token",
-                delay=60,
+                delay=REFUSED_RETRY_SECONDS,
             ) from exc
         if exc.status == 403:
-            raise kopf.TemporaryError(f"API refused ({exc}); check the operator's RBAC", delay=60) from exc
+            raise kopf.TemporaryError(
+                f"API refused ({exc}); check the operator's RBAC", delay=REFUSED_RETRY_SECONDS
+            ) from exc
         raise kopf.PermanentError(f"API rejected a request: {exc}") from exc
     if reconciler.stopped:  # not reconciled: kopf must not count the change as handled
         raise kopf.TemporaryError(
