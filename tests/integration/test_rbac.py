@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from qfleet.fleet import names
 from tests.support.cluster import DEPLOYMENTS, JOBS, Cluster, Emulator
 from tests.support.k8s_tools import find, render
 from tests.support.operator_fixtures import NAMESPACE, model_body, model_cluster
@@ -92,6 +93,16 @@ def seen(cluster: Cluster, verb: str, resource: str) -> bool:
     return any(c.verb == verb and c.resource == resource for c in operator_calls(cluster))
 
 
+def new_key_job(cluster: Cluster, name: str, old_key: str | None) -> bool:
+    """The model's status holds a pipeline key other than ``old_key``, and the avx2 Job of that key
+    exists."""
+    key = ((cluster.model(NAMESPACE, name) or {}).get("status") or {}).get("pipelineKey")
+    return (
+        key not in (None, old_key)
+        and cluster.get(JOBS, NAMESPACE, names.job_name(name, "avx2", key)) is not None
+    )
+
+
 def settled(cluster: Cluster, name: str) -> bool:
     """Every target served by the current pipeline (Degraded: at maxReplicas, which is fine here)."""
     status = (cluster.model(NAMESPACE, name) or {}).get("status") or {}
@@ -131,8 +142,13 @@ async def exercise_the_operator(cluster: Cluster, objects: list[dict[str, Any]])
     await cluster.patch(path, {"spec": {"targets": [{"isa": "avx2"}]}})
     await cluster.wait_for("a Deployment deleted", lambda: seen(cluster, "delete", "deployments"), timeout=60)
     # Quantization change: a new pipeline key, a new Job, the obsolete ones deleted at once.
+    old_key = ((cluster.model(NAMESPACE, name) or {}).get("status") or {}).get("pipelineKey")
     await cluster.patch(path, {"spec": {"quantization": {"subsetSize": 6}}})
     await cluster.wait_for("an obsolete Job deleted", lambda: seen(cluster, "delete", "jobs"), timeout=60)
+    # The same reconcile creates the new key's Job after the deletions and then writes the key to
+    # the status: await both, or the stop below may cancel that reconcile in between (a stopping
+    # operator leaves the rest to the next leader).
+    await cluster.wait_for("the new key's Job", lambda: new_key_job(cluster, name, old_key), timeout=30)
     await cluster.wait_for("an event posted", lambda: seen(cluster, "create", "events"), timeout=30)
     # A clean stop: kopf removes its keep-alive from the peering object.
     await cluster.stop_operator(process)
