@@ -83,6 +83,37 @@ async def test_lists_and_watches_read_their_own_resource(cluster: Cluster) -> No
     assert (event["type"], event["object"]["metadata"]["labels"]) == ("MODIFIED", {"x": "1"})
 
 
+async def test_a_watch_from_a_version_streams_the_deletions_after_it(cluster: Cluster) -> None:
+    """A watch that resumes from a version learns of what was deleted since, as from an API
+    server (the store itself forgets deleted objects at once)."""
+    await cluster.create(PODS_PATH, pod("kept"))
+    await cluster.create(PODS_PATH, pod("gone"))
+    revision = (await cluster.request("GET", PODS_PATH))["metadata"]["resourceVersion"]
+    await cluster.request("DELETE", f"{PODS_PATH}/gone")
+    await cluster.patch(f"{PODS_PATH}/kept", {"metadata": {"labels": {"x": "1"}}})
+    url = f"{PODS_PATH}?watch=true&resourceVersion={revision}"
+    async with cluster.server.client.get(url) as response:
+        lines = [await asyncio.wait_for(response.content.readline(), 5) for _ in range(2)]
+    events = [(event["type"], event["object"]["metadata"]["name"]) for event in map(json.loads, lines)]
+    assert events == [("DELETED", "gone"), ("MODIFIED", "kept")]  # in the order they happened
+
+
+async def test_a_write_while_a_watch_streams_its_first_objects_is_streamed_too(cluster: Cluster) -> None:
+    """The watch's place in the event stream is taken with the objects it starts from: a write
+    made while those are still being sent (the client reads slowly) comes after them, not lost."""
+    padding = "x" * 64 * 1024  # enough objects to fill the connection's buffers: the server waits
+    for index in range(200):
+        await cluster.create(PODS_PATH, {**pod(f"p{index:03}"), "spec": {"padding": padding}})
+    async with cluster.server.client.get(f"{PODS_PATH}?watch=true") as response:
+        first = json.loads(await asyncio.wait_for(response.content.readline(), 5))
+        await cluster.patch(f"{PODS_PATH}/p000", {"metadata": {"labels": {"late": "1"}}})
+        seen = [first]
+        while (seen[-1]["object"]["metadata"].get("labels") or {}).get("late") != "1":
+            seen.append(json.loads(await asyncio.wait_for(response.content.readline(), 5)))
+    assert [event["type"] for event in seen[:200]] == ["ADDED"] * 200
+    assert (seen[-1]["type"], seen[-1]["object"]["metadata"]["name"], len(seen)) == ("MODIFIED", "p000", 201)
+
+
 async def test_the_garbage_collector_deletes_what_a_deleted_owner_owned(cluster: Cluster) -> None:
     cluster.garbage_collector = True
     owners = {}

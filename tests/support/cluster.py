@@ -56,6 +56,7 @@ import itertools
 import json
 import math
 import os
+import random
 import re
 import signal
 import sys
@@ -132,6 +133,42 @@ def _nest(dotted: str, value: Any) -> dict[str, Any]:
     for part in reversed(parts[:-1]):
         result = {part: result}
     return result
+
+
+#: Deletions kept per resource for watches that resume from an older version (the API server
+#: keeps a window of history too; a watch from before it misses what it no longer holds).
+DELETIONS_KEPT = 20_000
+
+
+#: What the API server draws a generateName's suffix from (5 characters: 14 million names; the
+#: emulator's 5 hex digits, a million, made a soak's tens of thousands of events collide often).
+NAME_SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
+
+
+def generated_suffix(length: int = 5) -> str:
+    return "".join(random.choice(NAME_SUFFIX_ALPHABET) for _ in range(length))
+
+
+def _events_since(
+    since: str,
+    objects: list[dict[str, Any]],
+    deletions: list[tuple[int, dict[str, Any]]],
+    selected: Callable[[Mapping[str, Any]], bool],
+) -> list[dict[str, Any]]:
+    """What a watch from ``since`` streams first: without a version, every object as ADDED; from
+    one, each object changed after it and each later deletion, oldest first."""
+    if not since.isdigit() or since == "0":
+        return [{"type": "ADDED", "object": raw} for raw in objects if selected(raw.get("metadata") or {})]
+    after = int(since)
+    changes = [
+        (int((raw.get("metadata") or {}).get("resourceVersion") or 0), "MODIFIED", raw) for raw in objects
+    ]
+    changes += [(revision, "DELETED", raw) for revision, raw in deletions]
+    return [
+        {"type": kind, "object": raw}
+        for version, kind, raw in sorted(changes, key=lambda change: change[0])
+        if version > after and selected(raw.get("metadata") or {})
+    ]
 
 
 #: The harness's own requests (its controllers and the tests) carry this header; injected faults
@@ -328,6 +365,11 @@ class Emulator(kmock.KubernetesEmulator):
         self.request_counts: collections.Counter[tuple[str, str, str]] = collections.Counter()
         #: Injected faults, tried in order (the first that matches acts).
         self.faults: list[Fault] = []
+        #: Per resource, the latest deletions: (the revision of the deletion, the object's last
+        #: state), so that a watch from an older version learns of them (see :meth:`_serve_watch`).
+        self._deletions: collections.defaultdict[Any, collections.deque[tuple[int, dict[str, Any]]]] = (
+            collections.defaultdict(lambda: collections.deque(maxlen=DELETIONS_KEPT))
+        )
         #: Bearer tokens of the requests served to clients other than the harness, counted.
         self.tokens: collections.Counter[str | None] = collections.Counter()
 
@@ -484,13 +526,16 @@ class Emulator(kmock.KubernetesEmulator):
         The emulator keeps a deleted object (and its history) forever; under churn, thousands of
         deleted pods, Jobs and Deployments stayed in memory and in every scan. The API server
         forgets them too: a GET then answers 404 and a watch from an older version learns nothing
-        of them (as a watch from a compacted version would)."""
+        of them, unless the watch's version is within the last :data:`DELETIONS_KEPT` deletions of
+        the resource (as a watch from a compacted version would)."""
         if request.resource is None or request.name is None:
             return
         if request.action not in (kmock.action.DELETE, kmock.action.UPDATE):  # UPDATE: finalizers removed
             return
         key = (request.resource, request.namespace, request.name)
         if key in self._objects and self._objects[key].deleted:
+            last = self._objects[key].last.raw
+            self._deletions[request.resource].append((int(self._next_version()), last))
             del self._objects[key]
 
     def _KubernetesEmulator__get_objs(self, request: kmock.Request, strict: bool) -> list[Any]:
@@ -530,34 +575,47 @@ class Emulator(kmock.KubernetesEmulator):
         return answer
 
     async def _serve_watch(self, request: kmock.Request) -> Any:
-        """A watch from a ``resourceVersion`` streams what changed after it, as an API server does.
+        """A watch streams every write after the state it starts from, as an API server does: from
+        a ``resourceVersion``, what changed after it (deletions included); without one, every
+        object as ADDED first.
 
-        (The emulator would stream every object as ADDED at each watch, even after the client's
-        LIST and at each re-watch; with thousands of objects the client, kopf here, would then
-        handle the whole collection again every few minutes. Deletions in the gap are not kept.)
+        The position in the resource's event bus is taken together with that state, under the
+        store's lock. The emulator's own watch joined the bus only after it had streamed the
+        initial objects, so writes made while those were being sent were never streamed. A lost
+        last update of a quantization Job's pod leaves the operator believing that the pod still
+        runs, and it fails the model with ResultLost once the Job has been complete for five
+        minutes.
         """
         self._routed(request)
-        since = str(request.params.get("resourceVersion") or "")
-        if not since.isdigit() or since == "0":
-            async for event in super()._serve_watch(request):
-                yield event
-            return
-        yield b""
         assert request.resource is not None
+        since = str(request.params.get("resourceVersion") or "")
         check = self._KubernetesEmulator__check  # type: ignore[attr-defined]
+        bus = self._buses[request.resource]
+        yield b""  # the headers go out now, whether or not anything changes soon
         async with self._lock:
-            changed = [
+            marker = await bus.mark()
+            objects = [
                 obj.raw
                 for obj in self._KubernetesEmulator__get_objs(request, strict=False)
                 if not obj.deleted
-                and int(obj.raw.get("metadata", {}).get("resourceVersion") or 0) > int(since)
             ]
-        for raw in changed:
-            yield {"type": "MODIFIED", "object": raw}
-        async for event in self._buses[request.resource]:
-            meta = event.get("object", {}).get("metadata", {})
-            if check(request, request.resource, meta.get("namespace"), meta.get("name"), strict=False):
+            deletions = list(self._deletions.get(request.resource, ()))
+        try:
+            for event in _events_since(
+                since,
+                objects,
+                deletions,
+                lambda meta: check(
+                    request, request.resource, meta.get("namespace"), meta.get("name"), strict=False
+                ),
+            ):
                 yield event
+            async for event in bus.stream(since=marker):
+                meta = event.get("object", {}).get("metadata", {})
+                if check(request, request.resource, meta.get("namespace"), meta.get("name"), strict=False):
+                    yield event
+        finally:
+            await bus.unmark(marker)
 
     _serve_fetch = _routed_first(kmock.KubernetesEmulator._serve_fetch)
     _serve_create = _routed_first(kmock.KubernetesEmulator._serve_create)
@@ -598,7 +656,7 @@ class Emulator(kmock.KubernetesEmulator):
             metadata = data.setdefault("metadata", {})
             self.creations.append((request.resource, request.namespace, str(metadata.get("name"))))
             if not metadata.get("name") and metadata.get("generateName"):
-                metadata["name"] = metadata["generateName"] + uuid.uuid4().hex[:5]
+                metadata["name"] = metadata["generateName"] + generated_suffix()
             metadata["resourceVersion"] = self._next_version()
             metadata.setdefault("uid", str(uuid.uuid4()))
             metadata.setdefault("creationTimestamp", now())
