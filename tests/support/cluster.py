@@ -1275,7 +1275,7 @@ class Cluster:
             "apiVersion": "v1",
             "kind": "Pod",
             "metadata": {
-                "name": f"{metadata['name']}-{pod_hash}-{uuid.uuid4().hex[:5]}",
+                "name": f"{metadata['name']}-{pod_hash}-{generated_suffix()}",
                 "namespace": namespace,
                 "labels": {**(template_metadata.get("labels") or {}), POD_TEMPLATE_HASH: pod_hash},
                 "annotations": dict(template_metadata.get("annotations") or {}),
