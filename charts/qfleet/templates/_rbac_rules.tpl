@@ -27,10 +27,11 @@
 
 {{/* Resources in the watched namespaces. */}}
 {{- define "qfleet.rules.namespaced" -}}
-# kopf watches them and keeps its progress in their annotations; the reconciler reads one fresh.
+# kopf and the operator watch them; the reconciler reads one fresh. (kopf writes no annotations:
+# with the models listed by the operator, kopf has no handler that changes them.)
 - apiGroups: ["qfleet.dev"]
   resources: ["quantizedmodels"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["get", "list", "watch"]
 - apiGroups: ["qfleet.dev"]
   resources: ["quantizedmodels/status"]
   verbs: ["patch"]

@@ -155,8 +155,8 @@ class Reconciler:
         self._running_jobs: dict[ModelKey, frozenset[str]] = {}
         self._jobs_scanned = False
         #: Per model, the resourceVersion (where it is a number, as etcd's are) of the model its
-        #: last finished reconcile planned, and why that spec was invalid (None: valid): kopf's
-        #: update handler for a change the spec watch has reconciled needs no second reconcile.
+        #: last finished reconcile planned, and why that spec was invalid (None: valid): where
+        #: kopf's update handler is selected, a change reconciled meanwhile needs no second one.
         self._planned: dict[ModelKey, tuple[int, str | None]] = {}
 
     # -- triggers ------------------------------------------------------------------------------
@@ -267,7 +267,11 @@ class Reconciler:
             else:
                 logger.error("reconcile failed: %s", exc)
         except Exception:
-            log.exception("[%s/%s] reconcile crashed", *key)
+            # No handler of kopf's stands behind this reconcile (see the handlers module): retry
+            # it as kopf retries a handler that raised, with the same growing pause.
+            delay = retry_delay(self.note_failure(key))
+            log.exception("[%s/%s] reconcile crashed; retrying in %.1f s", *key, delay)
+            self.trigger(*key, delay=delay)
 
     def note_failure(self, key: ModelKey) -> int:
         """Count one more failed reconcile of ``key``; returns how many in a row."""

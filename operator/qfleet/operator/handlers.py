@@ -7,10 +7,15 @@ one LIST per kind at start-up and kept by event handlers, so the operator handle
 camera change included -- while the rest of the fleet is still being resumed. Whenever the
 replica starts leading (start-up, or a failover: kopf's peering resumes it), the operator resumes
 the fleet itself from that LIST -- listed afresh if it was standing by -- with a background
-reconcile of every model (see :func:`_resume_fleet`); a created or changed one is reconciled at
-once, ahead of the queue, and its handler waits for it (so kopf retries it when it fails) --
-unless a reconcile of it is queued already (the spec watch's, the resume's): that one is made
-urgent and covers the change, and the handler returns (the reconciler retries on its own).
+reconcile of every model (see :func:`_resume_fleet`). A created or changed model is reconciled
+at once, ahead of the queue: the operator's own watch of the models' specs sees it (see the
+spec_watch module), and the reconciler retries a failed reconcile on its own.
+
+kopf's create, update and resume handlers of the models are selected only where the operator
+cannot list the models itself (a scope of namespace patterns, or a failed LIST at start-up). A
+selected update handler cost every change a kopf handler cycle, a PATCH of kopf's diff base on
+the model, and one more event of the model for kopf to process: a third of the model events of a
+failover in which every model changed, each with a deep copy of the model (issue 16).
 
 Errors, on purpose:
 
@@ -362,9 +367,9 @@ async def _list_at_start_up(
         return True
     try:
         count = await cache.snapshot(api, namespaces)
-    except ApiError as exc:  # the watches fill the caches anyway; the first reconciles may act early
-        logger.warning("could not list the cluster's objects at start-up (%s); relying on the watches", exc)
-        return False
+    except ApiError as exc:  # the resume of the fleet lists again, until it can (see _resume_fleet)
+        logger.warning("could not list the cluster's objects at start-up (%s); listing again", exc)
+        return True
     logger.info("start-up: %d objects listed", count)
     return True
 
@@ -449,14 +454,15 @@ def _watch_specs(
 # -- the QuantizedModel --------------------------------------------------------------------------
 
 
-def kopf_resumes_the_fleet(memo: Any, **_: Any) -> bool:
-    """Whether kopf's resume handler is needed: only when the operator could not list the models
-    itself. Otherwise it is not even selected -- a selected resume handler costs kopf a handler
-    cycle and a PATCH of its progress on every changed model it resumes."""
+def kopf_drives_the_models(memo: Any, **_: Any) -> bool:
+    """Whether kopf's resume, create and update handlers are needed: only when the operator could
+    not list the models itself (then it has no watch of their specs either). Otherwise they are
+    not even selected -- a selected handler costs kopf a handler cycle and a PATCH of its progress
+    or diff base on every model it handles."""
     return not memo.get("lists_the_fleet", False)
 
 
-@kopf.on.resume(*MODEL, when=kopf_resumes_the_fleet)
+@kopf.on.resume(*MODEL, when=kopf_drives_the_models)
 async def resume_model(name: str, namespace: str | None, memo: Any, **_: Any) -> None:
     """Start-up (or a new leader), for a scope the operator did not list: every model is
     revisited, in the background and a few at a time, so that kopf goes on handling events -- a
@@ -465,21 +471,21 @@ async def resume_model(name: str, namespace: str | None, memo: Any, **_: Any) ->
     reconciler.trigger(str(namespace), name, delay=0, priority=BACKGROUND)
 
 
-@kopf.on.create(*MODEL)
-@kopf.on.update(*MODEL)
+@kopf.on.create(*MODEL, when=kopf_drives_the_models)
+@kopf.on.update(*MODEL, when=kopf_drives_the_models)
 async def reconcile_model(name: str, namespace: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
+    """A created or changed model, where kopf drives the models: reconciled at once, and the
+    handler waits for it, so that kopf retries it when it fails."""
     reconciler: Reconciler = memo.reconciler
     if reconciler.queued(str(namespace), name) and not reconciler.stopped:
-        # The spec watch or the resume of the fleet after a takeover has queued a reconcile that
-        # has not started: it reads the model when it starts, so it covers this change, and it
-        # retries on its own when the API fails. Waiting for it here would hold kopf's worker and
-        # this body for as long as the queue is long: after a failover in which every model
-        # changed, that was every model at once.
+        # A reconcile is queued that has not started (a revisit of every model, say): it reads
+        # the model when it starts, so it covers this change, and it retries on its own when the
+        # API fails. Waiting for it here would hold kopf's worker and this body for as long as
+        # the queue is long.
         reconciler.trigger(str(namespace), name, delay=0, priority=URGENT)
         return
-    # The operator's spec watch or its resume of the fleet after a takeover has often reconciled
-    # this change already (kopf delivers it later): then only its verdict on the spec matters.
-    # (A reconcile that runs while this handler waits for the model's lock counts too.)
+    # A reconcile that ran while this handler waited for the model's lock may have planned this
+    # version already: then only its verdict on the spec matters.
     version = body.get("metadata", {}).get("resourceVersion")
     try:
         plan = await reconciler.reconcile(str(namespace), name, unless_planned=version)

@@ -1,16 +1,19 @@
-"""A change to a model's spec reaches its reconcile without waiting for kopf's start-up.
+"""A change to a model's spec reaches its reconcile without waiting for kopf.
 
 kopf lists every model and hands each to its worker before it opens its watch, and its
 watcher takes one listed object per turn of the event loop, a turn that the resume of the fleet
 makes long: with 3000 models (500 nodes, 2 cores) its listing took 27 s, and a camera change made
-meanwhile reached the operator only after it -- 23-35 s late (issue 16). So the operator also
-watches the models itself, from the resourceVersion of its own start-up LIST: a model whose
+meanwhile reached the operator only after it -- 23-35 s late (issue 16). So the operator watches
+the models itself, from the resourceVersion of its own LIST: a model whose
 ``metadata.generation`` moves past the one known (the API server counts every spec change
-there, and nothing else) is reconciled at once, ahead of the fleet's resume. kopf delivers the
-same change later; the reconcile then finds nothing left to do.
+there, and nothing else), or that is created, is reconciled at once, ahead of the fleet's resume.
 
-This watch only speeds changes up: kopf's handlers stay the ones that must see every change, so
-a lost stream, an expired resourceVersion or an error costs latency, never a change.
+Where the operator lists the fleet, this watch is what turns spec changes into reconciles: kopf's
+create and update handlers are not selected there (each change cost kopf a handler cycle, a PATCH
+of its diff base on the model and one more event to process; see the handlers module). So the
+watch never gives up: an expired resourceVersion lists the models again, and any error is retried
+with a growing pause. What it could still miss (a deletion and re-creation hidden in a relist) the
+operator's resync reconciles every few minutes.
 """
 
 from __future__ import annotations
@@ -92,9 +95,11 @@ class SpecWatch:
     def observe(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         """One model, from an event or a LIST (``event_type`` None)."""
         key = model_key(body)
-        if event_type == "DELETED":
+        if event_type in ("DELETED", "ADDED"):  # ADDED: maybe a new model of a deleted one's name
             self.generations.forget(key)
-        elif self.generations.advanced(key, generation_of(body)) and self.active():
+        if event_type == "DELETED":
+            return
+        if self.generations.advanced(key, generation_of(body)) and self.active():
             self.on_change(key)
 
     async def run_forever(self) -> None:
@@ -107,13 +112,17 @@ class SpecWatch:
                     expired = False
                 await self._watch_once()
                 failures = 0
-            except ApiError as exc:
-                if exc.status == 410:  # the version expired (an answer or an event): list anew
+            except Exception as exc:
+                if isinstance(exc, ApiError) and exc.status == 410:  # the version expired: list anew
                     expired = True
                     continue
                 failures += 1
                 delay = min(RETRY_CAP_SECONDS, RETRY_SECONDS * 2 ** min(failures - 1, 8))
-                log.warning("watch of the models' specs failed (%s); again in %.0f s", exc, delay)
+                if isinstance(exc, ApiError):
+                    log.warning("watch of the models' specs failed (%s); again in %.0f s", exc, delay)
+                else:  # a malformed event, say: the watch goes on, from a fresh LIST
+                    log.exception("watch of the models' specs broke; listing again in %.0f s", delay)
+                    expired = True
                 await asyncio.sleep(delay)
 
     async def _watch_once(self) -> None:

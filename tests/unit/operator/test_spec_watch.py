@@ -85,8 +85,8 @@ async def test_a_standby_learns_the_generations_but_leaves_the_models_to_the_lea
     assert changed == [] and generations.advanced(("ns", "m"), 2) is False
 
 
-class Stop(Exception):
-    pass
+class Stop(BaseException):
+    """Ends a test's watch: the watch itself goes on after any Exception."""
 
 
 async def test_an_expired_version_lists_anew_and_reports_what_changed_in_the_gap() -> None:
@@ -118,6 +118,37 @@ async def test_an_expired_version_lists_anew_and_reports_what_changed_in_the_gap
         await spec_watch.run_forever()
     assert changed == [("ns", "changed")]  # once: the second LIST finds nothing newer
     assert watched_since == ["100", "900", "900"]
+
+
+async def test_a_broken_stream_lists_anew_and_the_watch_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the operator lists the fleet, kopf has no update handler behind this watch: an
+    unexpected error (a malformed event) must not end it."""
+    monkeypatch.setattr("qfleet.operator.spec_watch.RETRY_SECONDS", 0.0)
+    generations = Generations()
+    generations.advanced(("ns", "m"), 1)
+    api = WatchingApi(listed=[model("m", 2, 850)])
+    spec_watch, changed = watch_of(api, generations)
+    watched_since: list[str] = []
+
+    async def watch(path: str, since: str) -> AsyncIterator[dict[str, Any]]:
+        watched_since.append(since)
+        if len(watched_since) == 1:
+            raise ValueError("Expecting value: line 1 column 1 (char 0)")
+        raise Stop
+        yield {}  # an async generator, as the client's watch is
+
+    api.watch = watch  # type: ignore[method-assign]
+    with pytest.raises(Stop):
+        await spec_watch.run_forever()
+    assert changed == [("ns", "m")] and watched_since == ["100", "900"]
+
+
+def test_a_model_created_again_under_a_deleted_ones_name_is_a_change() -> None:
+    generations = Generations()
+    generations.advanced(("ns", "m"), 3)
+    spec_watch, changed = watch_of(WatchingApi(), generations)
+    spec_watch.observe("ADDED", model("m", 1, 200))  # its deletion was not seen
+    assert changed == [("ns", "m")]
 
 
 async def test_a_deleted_model_is_forgotten_and_other_errors_end_the_stream() -> None:

@@ -12,7 +12,7 @@ import pytest
 from qfleet.fleet import names
 from qfleet.operator import handlers
 from qfleet.operator.cache import ClusterCache
-from qfleet.operator.handlers import FollowKopfPeering, kopf_resumes_the_fleet, peering_priority
+from qfleet.operator.handlers import FollowKopfPeering, kopf_drives_the_models, peering_priority
 from qfleet.operator.kube import ApiError
 from qfleet.operator.slots import BACKGROUND, URGENT
 
@@ -114,9 +114,9 @@ async def test_a_replica_resumed_right_after_its_start_up_list_does_not_list_aga
     assert api.lists == lists and triggers.calls == {("ns", "m"): BACKGROUND}
 
 
-def test_kopf_resumes_the_models_only_where_the_operator_could_not_list_them() -> None:
-    assert kopf_resumes_the_fleet(memo=kopf.Memo(lists_the_fleet=False))
-    assert not kopf_resumes_the_fleet(memo=kopf.Memo(lists_the_fleet=True))
+def test_kopf_drives_the_models_only_where_the_operator_could_not_list_them() -> None:
+    assert kopf_drives_the_models(memo=kopf.Memo(lists_the_fleet=False))
+    assert not kopf_drives_the_models(memo=kopf.Memo(lists_the_fleet=True))
 
 
 def test_kopf_resuming_the_replica_starts_the_takeover() -> None:
