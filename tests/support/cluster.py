@@ -600,19 +600,17 @@ class Emulator(kmock.KubernetesEmulator):
                 if not obj.deleted
             ]
             deletions = list(self._deletions.get(request.resource, ()))
+
+        def selected(meta: Mapping[str, Any]) -> bool:
+            return bool(
+                check(request, request.resource, meta.get("namespace"), meta.get("name"), strict=False)
+            )
+
         try:
-            for event in _events_since(
-                since,
-                objects,
-                deletions,
-                lambda meta: check(
-                    request, request.resource, meta.get("namespace"), meta.get("name"), strict=False
-                ),
-            ):
+            for event in _events_since(since, objects, deletions, selected):
                 yield event
             async for event in bus.stream(since=marker):
-                meta = event.get("object", {}).get("metadata", {})
-                if check(request, request.resource, meta.get("namespace"), meta.get("name"), strict=False):
+                if selected(event.get("object", {}).get("metadata", {})):
                     yield event
         finally:
             await bus.unmark(marker)

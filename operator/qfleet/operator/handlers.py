@@ -12,7 +12,7 @@ at once, ahead of the queue: the operator's own watch of the models' specs sees 
 spec_watch module), and the reconciler retries a failed reconcile on its own.
 
 kopf's create, update and resume handlers of the models are selected only where the operator
-cannot list the models itself (a scope of namespace patterns, or a failed LIST at start-up). A
+cannot list the models itself (a scope of namespace patterns). A
 selected update handler cost every change a kopf handler cycle, a PATCH of kopf's diff base on
 the model, and one more event of the model for kopf to process: a third of the model events of a
 failover in which every model changed, each with a deep copy of the model (issue 16).

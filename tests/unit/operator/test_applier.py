@@ -449,3 +449,25 @@ async def test_a_reconcile_refused_by_rbac_is_tried_again_later(monkeypatch: Any
     await _until(lambda: any(method == "GET" for method, _ in api.calls))
     assert not refusals
     await reconciler.close()
+
+
+async def test_a_crashed_reconcile_is_tried_again_after_a_pause(monkeypatch: Any) -> None:
+    """No kopf handler stands behind the reconciler's own runs: a crash is retried, with backoff."""
+    from qfleet.operator import applier
+
+    monkeypatch.setattr(applier, "retry_delay", lambda failures: 0.05)
+    api = FakeApi()
+    crashes = [RuntimeError("a bug")]
+    original_get = api.get
+
+    async def get(path: str) -> dict[str, Any] | None:
+        if crashes:
+            raise crashes.pop()
+        return await original_get(path)
+
+    api.get = get  # type: ignore[method-assign]
+    reconciler, _ = make(api, nodes=[node("n1")])
+    reconciler.trigger("ns", "m", delay=0)
+    await asyncio.wait_for(_until(lambda: any(method == "GET" for method, _ in api.calls)), 5)
+    assert not crashes
+    await reconciler.close()
