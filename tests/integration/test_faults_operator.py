@@ -338,7 +338,9 @@ async def test_credentials_refused_with_401_exit_and_a_restart_recovers(cluster:
 async def test_a_rotated_token_keeps_the_operator_reconciling(cluster: Cluster) -> None:
     """Bound service-account tokens rotate: the old one starts being refused (401) and the file
     holds a new one. The operator's own writes read the credentials again and carry on, so do
-    kopf's watches (its login reads them again): a camera change still rescales, no restart."""
+    kopf's watches (its login reads them again), and the spec watch open on the old token goes on
+    streaming (it used to hang once its session was closed): a camera change still rescales, and
+    so does the next one, no restart."""
     operator, _ = await ready_model(cluster, "rotated")
     cluster.write_kubeconfig(token="rotated-token")
     expired = cluster.emulator.inject(Fault(".", status=401, token="test-token"))

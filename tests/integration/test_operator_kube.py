@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from qfleet.operator.kube import ApiError, Credentials, KubeApi, load_credentials, namespaced
-from tests.support.cluster import DEPLOYMENTS, Cluster, running_cluster
+from tests.support.cluster import DEPLOYMENTS, Cluster, Fault, running_cluster
 
 DEPLOYMENT = {
     "apiVersion": "apps/v1",
@@ -109,6 +109,12 @@ async def test_a_rotated_token_is_read_again_on_401(tmp_path: Path) -> None:
         token_file.write_text("second")  # the kubelet rotated the token
         assert (await api.get("/api/v1/namespaces/faces") or {})["metadata"]["name"] == "faces"
         assert seen == ["Bearer first", "Bearer first", "Bearer first", "Bearer second"]
+        # Requests refused together: the first renews, the others try the renewed token too.
+        accepted["token"] = "third"
+        token_file.write_text("third")
+        answers = await asyncio.gather(*(api.get("/api/v1/namespaces/faces") for _ in range(3)))
+        assert [(answer or {})["metadata"]["name"] for answer in answers] == ["faces"] * 3
+        assert seen[4:] == ["Bearer second"] * 3 + ["Bearer third"] * 3
     finally:
         await api.close()
         await server.close()
@@ -124,3 +130,40 @@ async def test_a_watch_from_a_list_streams_only_what_changed_after_it(api: KubeA
     event = await asyncio.wait_for(stream.__anext__(), timeout=10)
     assert event["object"]["spec"]["replicas"] == 3  # the change, not the listed object again
     await stream.aclose()
+
+
+async def test_a_watch_open_when_the_token_rotates_goes_on_streaming(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server checked a watch's token when the watch began: a rotation under it (the old
+    token refused from then on, a write renewing the client's credentials) must not cut it. The
+    old session used to be closed at once, and the watch then waited, silent, until its read
+    timeout (minutes): every change meanwhile unseen."""
+    monkeypatch.setenv("KUBECONFIG", str(cluster.write_kubeconfig()))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    api = KubeApi(load_credentials(), reload=load_credentials)
+    collection = namespaced("apps/v1", "deployments", "faces")
+    try:
+        await api.create(collection, DEPLOYMENT)
+        _, version = await api.list_collection(collection)
+        assert version is not None
+        stream = api.watch(collection, version).__aiter__()
+        first = asyncio.ensure_future(stream.__anext__())  # the watch request goes out now
+        await cluster.wait_for("the watch to open", lambda: cluster.emulator.tokens["test-token"] >= 3)
+        cluster.write_kubeconfig(token="rotated-token")
+        expired = cluster.emulator.inject(Fault(".", status=401, token="test-token"))
+        await api.merge_patch(f"{collection}/web", {"spec": {"replicas": 2}})  # renews, after a 401
+        assert expired.hits == 1 and api.credentials.token == "rotated-token"
+        await asyncio.wait_for(first, timeout=10)
+        await api.merge_patch(f"{collection}/web", {"spec": {"replicas": 3}})
+
+        async def scaled_to_three() -> None:  # the emulated controller's status writes come too
+            async for event in stream:
+                if event["object"]["spec"]["replicas"] == 3:
+                    return
+
+        await asyncio.wait_for(scaled_to_three(), timeout=10)  # the open watch still streams
+        await stream.aclose()
+        assert expired.hits == 1  # nothing new went out with the old token
+    finally:
+        await api.close()

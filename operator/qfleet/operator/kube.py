@@ -9,7 +9,10 @@ same places kopf's default login looks: the in-cluster service account, else the
 Bound service-account tokens rotate: the kubelet rewrites the projected token file, and the API
 server rejects an expired token with 401. So on a 401 the client reads its credentials again
 and, when they changed, retries the request once with the new ones; a 401 with unchanged
-credentials is the caller's to report (an expired or revoked token, not an RBAC problem).
+credentials is the caller's to report (an expired or revoked token, not an RBAC problem). The
+requests and watches still open on the old credentials' session run to their end there (the server
+checked the credentials when each began): closing it under an open watch would leave the watch
+waiting, silent, until its read timeout, and every change meanwhile unseen.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ import json
 import logging
 import os
 import ssl
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,6 +117,9 @@ class KubeApi:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._connections = connections
         self._session: aiohttp.ClientSession | None = None
+        #: Requests and watches under way per session: a session replaced by renewed credentials
+        #: is closed when its last one ends.
+        self._in_use: Counter[aiohttp.ClientSession] = Counter()
         #: Called with the object the server answers to each create and patch (the operator's
         #: caches learn of its own writes at once, not only when the watch event comes back).
         self.written: Callable[[dict[str, Any]], None] | None = None
@@ -148,9 +156,34 @@ class KubeApi:
         return self._session
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        """Close every session, the current one and any still held by an older request."""
+        sessions = {*self._in_use, *([self._session] if self._session is not None else [])}
+        self._session = None
+        self._in_use.clear()
+        for session in sessions:
+            await session.close()
+
+    @asynccontextmanager
+    async def _borrowed(self) -> AsyncIterator[aiohttp.ClientSession]:
+        """The current session, for one request or watch; one that renewed credentials replaced
+        meanwhile is closed when the last request on it ends."""
+        session = await self.session()
+        self._in_use[session] += 1
+        try:
+            yield session
+        finally:
+            self._in_use[session] -= 1
+            if self._in_use[session] <= 0:
+                del self._in_use[session]
+                if session is not self._session:
+                    await session.close()
+
+    async def _retire_session(self) -> None:
+        """The next request opens a new session; the current one is closed now if nothing runs
+        on it, else when its last request or watch ends."""
+        session, self._session = self._session, None
+        if session is not None and not self._in_use[session]:
+            await session.close()
 
     async def request(
         self,
@@ -161,10 +194,12 @@ class KubeApi:
         content_type: str = "application/json",
         params: dict[str, str] | None = None,
     ) -> dict[str, Any]:
+        used = self.credentials
         try:
             return await self._request(method, path, body=body, content_type=content_type, params=params)
         except ApiError as exc:
-            if exc.status != 401 or not await self._credentials_changed():
+            # Renewed meanwhile by a concurrent request, or now: either way, try the new ones.
+            if exc.status != 401 or (self.credentials == used and not await self._credentials_changed()):
                 raise
             log.info("the API server refused the old credentials; retrying with the renewed ones")
             return await self._request(method, path, body=body, content_type=content_type, params=params)
@@ -181,7 +216,7 @@ class KubeApi:
         if renewed == self.credentials:
             return False
         self.credentials = renewed
-        await self.close()
+        await self._retire_session()
         return True
 
     async def _request(
@@ -193,10 +228,12 @@ class KubeApi:
         content_type: str,
         params: dict[str, str] | None,
     ) -> dict[str, Any]:
-        session = await self.session()
         headers = {"Content-Type": content_type} if body is not None else {}
         try:
-            async with session.request(method, path, json=body, headers=headers, params=params) as response:
+            async with (
+                self._borrowed() as session,
+                session.request(method, path, json=body, headers=headers, params=params) as response,
+            ):
                 if response.status >= 400:
                     raise await _error(response)
                 data = await response.json(content_type=None)
@@ -240,7 +277,6 @@ class KubeApi:
         """The watch events of the collection at ``path`` after ``resourceVersion`` ``since``,
         until the server ends the stream (after ``timeout_seconds``). An expired ``since`` comes
         as an ``ERROR`` event with code 410, as the server sends it."""
-        session = await self.session()
         params = {
             "watch": "true",
             "resourceVersion": since,
@@ -251,7 +287,10 @@ class KubeApi:
         timeout = aiohttp.ClientTimeout(total=None, sock_read=timeout_seconds + WATCH_GRACE_SECONDS)
         refused: ApiError | None = None
         try:
-            async with session.get(path, params=params, timeout=timeout) as response:
+            async with (
+                self._borrowed() as session,
+                session.get(path, params=params, timeout=timeout) as response,
+            ):
                 if response.status >= 400:
                     refused = await _error(response)
                 else:
