@@ -296,12 +296,15 @@ class ClusterCache:
             )
             for namespace in scopes:
                 path = kinds[0].path(namespace)
-                items, version = await api.list_collection(path)
-                self._observe_listed(kinds, items, listed)
-                if kinds[0].index == "models":
-                    changed.update(_changed_since_reconciled(items))
-                    if version is not None:
-                        self.models_listed[path] = version
+                version = None
+                # Page by page: only the summaries stay (a page's bodies go before the next).
+                async for items, listed_version in api.list_pages(path):
+                    self._observe_listed(kinds, items, listed)
+                    if kinds[0].index == "models":
+                        changed.update(_changed_since_reconciled(items))
+                    version = listed_version
+                if kinds[0].index == "models" and version is not None:
+                    self.models_listed[path] = version
                 oldest_version = _older_version(oldest_version, version)
         if refresh:
             # Every LIST's version at least the first one's: an object cached from an event

@@ -250,25 +250,34 @@ class KubeApi:
                 return None
             raise
 
-    async def list_items(self, path: str, *, page: int = 500) -> list[dict[str, Any]]:
-        """Every item of the collection at ``path``, fetched ``page`` at a time (a server that
-        ignores ``limit`` answers everything at once, without a ``continue`` token)."""
-        items, _ = await self.list_collection(path, page=page)
-        return items
-
     async def list_collection(self, path: str, *, page: int = 500) -> tuple[list[dict[str, Any]], str | None]:
-        """Like :meth:`list_items`, with the list's ``resourceVersion``: a watch from it streams
-        every change made after the list, none missed and none repeated."""
+        """Every item of the collection at ``path``, with the list's ``resourceVersion``: a watch
+        from it streams every change made after the list, none missed and none repeated."""
         items: list[dict[str, Any]] = []
+        version = None
+        async for chunk, listed_version in self.list_pages(path, page=page):
+            items.extend(chunk)
+            version = listed_version
+        return items, version
+
+    async def list_pages(
+        self, path: str, *, page: int = 500
+    ) -> AsyncIterator[tuple[list[dict[str, Any]], str | None]]:
+        """The collection at ``path``, ``page`` items at a time (a server that ignores ``limit``
+        answers everything at once, without a ``continue`` token); the last page comes with the
+        list's ``resourceVersion``, the others with None. A caller that keeps a little of each
+        item never holds the whole collection: 10,000 objects are hundreds of MiB as dicts."""
         params = {"limit": str(page)}
         while True:
             data = await self.request("GET", path, params=params)
-            items.extend(item for item in data.get("items") or () if isinstance(item, dict))
+            items = [item for item in data.get("items") or () if isinstance(item, dict)]
             metadata = data.get("metadata") or {}
             token = metadata.get("continue")
             if not token:
                 version = metadata.get("resourceVersion")
-                return items, str(version) if version else None
+                yield items, str(version) if version else None
+                return
+            yield items, None
             params = {"limit": str(page), "continue": str(token)}
 
     async def watch(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 from qfleet.fleet import names
@@ -116,9 +117,13 @@ class ListingApi:
         self.paths: list[str] = []
         self.version = version  #: of every LIST (None: the LIST's number)
 
-    async def list_collection(self, path: str) -> tuple[list[dict[str, Any]], str | None]:
+    async def list_pages(self, path: str) -> AsyncIterator[tuple[list[dict[str, Any]], str | None]]:
+        """One item per page (the list's version comes with the last one, as the server sends it)."""
         self.paths.append(path)
-        return self.collections.get(path, []), str(self.version or len(self.paths))
+        items = self.collections.get(path, [])
+        for item in items[:-1]:
+            yield [item], None
+        yield items[-1:], str(self.version or len(self.paths))
 
 
 async def test_the_start_up_snapshot_lists_each_collection_once_per_namespace() -> None:

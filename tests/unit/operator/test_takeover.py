@@ -4,6 +4,7 @@ leader died -- resumes the fleet from its own LIST, in its priority slots."""
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import kopf
@@ -31,9 +32,9 @@ class ListingApi:
         self.models = models
         self.lists = 0
 
-    async def list_collection(self, path: str) -> tuple[list[dict[str, Any]], str | None]:
+    async def list_pages(self, path: str) -> AsyncIterator[tuple[list[dict[str, Any]], str | None]]:
         self.lists += 1
-        return (self.models if path == MODELS else []), "20"
+        yield (self.models if path == MODELS else []), "20"
 
 
 class Triggers:
@@ -67,11 +68,12 @@ class FailingListApi(ListingApi):
         super().__init__(models)
         self.failures = failures
 
-    async def list_collection(self, path: str) -> tuple[list[dict[str, Any]], str | None]:
+    async def list_pages(self, path: str) -> AsyncIterator[tuple[list[dict[str, Any]], str | None]]:
         if self.failures:
             self.failures -= 1
             raise ApiError(503, "ServiceUnavailable", "etcd is restarting")
-        return await super().list_collection(path)
+        async for page in super().list_pages(path):
+            yield page
 
 
 async def test_a_replica_with_peering_lists_when_it_takes_over_and_until_the_api_answers(
