@@ -83,6 +83,25 @@ async def test_lists_and_watches_read_their_own_resource(cluster: Cluster) -> No
     assert (event["type"], event["object"]["metadata"]["labels"]) == ("MODIFIED", {"x": "1"})
 
 
+async def test_a_list_in_chunks_pages_through_every_object_at_one_revision(cluster: Cluster) -> None:
+    """``limit`` and ``continue`` as the API server serves them (kopf and the operator list in
+    chunks): every object once, in key order, each page at the first page's revision."""
+    for index in range(7):
+        await cluster.create(PODS_PATH, pod(f"p{index}"))
+    first = await cluster.request("GET", f"{PODS_PATH}?limit=3")
+    revision = first["metadata"]["resourceVersion"]
+    await cluster.request("DELETE", f"{PODS_PATH}/p5")  # between pages: it is not listed
+    pages, token = [first], first["metadata"]["continue"]
+    while token:
+        pages.append(await cluster.request("GET", f"{PODS_PATH}?limit=3&continue={token}"))
+        token = pages[-1]["metadata"]["continue"]
+    names = [[item["metadata"]["name"] for item in page["items"]] for page in pages]
+    assert names == [["p0", "p1", "p2"], ["p3", "p4", "p6"]]
+    assert {page["metadata"]["resourceVersion"] for page in pages} == {revision}
+    whole = await cluster.request("GET", PODS_PATH)
+    assert "continue" not in whole["metadata"] and len(whole["items"]) == 6
+
+
 async def test_a_watch_from_a_version_streams_the_deletions_after_it(cluster: Cluster) -> None:
     """A watch that resumes from a version learns of what was deleted since, as from an API
     server (the store itself forgets deleted objects at once)."""

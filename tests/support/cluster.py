@@ -231,6 +231,32 @@ class Fault:
         self.released.set()
 
 
+def _page(
+    items: list[dict[str, Any]], limit: int, token: str | None, revision: int
+) -> tuple[int, list[dict[str, Any]], str]:
+    """One page of a LIST in chunks, as the API server serves them: ``limit`` items in key order
+    after the ``continue`` token's key, every page at the first page's revision, and a token
+    for the next page (empty on the last). Unlike the API server, a later page is read from the
+    current objects, not a snapshot at that revision: what changed between pages comes in its
+    newer version (a watch from the revision streams it again) or, deleted, not at all (the watch
+    streams its deletion); a watcher's view ends the same."""
+    after: tuple[str, str] | None = None
+    if token:
+        state = json.loads(base64.urlsafe_b64decode(token))
+        revision, after = int(state["revision"]), (state["after"][0], state["after"][1])
+
+    def key(item: dict[str, Any]) -> tuple[str, str]:
+        meta = item.get("metadata") or {}
+        return str(meta.get("namespace") or ""), str(meta.get("name") or "")
+
+    ordered = sorted((item for item in items if after is None or key(item) > after), key=key)
+    if limit <= 0 or len(ordered) <= limit:
+        return revision, ordered, ""
+    page = ordered[:limit]
+    state = {"revision": revision, "after": list(key(page[-1]))}
+    return revision, page, base64.urlsafe_b64encode(json.dumps(state).encode()).decode()
+
+
 def bearer_token(headers: Mapping[str, str]) -> str | None:
     value = headers.get("Authorization", "")
     return value.split(" ", 1)[1] if value.lower().startswith("bearer ") else None
@@ -571,6 +597,12 @@ class Emulator(kmock.KubernetesEmulator):
         self._routed(request)
         revision = self._revision
         answer = await super()._serve_list(request)
+        limit = request.params.get("limit")
+        token = request.params.get("continue")
+        if token or (limit and limit.isdigit() and int(limit) > 0):
+            revision, answer["items"], answer["metadata"]["continue"] = _page(
+                answer["items"], int(limit or 0), token, revision
+            )
         answer["metadata"]["resourceVersion"] = str(revision)
         return answer
 

@@ -53,7 +53,7 @@ from qfleet.fleet import names
 from qfleet.fleet.planner import Event
 from qfleet.operator.applier import REFUSED_RETRY_SECONDS, Reconciler, retry_delay, retryable
 from qfleet.operator.cache import NODES_KEY, OWNED, QUANTIZER_PODS, SERVER_PODS, ClusterCache
-from qfleet.operator.kube import ApiError, KubeApi, load_credentials
+from qfleet.operator.kube import LIST_PAGE, ApiError, KubeApi, load_credentials
 from qfleet.operator.metrics import Metrics
 from qfleet.operator.settings import OperatorSettings
 from qfleet.operator.slots import BACKGROUND, URGENT
@@ -225,6 +225,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: ko
     # Re-open watches now and then, so a silently dropped connection does not go unnoticed.
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
+    # kopf lists a whole collection in one response unless told otherwise.
+    settings.watching.chunk_size = LIST_PAGE
 
     metrics = Metrics()
     port = memo.get("metrics_port")

@@ -36,6 +36,9 @@ MERGE_PATCH = "application/merge-patch+json"
 WATCH_SECONDS = 300
 #: Beyond the server's own end of a watch, how long a silent stream is trusted.
 WATCH_GRACE_SECONDS = 30
+#: A LIST comes in chunks of this many objects (the operator's and kopf's): a fleet's
+#: collection is never held as one response (10,000 objects are hundreds of MiB as dicts).
+LIST_PAGE = 500
 
 
 class ApiError(Exception):
@@ -250,7 +253,9 @@ class KubeApi:
                 return None
             raise
 
-    async def list_collection(self, path: str, *, page: int = 500) -> tuple[list[dict[str, Any]], str | None]:
+    async def list_collection(
+        self, path: str, *, page: int = LIST_PAGE
+    ) -> tuple[list[dict[str, Any]], str | None]:
         """Every item of the collection at ``path``, with the list's ``resourceVersion``: a watch
         from it streams every change made after the list, none missed and none repeated."""
         items: list[dict[str, Any]] = []
@@ -261,12 +266,12 @@ class KubeApi:
         return items, version
 
     async def list_pages(
-        self, path: str, *, page: int = 500
+        self, path: str, *, page: int = LIST_PAGE
     ) -> AsyncIterator[tuple[list[dict[str, Any]], str | None]]:
         """The collection at ``path``, ``page`` items at a time (a server that ignores ``limit``
         answers everything at once, without a ``continue`` token); the last page comes with the
         list's ``resourceVersion``, the others with None. A caller that keeps a little of each
-        item never holds the whole collection: 10,000 objects are hundreds of MiB as dicts."""
+        item never holds the whole collection."""
         params = {"limit": str(page)}
         while True:
             data = await self.request("GET", path, params=params)
