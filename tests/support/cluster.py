@@ -138,6 +138,9 @@ def _nest(dotted: str, value: Any) -> dict[str, Any]:
 #: Deletions kept per resource for watches that resume from an older version (the API server
 #: keeps a window of history too; a watch from before it misses what it no longer holds).
 DELETIONS_KEPT = 20_000
+#: LISTs in chunks whose remaining pages are held for their ``continue`` token (the oldest go
+#: first, as the API server's tokens expire; a client that stops paging leaves one behind).
+LISTINGS_KEPT = 64
 
 
 #: What the API server draws a generateName's suffix from (5 characters: 14 million names; the
@@ -231,30 +234,19 @@ class Fault:
         self.released.set()
 
 
-def _page(
-    items: list[dict[str, Any]], limit: int, token: str | None, revision: int
-) -> tuple[int, list[dict[str, Any]], str]:
-    """One page of a LIST in chunks, as the API server serves them: ``limit`` items in key order
-    after the ``continue`` token's key, every page at the first page's revision, and a token
-    for the next page (empty on the last). Unlike the API server, a later page is read from the
-    current objects, not a snapshot at that revision: what changed between pages comes in its
-    newer version (a watch from the revision streams it again) or, deleted, not at all (the watch
-    streams its deletion); a watcher's view ends the same."""
-    after: tuple[str, str] | None = None
-    if token:
-        state = json.loads(base64.urlsafe_b64decode(token))
-        revision, after = int(state["revision"]), (state["after"][0], state["after"][1])
+@attrs.frozen
+class ContinueExpired(kmock.KubernetesError):
+    """A ``continue`` token the emulator no longer holds (the API server's answer once the
+    list's revision was compacted away)."""
 
-    def key(item: dict[str, Any]) -> tuple[str, str]:
-        meta = item.get("metadata") or {}
-        return str(meta.get("namespace") or ""), str(meta.get("name") or "")
+    status: int = 410
+    reason: str = "Expired"
+    message: str = "The provided continue parameter is too old to display a consistent list result."
 
-    ordered = sorted((item for item in items if after is None or key(item) > after), key=key)
-    if limit <= 0 or len(ordered) <= limit:
-        return revision, ordered, ""
-    page = ordered[:limit]
-    state = {"revision": revision, "after": list(key(page[-1]))}
-    return revision, page, base64.urlsafe_b64encode(json.dumps(state).encode()).decode()
+
+def _list_key(item: Mapping[str, Any]) -> tuple[str, str]:
+    meta = item.get("metadata") or {}
+    return str(meta.get("namespace") or ""), str(meta.get("name") or "")
 
 
 def bearer_token(headers: Mapping[str, str]) -> str | None:
@@ -398,6 +390,10 @@ class Emulator(kmock.KubernetesEmulator):
         )
         #: Bearer tokens of the requests served to clients other than the harness, counted.
         self.tokens: collections.Counter[str | None] = collections.Counter()
+        #: Per ``continue`` token of a LIST in chunks: its revision and the objects still to send.
+        self._listings: collections.OrderedDict[str, tuple[int, list[dict[str, Any]]]] = (
+            collections.OrderedDict()
+        )
 
     def inject(self, fault: Fault) -> Fault:
         """Make the API server misbehave for matching requests (until :meth:`heal`)."""
@@ -595,14 +591,28 @@ class Emulator(kmock.KubernetesEmulator):
         again as ADDED -- which made kopf handle a whole fleet twice at every start-up. The
         revision is read before the objects: a write in between is streamed again, not lost."""
         self._routed(request)
-        revision = self._revision
-        answer = await super()._serve_list(request)
-        limit = request.params.get("limit")
+        limit = request.params.get("limit") or ""
         token = request.params.get("continue")
-        if token or (limit and limit.isdigit() and int(limit) > 0):
-            revision, answer["items"], answer["metadata"]["continue"] = _page(
-                answer["items"], int(limit or 0), token, revision
-            )
+        if token:
+            if token not in self._listings:
+                raise ContinueExpired()
+            revision, items = self._listings.pop(token)
+            answer: dict[str, Any] = {"metadata": {}, "items": items}
+        else:
+            revision = self._revision
+            answer = await super()._serve_list(request)
+            if limit.isdigit() and int(limit) > 0:
+                answer["items"].sort(key=_list_key)
+        # In chunks, as the API server serves them: ``limit`` objects in key order, every page at
+        # the first one's revision, from the objects as they were then (what changed since, a
+        # watch from that revision streams), with a token for the rest (none on the last page).
+        items = answer["items"]
+        if limit.isdigit() and 0 < int(limit) < len(items):
+            token = uuid.uuid4().hex
+            self._listings[token] = (revision, items[int(limit) :])
+            while len(self._listings) > LISTINGS_KEPT:
+                self._listings.popitem(last=False)
+            answer["items"], answer["metadata"]["continue"] = items[: int(limit)], token
         answer["metadata"]["resourceVersion"] = str(revision)
         return answer
 
