@@ -165,6 +165,10 @@ async def recorded_calls(
         except BaseException:
             print(cluster.diagnostics())
             raise
+        # The operator's LISTs and kopf's come in chunks: never a whole collection at once.
+        assert not cluster.emulator.whole_lists, (
+            f"LISTs without a limit: {dict(cluster.emulator.whole_lists)}"
+        )
         return operator_calls(cluster), objects
 
 

@@ -390,6 +390,9 @@ class Emulator(kmock.KubernetesEmulator):
         )
         #: Bearer tokens of the requests served to clients other than the harness, counted.
         self.tokens: collections.Counter[str | None] = collections.Counter()
+        #: LISTs asked for without a ``limit`` by clients other than the harness, by resource
+        #: plural: each one answered with the whole collection at once.
+        self.whole_lists: collections.Counter[str] = collections.Counter()
         #: Per ``continue`` token of a LIST in chunks: its revision and the objects still to send.
         self._listings: collections.OrderedDict[str, tuple[int, list[dict[str, Any]]]] = (
             collections.OrderedDict()
@@ -603,6 +606,8 @@ class Emulator(kmock.KubernetesEmulator):
             answer = await super()._serve_list(request)
             if limit.isdigit() and int(limit) > 0:
                 answer["items"].sort(key=_list_key)
+            elif HARNESS_HEADER not in request.headers and request.resource is not None:
+                self.whole_lists[request.resource.plural] += 1
         # In chunks, as the API server serves them: ``limit`` objects in key order, every page at
         # the first one's revision, from the objects as they were then (what changed since, a
         # watch from that revision streams), with a token for the rest (none on the last page).
