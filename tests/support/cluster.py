@@ -595,6 +595,7 @@ class Emulator(kmock.KubernetesEmulator):
         revision is read before the objects: a write in between is streamed again, not lost."""
         self._routed(request)
         limit = request.params.get("limit") or ""
+        page = int(limit) if limit.isdigit() else 0  # 0: the whole collection at once
         token = request.params.get("continue")
         if token:
             if token not in self._listings:
@@ -604,7 +605,7 @@ class Emulator(kmock.KubernetesEmulator):
         else:
             revision = self._revision
             answer = await super()._serve_list(request)
-            if limit.isdigit() and int(limit) > 0:
+            if page:
                 answer["items"].sort(key=_list_key)
             elif HARNESS_HEADER not in request.headers and request.resource is not None:
                 self.whole_lists[request.resource.plural] += 1
@@ -612,12 +613,12 @@ class Emulator(kmock.KubernetesEmulator):
         # the first one's revision, from the objects as they were then (what changed since, a
         # watch from that revision streams), with a token for the rest (none on the last page).
         items = answer["items"]
-        if limit.isdigit() and 0 < int(limit) < len(items):
+        if 0 < page < len(items):
             token = uuid.uuid4().hex
-            self._listings[token] = (revision, items[int(limit) :])
+            self._listings[token] = (revision, items[page:])
             while len(self._listings) > LISTINGS_KEPT:
                 self._listings.popitem(last=False)
-            answer["items"], answer["metadata"]["continue"] = items[: int(limit)], token
+            answer["items"], answer["metadata"]["continue"] = items[:page], token
         answer["metadata"]["resourceVersion"] = str(revision)
         return answer
 

@@ -429,21 +429,27 @@ async def test_kopf_update_handler_does_not_wait_for_a_queued_reconcile_but_make
     await reconciler.close()
 
 
+def fail_the_first_get(api: FakeApi, error: Exception) -> list[Exception]:
+    """Make the first GET of ``api`` raise ``error``; the list returned is empty once it has."""
+    pending = [error]
+    original_get = api.get
+
+    async def get(path: str) -> dict[str, Any] | None:
+        if pending:
+            raise pending.pop()
+        return await original_get(path)
+
+    api.get = get  # type: ignore[method-assign]
+    return pending
+
+
 async def test_a_reconcile_refused_by_rbac_is_tried_again_later(monkeypatch: Any) -> None:
     from qfleet.operator import applier
     from qfleet.operator.kube import ApiError
 
     monkeypatch.setattr(applier, "REFUSED_RETRY_SECONDS", 0.05)
     api = FakeApi()
-    refusals = [ApiError(403, "Forbidden", "jobs is forbidden")]
-    original_get = api.get
-
-    async def get(path: str) -> dict[str, Any] | None:
-        if refusals:
-            raise refusals.pop()
-        return await original_get(path)
-
-    api.get = get  # type: ignore[method-assign]
+    refusals = fail_the_first_get(api, ApiError(403, "Forbidden", "jobs is forbidden"))
     reconciler, _ = make(api, nodes=[node("n1")])
     reconciler.trigger("ns", "m", delay=0)
     await _until(lambda: any(method == "GET" for method, _ in api.calls))
@@ -457,15 +463,7 @@ async def test_a_crashed_reconcile_is_tried_again_after_a_pause(monkeypatch: Any
 
     monkeypatch.setattr(applier, "retry_delay", lambda failures: 0.05)
     api = FakeApi()
-    crashes = [RuntimeError("a bug")]
-    original_get = api.get
-
-    async def get(path: str) -> dict[str, Any] | None:
-        if crashes:
-            raise crashes.pop()
-        return await original_get(path)
-
-    api.get = get  # type: ignore[method-assign]
+    crashes = fail_the_first_get(api, RuntimeError("a bug"))
     reconciler, _ = make(api, nodes=[node("n1")])
     reconciler.trigger("ns", "m", delay=0)
     await asyncio.wait_for(_until(lambda: any(method == "GET" for method, _ in api.calls)), 5)
