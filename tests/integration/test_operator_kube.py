@@ -167,3 +167,17 @@ async def test_a_watch_open_when_the_token_rotates_goes_on_streaming(
         assert expired.hits == 1  # nothing new went out with the old token
     finally:
         await api.close()
+
+
+async def test_a_list_comes_page_by_page_with_its_version_on_the_last(api: KubeApi, cluster: Cluster) -> None:
+    collection = namespaced("apps/v1", "deployments", "faces")
+    for index in range(5):
+        await api.create(
+            collection, {**DEPLOYMENT, "metadata": {"name": f"web-{index}", "namespace": "faces"}}
+        )
+    pages = [page async for page in api.list_pages(collection, page=2)]
+    assert [len(items) for items, _ in pages] == [2, 2, 1]
+    assert [version is None for _, version in pages] == [True, True, False]
+    items, version = await api.list_collection(collection, page=2)
+    assert sorted(item["metadata"]["name"] for item in items) == [f"web-{index}" for index in range(5)]
+    assert version is not None  # the whole list, from its pages, with the last one's version
